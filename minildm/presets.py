@@ -1,0 +1,164 @@
+"""Presets: one switch that scales every notebook and command.
+
+``MINILDM_PRESET`` selects ``smoke`` (CI: seconds, tiny models), ``cpu`` (a laptop:
+minutes, results that visibly work) or ``gpu`` (full quality). When the variable is
+unset the default is ``gpu`` if CUDA is available, else ``cpu``.
+
+Presets choose *sizes and step counts*, never different code paths: the same
+functions run in every preset.
+
+Also here: device choice (cuda, mps, cpu), the autocast dtype for a device, and
+seeding.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+PRESET_ENV = "MINILDM_PRESET"
+DEVICE_ENV = "MINILDM_DEVICE"
+PRESET_NAMES = ("smoke", "cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class AutoencoderPreset:
+    """Sizes for the first stage (notebook 01, ``python -m minildm train-ae``).
+
+    ``ch_mult`` fixes the downsampling factor: f = 2 ** (len(ch_mult) - 1).
+    """
+
+    image_size: int
+    ch: int
+    ch_mult: tuple[int, ...]
+    num_res_blocks: int
+    attn_resolutions: tuple[int, ...]
+    z_channels: int
+    n_embed: int
+    batch_size: int
+    steps: int
+    disc_start: int
+    lr: float
+    lpips_net: str
+    n_train: int
+    n_eval: int
+
+
+@dataclass(frozen=True)
+class Preset:
+    """All sizes of one preset. Sections are added as the notebooks grow."""
+
+    name: str
+    seed: int
+    num_workers: int
+    ae: AutoencoderPreset
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_ae(self, **changes: Any) -> "Preset":
+        """A copy with some autoencoder sizes changed (e.g. ``steps=10`` for a quick try)."""
+        return replace(self, ae=replace(self.ae, **changes))
+
+
+_PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        name="smoke",
+        seed=0,
+        num_workers=0,
+        ae=AutoencoderPreset(
+            image_size=32, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
+            z_channels=4, n_embed=64, batch_size=8, steps=12, disc_start=6, lr=2e-3,
+            lpips_net="alex", n_train=64, n_eval=16,
+        ),
+    ),
+    "cpu": Preset(
+        name="cpu",
+        seed=0,
+        num_workers=0,
+        ae=AutoencoderPreset(
+            image_size=64, ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(),
+            z_channels=4, n_embed=256, batch_size=16, steps=1500, disc_start=750, lr=1e-3,
+            lpips_net="alex", n_train=4000, n_eval=256,
+        ),
+    ),
+    "gpu": Preset(
+        name="gpu",
+        seed=0,
+        num_workers=4,
+        ae=AutoencoderPreset(
+            image_size=128, ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, attn_resolutions=(),
+            z_channels=4, n_embed=8192, batch_size=32, steps=20000, disc_start=10000, lr=4.5e-6 * 32,
+            lpips_net="vgg", n_train=50000, n_eval=1000,
+        ),
+    ),
+}
+
+
+def preset_name(name: str | None = None) -> str:
+    """The preset's name: ``name`` if given, else ``$MINILDM_PRESET``, else gpu/cpu by CUDA."""
+    if name is None:
+        name = os.environ.get(PRESET_ENV) or ("gpu" if torch.cuda.is_available() else "cpu")
+    name = name.strip().lower()
+    if name not in _PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESET_NAMES)} "
+                         f"(set {PRESET_ENV} or pass preset=...)")
+    return name
+
+
+def get_preset(name: str | Preset | None = None) -> Preset:
+    """Return the :class:`Preset` called ``name`` (default: see :func:`preset_name`)."""
+    if isinstance(name, Preset):
+        return name
+    return _PRESETS[preset_name(name)]
+
+
+def get_device(device: str | torch.device | None = None) -> torch.device:
+    """Choose the device: the argument, else ``$MINILDM_DEVICE``, else cuda > mps > cpu.
+
+    Raises ValueError for a device that is not available here.
+    """
+    if device is None:
+        device = os.environ.get(DEVICE_ENV) or None
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use cpu or mps")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r} requested but MPS is not available; use cpu or cuda")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device type {dev.type!r}: use cpu, cuda or mps")
+    return dev
+
+
+def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """Mixed-precision dtype for ``torch.autocast`` on ``device``, or None for full fp32.
+
+    CUDA: bfloat16 where supported (Ampere and newer), else float16 (with a GradScaler).
+    CPU and MPS: None; autocast there is slower than fp32 for these small convnets.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (all devices); return a CPU generator seeded alike."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
