@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from minildm import presets
+
+
+def test_named_presets_and_env(monkeypatch):
+    for name in presets.PRESET_NAMES:
+        p = presets.get_preset(name)
+        assert p.name == name
+        assert p.ae.image_size % 2 ** (len(p.ae.ch_mult) - 1) == 0
+    monkeypatch.setenv("MINILDM_PRESET", "smoke")
+    assert presets.get_preset().name == "smoke"
+    monkeypatch.setenv("MINILDM_PRESET", " CPU ")
+    assert presets.get_preset().name == "cpu"
+    monkeypatch.delenv("MINILDM_PRESET")
+    assert presets.get_preset().name == ("gpu" if torch.cuda.is_available() else "cpu")
+
+
+def test_presets_grow():
+    s, c, g = (presets.get_preset(n).ae for n in ("smoke", "cpu", "gpu"))
+    assert s.steps < c.steps < g.steps
+    assert s.ch <= c.ch <= g.ch
+    assert s.image_size <= c.image_size <= g.image_size
+
+
+def test_unknown_preset(monkeypatch):
+    with pytest.raises(ValueError, match="smoke, cpu, gpu"):
+        presets.get_preset("laptop")
+    monkeypatch.setenv("MINILDM_PRESET", "tiny")
+    with pytest.raises(ValueError, match="unknown preset 'tiny'"):
+        presets.get_preset()
+
+
+def test_with_ae_copy():
+    p = presets.get_preset("smoke")
+    q = p.with_ae(steps=3)
+    assert q.ae.steps == 3 and p.ae.steps != 3 and q.ae.ch == p.ae.ch
+
+
+def test_device_choice(monkeypatch):
+    monkeypatch.delenv("MINILDM_DEVICE", raising=False)
+    assert presets.get_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("MINILDM_DEVICE", "cpu")
+    assert presets.get_device() == torch.device("cpu")
+    with pytest.raises(ValueError):
+        presets.get_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            presets.get_device("cuda")
+
+
+def test_autocast_dtype_and_seed():
+    assert presets.autocast_dtype("cpu") is None
+    g = presets.seed_everything(5)
+    a = torch.rand(3)
+    b = torch.rand(3, generator=g)
+    presets.seed_everything(5)
+    assert torch.equal(a, torch.rand(3))
+    assert torch.equal(b, torch.rand(3, generator=torch.Generator().manual_seed(5)))
