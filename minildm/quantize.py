@@ -1,0 +1,169 @@
+"""Vector quantisation for the VQ-regularised first stage (VQ-VAE / VQGAN).
+
+Paper, Sec. 3.1: "VQ-reg. uses a vector quantization layer [van den Oord et al.]
+within the decoder". Each encoder output vector z_e(x)_{ij} ∈ R^{e_dim} is replaced
+by its nearest entry of a learned codebook {e_k}_{k=1..n_e}:
+
+    z_q_{ij} = e_{k*},   k* = argmin_k ||z_e_{ij} − e_k||².
+
+Because argmin has no gradient, the straight-through estimator copies the
+gradient of z_q to z_e: ``z_q = z_e + sg[z_q − z_e]`` (``sg`` = stop-gradient,
+``.detach()``). The codebook and the encoder are trained with
+
+    L_VQ = ||sg[z_e] − e||²  +  β ||z_e − sg[e]||²
+           (codebook term)      (commitment term)
+
+(van den Oord et al. 2017, eq. 3; means over all elements as in taming-transformers).
+The codebook term moves the codes towards the encoder outputs; the commitment term,
+weighted by β (0.25), keeps the encoder outputs close to their codes.
+
+Note on ``legacy=True``: taming-transformers' original ``VectorQuantizer`` (and
+``VectorQuantizer2(legacy=True)``, the default CompVis keeps) computes
+``mean((sg[z_q] − z_e)²) + β·mean((z_q − sg[z_e])²)``, i.e. β multiplies the
+*codebook* term instead of the commitment term. ``legacy=True`` reproduces that
+weighting; the default ``legacy=False`` is the paper's formula above.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["QuantizerInfo", "VectorQuantizer"]
+
+
+@dataclass
+class QuantizerInfo:
+    """What the quantiser reports besides z_q and the loss.
+
+    Attributes:
+        indices: (B, h, w) long tensor, the chosen code k* at each latent position.
+        perplexity: scalar tensor, exp(H(p)) with p the code-usage histogram of the batch;
+            equals the number of codes used when they are used uniformly, 1 for collapse.
+        usage: scalar tensor, fraction of the n_e codes used at least once in the batch.
+        codebook_loss: scalar, ||sg[z_e] − e||² (mean).
+        commitment_loss: scalar, ||z_e − sg[e]||² (mean, before β).
+    """
+
+    indices: torch.Tensor
+    perplexity: torch.Tensor
+    usage: torch.Tensor
+    codebook_loss: torch.Tensor
+    commitment_loss: torch.Tensor
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        """Dict-style access, e.g. ``info["perplexity"]``."""
+        if key not in self.__dataclass_fields__:
+            raise KeyError(f"{key!r}; fields are {', '.join(self.__dataclass_fields__)}")
+        return getattr(self, key)
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour vector quantiser with straight-through gradients.
+
+    Args:
+        n_e: number of codebook entries (the paper's |Z|, e.g. 8192 for VQ-f4).
+        e_dim: dimension of each entry; equals the channel count of the input.
+        beta: commitment weight β (0.25 as in VQ-VAE / taming).
+        legacy: put β on the codebook term, as taming's original implementation (see module doc).
+
+    The codebook ``embedding.weight`` (n_e, e_dim) starts uniform in (−1/n_e, 1/n_e) as in taming.
+
+    Forward: z (B, e_dim, h, w) -> (z_q (B, e_dim, h, w), loss (scalar), :class:`QuantizerInfo`).
+    """
+
+    def __init__(self, n_e: int, e_dim: int, beta: float = 0.25, legacy: bool = False) -> None:
+        super().__init__()
+        for name, value in (("n_e", n_e), ("e_dim", e_dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not float(beta) >= 0.0:
+            raise ValueError(f"beta must be >= 0, got {beta!r}")
+        self.n_e = n_e
+        self.e_dim = e_dim
+        self.beta = float(beta)
+        self.legacy = bool(legacy)
+        self.embedding = nn.Embedding(n_e, e_dim)
+        nn.init.uniform_(self.embedding.weight, -1.0 / n_e, 1.0 / n_e)
+
+    def extra_repr(self) -> str:
+        return f"n_e={self.n_e}, e_dim={self.e_dim}, beta={self.beta}, legacy={self.legacy}"
+
+    def nearest_indices(self, z_flat: torch.Tensor) -> torch.Tensor:
+        """k* = argmin_k ||z − e_k||² for each row of ``z_flat`` (N, e_dim) -> (N,) long.
+
+        Uses ||z||² + ||e||² − 2 z·e in float32 with autocast disabled (half precision
+        would make near ties pick wrong codes).
+        """
+        with torch.autocast(device_type=z_flat.device.type, enabled=False):
+            z32 = z_flat.float()
+            e32 = self.embedding.weight.float()
+            d = (z32.pow(2).sum(1, keepdim=True) + e32.pow(2).sum(1)[None, :]
+                 - 2.0 * z32 @ e32.t())
+            return d.argmin(dim=1)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, QuantizerInfo]:
+        if z.ndim != 4:
+            raise ValueError(f"VectorQuantizer expects (B, {self.e_dim}, h, w), got shape {tuple(z.shape)}")
+        if z.shape[1] != self.e_dim:
+            raise ValueError(f"VectorQuantizer expects {self.e_dim} channels (e_dim), got {z.shape[1]} "
+                             f"(shape {tuple(z.shape)})")
+        b, c, h, w = z.shape
+        z_perm = z.permute(0, 2, 3, 1)  # (B, h, w, C)
+        z_flat = z_perm.reshape(-1, c)
+        idx = self.nearest_indices(z_flat.detach())
+        z_q = self.embedding(idx).view(b, h, w, c).to(z.dtype)
+
+        codebook_loss = F.mse_loss(z_q, z_perm.detach())   # ||sg[z_e] − e||²
+        commitment_loss = F.mse_loss(z_perm, z_q.detach())  # ||z_e − sg[e]||²
+        if self.legacy:
+            loss = self.beta * codebook_loss + commitment_loss
+        else:
+            loss = codebook_loss + self.beta * commitment_loss
+
+        # straight-through estimator: forward value z_q, gradient w.r.t. z is identity
+        z_q = z_perm + (z_q - z_perm).detach()
+        z_q = z_q.permute(0, 3, 1, 2).contiguous()
+
+        perplexity, usage = self.code_statistics(idx)
+        info = QuantizerInfo(indices=idx.view(b, h, w), perplexity=perplexity, usage=usage,
+                             codebook_loss=codebook_loss.detach(), commitment_loss=commitment_loss.detach())
+        return z_q, loss, info
+
+    def code_statistics(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Perplexity exp(−Σ_k p_k log p_k) and used fraction of the codebook for ``indices``."""
+        flat = indices.reshape(-1)
+        counts = torch.zeros(self.n_e, device=flat.device, dtype=torch.float32)
+        counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
+        p = counts / counts.sum().clamp_min(1.0)
+        entropy = -(p * torch.log(p.clamp_min(1e-10))).sum()
+        return entropy.exp(), (counts > 0).float().mean()
+
+    def embed_code(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codebook lookup: indices (B, h, w) long -> z_q (B, e_dim, h, w)."""
+        if indices.ndim != 3:
+            raise ValueError(f"indices must have shape (B, h, w), got {tuple(indices.shape)}")
+        if indices.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+            raise TypeError(f"indices must be an integer tensor, got {indices.dtype}")
+        indices = indices.long()
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.n_e):
+            raise ValueError(f"indices must lie in [0, {self.n_e - 1}], got range "
+                             f"[{int(indices.min())}, {int(indices.max())}]")
+        return self.embedding(indices).permute(0, 3, 1, 2).contiguous()
+
+    def get_codebook_entry(self, indices: torch.Tensor,
+                           shape: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """taming's lookup: ``indices`` (B, h, w) or flat (B·h·w,), ``shape`` = (B, h, w, e_dim).
+
+        Returns z_q of shape (B, e_dim, h, w).
+        """
+        if shape is None:
+            return self.embed_code(indices)
+        if len(shape) != 4 or shape[3] != self.e_dim:
+            raise ValueError(f"shape must be (B, h, w, {self.e_dim}), got {tuple(shape)}")
+        b, h, w, _ = shape
+        if indices.numel() != b * h * w:
+            raise ValueError(f"{indices.numel()} indices do not fit shape (B, h, w) = ({b}, {h}, {w})")
+        return self.embed_code(indices.reshape(b, h, w))
