@@ -1,0 +1,469 @@
+"""One generic training loop: mixed precision, clipping, progress, atomic checkpoints, exact resume.
+
+The :class:`Trainer` knows nothing about autoencoders or diffusion. It drives a *task*::
+
+    task.modules()               -> dict[str, nn.Module]     everything with state to save
+    task.configure_optimizers()  -> dict[str, Optimizer]     e.g. {"ae": ..., "disc": ...}
+    task.optimizer_names         -> sequence of those names, in the order they step
+    task.training_step(batch, step, optimizer_name) -> (loss: Tensor, logs: dict[str, float|Tensor])
+
+and a *data source* with ``batch(step) -> batch`` that is a pure function of the step (see
+:class:`DatasetBatches`). Per step, for each optimizer name in order (as CompVis' two-optimizer
+``training_step(batch, batch_idx, optimizer_idx)`` under Lightning)::
+
+    zero_grad -> loss = training_step(...) under autocast -> GradScaler.scale(loss).backward()
+              -> (unscale, clip_grad_norm_) -> scaler.step(optimizer)
+
+then ``scaler.update()``, the log record, the ``callbacks`` (``after_step``: EMA, schedules,
+custom logging) and, every ``checkpoint_every`` steps, an atomic checkpoint.
+
+Exact resume. A run of N steps equals k steps + checkpoint + resume + N − k steps, bit for bit
+(on CPU; on GPU up to nondeterministic kernels), because everything that influences step s is
+either a pure function of s (the batch) or saved in the checkpoint: module and optimizer states,
+the GradScaler, the step, the log, the torch (CPU + CUDA/MPS), NumPy and Python RNG states (dropout,
+posterior sampling), and callback states.
+
+Extension points for later work: ``callbacks`` with ``after_step(trainer, record)`` and optional
+``state_dict()/load_state_dict()`` (EMA lives there); :meth:`Trainer.optimizer_step` is the single
+place where one optimizer takes a step (gradient accumulation splits it into micro-batches,
+DDP wraps the task's modules before the Trainer is built).
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint, load_module_state, minildm_version, save_checkpoint
+from .presets import autocast_dtype, get_device
+
+__all__ = ["Trainer", "DatasetBatches", "Callback", "move_to_device", "CHECKPOINT_NAME"]
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+@runtime_checkable
+class Callback(Protocol):
+    """Called after every optimisation step; may carry state saved in checkpoints.
+
+    ``after_step(trainer, record)`` sees the finished step (``trainer.step`` already counts it)
+    and may add entries to ``record`` (the log row). Optional ``state_dict()`` and
+    ``load_state_dict(state)`` make its state part of checkpoints (e.g. EMA weights).
+    A plain function ``f(trainer, record)`` works too.
+    """
+
+    def after_step(self, trainer: "Trainer", record: dict[str, Any]) -> None: ...
+
+
+class DatasetBatches:
+    """Deterministic batches from a map-style dataset: batch(step) depends only on (seed, step).
+
+    Sample number i = step·B + j (j < B) lies in epoch e = i // len(dataset) at position
+    i mod len(dataset) of that epoch's permutation, drawn from ``torch.Generator`` seeded
+    with (seed, e). No iterator state exists, so resuming at any step gives the same batches
+    as an uninterrupted run.
+
+    Args:
+        dataset: map-style dataset (``__len__``, ``__getitem__``).
+        batch_size: B.
+        seed: seed of the per-epoch permutations.
+        collate_fn: list of items -> batch (default: :func:`minildm.data.collate` if present,
+            else ``torch.utils.data.default_collate``).
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, seed: int = 0,
+                 collate_fn: Callable[[list[Any]], Any] | None = None) -> None:
+        if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+            raise ValueError("DatasetBatches needs a map-style dataset with __len__ and __getitem__ "
+                             f"(got {type(dataset).__name__}); pass a finite dataset, e.g. "
+                             "load_dataset(..., length=N)")
+        if len(dataset) < 1:
+            raise ValueError("DatasetBatches: the dataset is empty")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = int(seed)
+        self.collate_fn = collate_fn or _default_collate()
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        """Batches per epoch (rounded up)."""
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """The order of epoch ``epoch``: a permutation of range(len(dataset)) seeded by (seed, epoch)."""
+        if epoch not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.clear()
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch * 7_919 + 17) % (2**63))
+            self._perms[epoch] = torch.randperm(len(self.dataset), generator=g)
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> list[int]:
+        """Dataset indices of batch ``step``."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        n = len(self.dataset)
+        out = []
+        for i in range(step * self.batch_size, (step + 1) * self.batch_size):
+            epoch, pos = divmod(i, n)
+            out.append(int(self.permutation(epoch)[pos]))
+        return out
+
+    def batch(self, step: int) -> Any:
+        """The collated batch of step ``step``."""
+        return self.collate_fn([self.dataset[i] for i in self.indices(step)])
+
+
+def _default_collate() -> Callable[[list[Any]], Any]:
+    try:
+        from .data import collate  # type: ignore[attr-defined]
+
+        return collate
+    except ImportError:
+        from torch.utils.data import default_collate
+
+        return default_collate
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor in a nested batch (dict/list/tuple) to ``device``; other leaves stay."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [move_to_device(v, device) for v in batch]
+        return type(batch)(moved) if isinstance(batch, list) else tuple(moved)
+    return batch
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().float().mean().item())
+    return float(value)
+
+
+class Trainer:
+    """Train a task on a deterministic data source; checkpoint atomically; resume exactly.
+
+    Args:
+        task: see the module docstring.
+        data: object with ``batch(step)``.
+        device: torch device (default: :func:`minildm.presets.get_device`).
+        max_steps: total steps of the run (``fit()`` trains up to here).
+        seed: seeds the torch/NumPy/Python RNGs at construction (dropout, posterior sampling).
+            The task's modules are built before, so seed before building them too.
+        out_dir: directory for ``checkpoint.safetensors`` (periodic + final); None: no automatic saves.
+        checkpoint_every: save every this many steps (needs ``out_dir``); None: only at the end of fit.
+        grad_clip: max global grad norm per optimizer (``clip_grad_norm_``), None: no clipping.
+        amp: use ``torch.autocast`` with :func:`minildm.presets.autocast_dtype` (None on CPU/MPS:
+            fp32). fp16 gets a ``GradScaler``; bf16 does not need one.
+        progress: show a tqdm progress bar (``tqdm.auto``: a widget in notebooks).
+        log_every: append a log row every this many steps (losses are checked every step).
+        config: JSON-serialisable description of the run, stored in checkpoints; resuming with
+            a different config raises ValueError.
+        callbacks: objects with ``after_step(trainer, record)`` or functions ``f(trainer, record)``.
+
+    Attributes: ``step`` (steps done), ``log`` (list of dicts with "step" and float losses),
+    ``optimizers``, ``scaler``, ``device``, ``dtype``.
+    """
+
+    def __init__(self, task: Any, data: Any, *, device: str | torch.device | None = None,
+                 max_steps: int, seed: int = 0, out_dir: str | os.PathLike | None = None,
+                 checkpoint_every: int | None = None, grad_clip: float | None = None,
+                 amp: bool = True, progress: bool = True, log_every: int = 1,
+                 config: Mapping[str, Any] | None = None,
+                 callbacks: Sequence[Callback | Callable[["Trainer", dict[str, Any]], None]] = ()) -> None:
+        for name, value, low in (("max_steps", max_steps, 0), ("log_every", log_every, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if checkpoint_every is not None:
+            if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+                raise ValueError(f"checkpoint_every must be a positive int or None, got {checkpoint_every!r}")
+            if out_dir is None:
+                raise ValueError("checkpoint_every needs out_dir (where to write the checkpoints)")
+        if grad_clip is not None and not (float(grad_clip) > 0):
+            raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip!r}")
+        if not callable(getattr(data, "batch", None)):
+            raise TypeError(f"data must have a batch(step) method (e.g. DatasetBatches), got {type(data).__name__}")
+        for attr in ("modules", "configure_optimizers", "training_step", "optimizer_names"):
+            if not hasattr(task, attr):
+                raise TypeError(f"task {type(task).__name__} lacks {attr!r}; a task needs modules(), "
+                                "configure_optimizers(), optimizer_names and training_step(batch, step, name)")
+
+        self.task = task
+        self.data = data
+        self.device = get_device(device)
+        self.max_steps = max_steps
+        self.seed = int(seed)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.checkpoint_every = checkpoint_every
+        self.grad_clip = None if grad_clip is None else float(grad_clip)
+        self.progress = progress
+        self.log_every = log_every
+        self.config: dict[str, Any] = dict(config or {})
+        self.callbacks = list(callbacks)
+
+        self.modules: dict[str, nn.Module] = dict(task.modules())
+        for module in self.modules.values():
+            module.to(self.device)
+        self.optimizers: dict[str, torch.optim.Optimizer] = dict(task.configure_optimizers())
+        self.optimizer_names: list[str] = list(task.optimizer_names)
+        if set(self.optimizer_names) != set(self.optimizers):
+            raise ValueError(f"task.optimizer_names {self.optimizer_names} do not match "
+                             f"configure_optimizers() keys {sorted(self.optimizers)}")
+
+        self.dtype = autocast_dtype(self.device) if amp else None
+        use_scaler = self.dtype == torch.float16 and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+
+        self.step = 0
+        self.log: list[dict[str, Any]] = []
+        self.last_checkpoint: Path | None = None
+        self.elapsed_s = 0.0
+        self._max_steps_from_checkpoint = False
+        self._seed_rngs(self.seed)
+
+    # ---------------------------------------------------------------- helpers
+    def _seed_rngs(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % (2**32))
+        torch.manual_seed(seed)  # also seeds every CUDA/MPS device
+
+    def autocast(self):
+        """The autocast context of this run (``nullcontext`` in fp32)."""
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def default_checkpoint_path(self) -> Path:
+        if self.out_dir is None:
+            raise ValueError("no checkpoint path: pass path=... or build the Trainer with out_dir=...")
+        return self.out_dir / CHECKPOINT_NAME
+
+    def _params(self, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+        return [p for group in optimizer.param_groups for p in group["params"]]
+
+    # ---------------------------------------------------------------- one step
+    def optimizer_step(self, name: str, batch: Any, step: int) -> dict[str, float]:
+        """One update of optimizer ``name``: zero_grad, loss, backward, clip, step. Returns its logs."""
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss, logs = self.task.training_step(batch, step, name)
+        value = float(loss.detach().float().item())
+        logs = {k: _to_float(v) for k, v in (logs or {}).items()}
+        if not math.isfinite(value):
+            terms = ", ".join(f"{k}={v:.4g}" for k, v in logs.items()) or "no terms logged"
+            where = (f"the last checkpoint {str(self.last_checkpoint)!r} was left untouched"
+                     if self.last_checkpoint else "no checkpoint was written")
+            raise FloatingPointError(
+                f"non-finite loss {value} at step {step} (optimizer {name!r}; {terms}); {where}. "
+                "Try a lower learning rate, grad_clip=1.0, or amp=False.")
+        self.scaler.scale(loss).backward()
+        if self.grad_clip is not None:
+            self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(self._params(optimizer), self.grad_clip)
+        self.scaler.step(optimizer)
+        logs[f"loss/{name}"] = value
+        return logs
+
+    def train_step(self) -> dict[str, Any]:
+        """Run step ``self.step`` for every optimizer; returns the log record of the step."""
+        step = self.step
+        for module in self.modules.values():
+            module.train()
+        batch = move_to_device(self.data.batch(step), self.device)
+        record: dict[str, Any] = {"step": step}
+        for name in self.optimizer_names:
+            record.update(self.optimizer_step(name, batch, step))
+        self.scaler.update()
+        self.step += 1
+        for cb in self.callbacks:
+            (cb.after_step if hasattr(cb, "after_step") else cb)(self, record)
+        return record
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self, steps: int | None = None) -> list[dict[str, Any]]:
+        """Train ``steps`` more steps (default: up to ``max_steps``); return the full log.
+
+        Saves a checkpoint every ``checkpoint_every`` steps and at the end (when ``out_dir`` is
+        set). A non-finite loss raises FloatingPointError before anything is written.
+        """
+        if steps is not None:
+            if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+                raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+            end = self.step + steps
+            self.max_steps = max(self.max_steps, end)
+        else:
+            end = self.max_steps
+        bar = _progress_bar(total=end, initial=self.step, enabled=self.progress)
+        shown = 0.0
+        start = time.perf_counter()
+        try:
+            while self.step < end:
+                record = self.train_step()
+                if record["step"] % self.log_every == 0 or self.step == self.max_steps:
+                    self.log.append(record)
+                if self.checkpoint_every and self.step % self.checkpoint_every == 0 and self.step < end:
+                    self.save()
+                if bar is not None:
+                    bar.update(1)
+                    now = time.perf_counter()
+                    if now - shown > 0.5 or self.step == end:
+                        bar.set_postfix(self._postfix(record), refresh=False)
+                        shown = now
+        finally:
+            self.elapsed_s += time.perf_counter() - start
+            if bar is not None:
+                bar.close()
+        if self.out_dir is not None and end > 0:
+            self.save()
+        return self.log
+
+    def _postfix(self, record: Mapping[str, Any]) -> dict[str, str]:
+        keys = [k for k in record if k.startswith("loss/")]
+        keys += [k for k in getattr(self.task, "progress_keys", ()) if k in record and k not in keys]
+        return {k.removeprefix("loss/"): f"{record[k]:.4g}" for k in keys}
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: modules, optimizers, scaler, step, log, RNGs."""
+        rng: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        if self.device.type == "mps":
+            rng["mps"] = torch.mps.get_rng_state()
+        callbacks = {str(i): cb.state_dict() for i, cb in enumerate(self.callbacks)
+                     if hasattr(cb, "state_dict")}
+        return {
+            "step": self.step,
+            "seed": self.seed,
+            "elapsed_s": self.elapsed_s,
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "scaler": self.scaler.state_dict(),
+            "log": self.log,
+            "rng": rng,
+            "callbacks": callbacks,
+        }
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Write a checkpoint atomically (default ``out_dir/checkpoint.safetensors``); return its path."""
+        path = Path(path) if path is not None else self.default_checkpoint_path()
+        metadata = {"config": self.config, "minildm_version": minildm_version(),
+                    "task": type(self.task).__name__, "step": self.step, "max_steps": self.max_steps}
+        save_checkpoint(path, self.state_dict(), metadata)
+        self.last_checkpoint = path
+        return path
+
+    def load_state_dict(self, state: Mapping[str, Any], source: str | None = None) -> None:
+        """Restore a :meth:`state_dict`; ValueError when it belongs to a different task/model."""
+        where = f" in {source!r}" if source else ""
+        try:
+            modules, optimizers = state["modules"], state["optimizers"]
+            if set(modules) != set(self.modules):
+                raise ValueError(f"mismatched checkpoint{where}: it has modules {sorted(modules)}, "
+                                 f"the task has {sorted(self.modules)}")
+            if set(optimizers) != set(self.optimizers):
+                raise ValueError(f"mismatched checkpoint{where}: it has optimizers {sorted(optimizers)}, "
+                                 f"the task has {sorted(self.optimizers)}")
+            for name, module in self.modules.items():
+                load_module_state(module, modules[name], source=source)
+            for name, optimizer in self.optimizers.items():
+                try:
+                    optimizer.load_state_dict(optimizers[name])
+                except (ValueError, KeyError, RuntimeError) as err:
+                    raise ValueError(f"mismatched checkpoint{where}: optimizer {name!r} state does not fit "
+                                     f"({err})") from err
+            if state["scaler"]:
+                self.scaler.load_state_dict(state["scaler"])
+            self.step = int(state["step"])
+            self.elapsed_s = float(state.get("elapsed_s", 0.0))
+            self.log = [dict(r) for r in state["log"]]
+            rng = state["rng"]
+        except KeyError as err:
+            raise ValueError(f"checkpoint{where} is not a Trainer checkpoint (no {err})") from err
+        torch.set_rng_state(rng["torch"].cpu())
+        np.random.set_state(rng["numpy"])
+        random.setstate(_as_python_rng_state(rng["python"]))
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all([t.cpu() for t in rng["cuda"]])
+        if "mps" in rng and self.device.type == "mps":
+            torch.mps.set_rng_state(rng["mps"].cpu())
+        for i, cb in enumerate(self.callbacks):
+            if hasattr(cb, "load_state_dict") and str(i) in state.get("callbacks", {}):
+                cb.load_state_dict(state["callbacks"][str(i)])
+
+    def resume(self, path: str | os.PathLike | None = None) -> "Trainer":
+        """Continue from a checkpoint (default ``out_dir/checkpoint.safetensors``); returns self.
+
+        ValueError if the file is unreadable, belongs to another task/model, or was written with
+        a different ``config``.
+        """
+        path = Path(path) if path is not None else self.default_checkpoint_path()
+        state, metadata = load_checkpoint(path)
+        saved = metadata.get("config", {})
+        if self.config and saved != self.config:
+            diff = sorted(k for k in set(saved) | set(self.config) if saved.get(k) != self.config.get(k))
+            raise ValueError(f"checkpoint {str(path)!r} was written with a different config "
+                             f"(differs in: {', '.join(diff)}); resume with the same settings or "
+                             "start a fresh run")
+        if not self.config:
+            self.config = dict(saved)
+        self.load_state_dict(state, source=str(path))
+        if self._max_steps_from_checkpoint:
+            self.max_steps = int(metadata.get("max_steps", self.step))
+        self.max_steps = max(self.max_steps, self.step)
+        self.last_checkpoint = path
+        return self
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, task: Any, data: Any, **kwargs: Any) -> "Trainer":
+        """Build a Trainer for ``task``/``data`` (same kwargs as ``__init__``) and resume from ``path``.
+
+        Without ``max_steps`` the run's target is the one stored in the checkpoint.
+        """
+        trainer = cls(task, data, **{"max_steps": 0, **kwargs})
+        trainer._max_steps_from_checkpoint = "max_steps" not in kwargs
+        return trainer.resume(path)
+
+
+def _as_python_rng_state(state: Any) -> tuple:
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=0.5)
+
+
+def parameters_of(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
+    """Trainable parameters of several modules, without duplicates, in a fixed order."""
+    seen: set[int] = set()
+    out = []
+    for module in modules:
+        for p in module.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
