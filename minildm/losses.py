@@ -434,6 +434,7 @@ class _PerceptualAdversarialLoss(nn.Module):
             raise ValueError(f"unknown pixel_loss {pixel_loss!r}: choose 'l1' or 'l2'")
         if disc_loss not in _D_LOSSES:
             raise ValueError(f"unknown disc_loss {disc_loss!r}: choose 'hinge' or 'vanilla'")
+        _check_net(lpips_net)
         for name, value in (("pixelloss_weight", pixelloss_weight), ("disc_factor", disc_factor),
                             ("disc_weight", disc_weight), ("perceptual_weight", perceptual_weight)):
             if not isinstance(value, (int, float)) or value < 0:
