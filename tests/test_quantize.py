@@ -73,7 +73,7 @@ def test_loss_terms_known_values(beta: float) -> None:
     # both ||sg[z] - e||^2 and ||z - sg[e]||^2 are mean((1, 2)^2) = 2.5
     assert float(info.codebook_loss) == pytest.approx(2.5)
     assert float(info.commitment_loss) == pytest.approx(2.5)
-    assert float(loss) == pytest.approx(2.5 * (1 + beta))
+    assert loss.item() == pytest.approx(2.5 * (1 + beta))
     loss.backward()
     # commitment term (weight beta) moves z: d/dz beta * mean((z - e)^2) = beta * 2 (z - e) / N
     n = z.numel()
@@ -89,7 +89,7 @@ def test_legacy_weighting_puts_beta_on_codebook_term() -> None:
         vq.embedding.weight.zero_()
     z = torch.ones(1, 2, 2, 2, requires_grad=True)
     _, loss, _ = vq(z)
-    assert float(loss) == pytest.approx(1.0)  # commitment term only
+    assert loss.item() == pytest.approx(1.0)  # commitment term only
     loss.backward()
     assert z.grad is not None and z.grad.abs().sum() > 0
     assert vq.embedding.weight.grad is None or vq.embedding.weight.grad.abs().sum() == 0
