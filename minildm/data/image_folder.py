@@ -1,0 +1,181 @@
+"""A folder of your own images, with optional captions.
+
+Layout: image files (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.gif``, ``.webp``,
+``.tif``, ``.tiff``) anywhere below ``root``. Images in a first-level sub-folder
+get that folder as their class (``label`` = index of the folder name in sorted
+order, like ``torchvision.datasets.ImageFolder``); images directly in ``root`` have
+label 0 and class name ``""``.
+
+Captions (``captions=``): a ``dict`` {file: caption}, or the path of a file:
+
+* ``.json``: one object mapping file names to captions, ``{"cat.png": "a cat"}``;
+* ``.jsonl``: one object per line with ``file_name`` and ``text`` (or ``caption``),
+  the Hugging Face ``imagefolder`` ``metadata.jsonl`` convention;
+* ``.csv`` / ``.tsv``: two columns, file name and caption; a first row whose first
+  cell is ``file_name``, ``filename``, ``file``, ``image`` or ``path`` is a header.
+
+A file is looked up by its path relative to ``root`` (with ``/``), then by its
+bare name. Without ``captions=``, ``captions.json``, ``captions.jsonl``,
+``metadata.jsonl``, ``captions.csv`` or ``captions.tsv`` in ``root`` is used if
+present. Images without a caption get "a photo of <class>" (or "a photo").
+
+Each image is centre-cropped to a square and resized to ``image_size`` (bicubic,
+antialiased). Split: the SHA-1 of the relative path puts a file in val (first
+``val_fraction`` of the hash range), test (next ``test_fraction``) or train, so the
+split is stable when files are added or removed; items are in sorted path order.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .transforms import check_channels, check_image_size, center_crop_box, uint8_to_tensor
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+CAPTION_FILES = ("captions.json", "captions.jsonl", "metadata.jsonl", "captions.csv", "captions.tsv")
+_HEADER_WORDS = ("file_name", "filename", "file", "image", "path")
+SPLITS = ("train", "val", "test")
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 2048
+
+
+def read_captions(source: str | os.PathLike[str] | Mapping[str, str]) -> dict[str, str]:
+    """Read a captions mapping from a dict or a .json / .jsonl / .csv / .tsv file (see the module docstring)."""
+    if isinstance(source, Mapping):
+        return {str(k): str(v) for k, v in source.items()}
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"captions file {path} does not exist")
+    suffix = path.suffix.lower()
+    text = path.read_text(encoding="utf-8")
+    if suffix == ".json":
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold one JSON object mapping file names to captions")
+        return {str(k): str(v) for k, v in data.items()}
+    if suffix == ".jsonl":
+        out: dict[str, str] = {}
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            name = row.get("file_name", row.get("filename"))
+            caption = row.get("text", row.get("caption"))
+            if name is None or caption is None:
+                raise ValueError(f"{path}:{n}: each line needs 'file_name' and 'text' (or 'caption')")
+            out[str(name)] = str(caption)
+        return out
+    if suffix in (".csv", ".tsv"):
+        rows = list(csv.reader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ","))
+        rows = [r for r in rows if r]
+        if rows and rows[0][0].strip().lower() in _HEADER_WORDS:
+            rows = rows[1:]
+        bad = [r for r in rows if len(r) < 2]
+        if bad:
+            raise ValueError(f"{path}: every row needs two columns (file name, caption); got {bad[0]}")
+        return {r[0].strip(): r[1].strip() for r in rows}
+    raise ValueError(f"captions file {path} must end in .json, .jsonl, .csv or .tsv")
+
+
+def split_of(relative_path: str, val_fraction: float, test_fraction: float) -> str:
+    """The split of a file from the SHA-1 of its relative path (a number u in [0, 1))."""
+    u = int.from_bytes(hashlib.sha1(relative_path.encode("utf-8")).digest()[:8], "big") / 2**64
+    if u < val_fraction:
+        return "val"
+    if u < val_fraction + test_fraction:
+        return "test"
+    return "train"
+
+
+class ImageFolder(Dataset):
+    """Images from a folder with optional captions (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike[str], split: str = "train", image_size: int = 64,
+                 channels: int = 3, captions: str | os.PathLike[str] | Mapping[str, str] | None = None,
+                 val_fraction: float = 0.1, test_fraction: float = 0.1, length: int | None = None) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+        if root is None:
+            raise ValueError("image_folder needs root=<folder with images>")
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ValueError(f"image folder {self.root} does not exist or is not a folder")
+        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise ValueError(f"val_fraction and test_fraction must be in [0, 1) with a sum below 1, got "
+                             f"{val_fraction} and {test_fraction}")
+        self.split = split
+        self.image_size = check_image_size(image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, "image_folder")
+        self.channels = check_channels(channels)
+        files = sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
+                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {self.root}")
+        self.class_names = tuple(sorted({f.split("/")[0] for f in files if "/" in f} | ({""} if any(
+            "/" not in f for f in files) else set())))
+        self.num_classes = len(self.class_names)
+        counts = {s: 0 for s in SPLITS}
+        mine = []
+        for f in files:
+            s = split_of(f, val_fraction, test_fraction)
+            counts[s] += 1
+            if s == split:
+                mine.append(f)
+        if not mine:
+            raise ValueError(f"split {split!r} of {self.root} is empty (images per split: {counts}); "
+                             f"add images or change val_fraction/test_fraction")
+        if length is not None:
+            if isinstance(length, bool) or not isinstance(length, int) or not 0 < length <= len(mine):
+                raise ValueError(f"length must be an int in [1, {len(mine)}], got {length!r}")
+            mine = mine[:length]
+        self.files = mine
+        if captions is None:
+            found = [self.root / n for n in CAPTION_FILES if (self.root / n).is_file()]
+            captions = found[0] if found else {}
+        self.captions = read_captions(captions)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def caption(self, relative_path: str) -> str:
+        """The caption of a file: by relative path, then by bare name, else "a photo of <class>"."""
+        name = relative_path.rsplit("/", 1)[-1]
+        if relative_path in self.captions:
+            return self.captions[relative_path]
+        if name in self.captions:
+            return self.captions[name]
+        folder = relative_path.split("/")[0] if "/" in relative_path else ""
+        return f"a photo of {folder.replace('_', ' ')}" if folder else "a photo"
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of length {len(self)}")
+        index = int(index) % len(self)
+        from PIL import Image
+
+        rel = self.files[index]
+        with Image.open(self.root / rel) as im:
+            im = im.convert("RGB")
+            top, left, bottom, right = center_crop_box(im.height, im.width)
+            im = im.crop((left, top, right, bottom)).resize((self.image_size, self.image_size),
+                                                             Image.Resampling.BICUBIC)
+            array = np.asarray(im, dtype=np.uint8)
+        folder = rel.split("/")[0] if "/" in rel else ""
+        return {
+            "image": uint8_to_tensor(array, self.channels),
+            "caption": self.caption(rel),
+            "label": self.class_names.index(folder),
+            "boxes": torch.zeros(0, 4),
+            "objects": [],
+            "index": index,
+            "path": rel,
+        }
+
+    def __repr__(self) -> str:
+        return f"ImageFolder(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"
