@@ -334,7 +334,6 @@ def config_from_diffusers(cfg: Any, resolution: int | None = None) -> Autoencode
         attn_resolutions=attn_resolutions,
         z_channels=latent,
         embed_dim=latent,
-        double_z=True,
         mid_attn=bool(_get(cfg, "mid_block_add_attention", True)),
         norm_num_groups=int(_get(cfg, "norm_num_groups", 32)),
     )
