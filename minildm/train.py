@@ -6,6 +6,7 @@ The :class:`Trainer` knows nothing about autoencoders or diffusion. It drives a 
     task.configure_optimizers()  -> dict[str, Optimizer]     e.g. {"ae": ..., "disc": ...}
     task.optimizer_names         -> sequence of those names, in the order they step
     task.training_step(batch, step, optimizer_name) -> (loss: Tensor, logs: dict[str, float|Tensor])
+                                                     or None to skip that optimizer at this step
 
 and a *data source* with ``batch(step) -> batch`` that is a pure function of the step (see
 :class:`DatasetBatches`). Per step, for each optimizer name in order (as CompVis' two-optimizer
@@ -170,6 +171,7 @@ class Trainer:
         amp: use ``torch.autocast`` with :func:`minildm.presets.autocast_dtype` (None on CPU/MPS:
             fp32). fp16 gets a ``GradScaler``; bf16 does not need one.
         progress: show a tqdm progress bar (``tqdm.auto``: a widget in notebooks).
+        desc: label of the progress bar.
         log_every: append a log row every this many steps (losses are checked every step).
         config: JSON-serialisable description of the run, stored in checkpoints; resuming with
             a different config raises ValueError.
@@ -182,7 +184,7 @@ class Trainer:
     def __init__(self, task: Any, data: Any, *, device: str | torch.device | None = None,
                  max_steps: int, seed: int = 0, out_dir: str | os.PathLike | None = None,
                  checkpoint_every: int | None = None, grad_clip: float | None = None,
-                 amp: bool = True, progress: bool = True, log_every: int = 1,
+                 amp: bool = True, progress: bool = True, desc: str | None = None, log_every: int = 1,
                  config: Mapping[str, Any] | None = None,
                  callbacks: Sequence[Callback | Callable[["Trainer", dict[str, Any]], None]] = ()) -> None:
         for name, value, low in (("max_steps", max_steps, 0), ("log_every", log_every, 1)):
@@ -211,6 +213,7 @@ class Trainer:
         self.checkpoint_every = checkpoint_every
         self.grad_clip = None if grad_clip is None else float(grad_clip)
         self.progress = progress
+        self.desc = desc
         self.log_every = log_every
         self.config: dict[str, Any] = dict(config or {})
         self.callbacks = list(callbacks)
@@ -256,12 +259,19 @@ class Trainer:
         return [p for group in optimizer.param_groups for p in group["params"]]
 
     # ---------------------------------------------------------------- one step
-    def optimizer_step(self, name: str, batch: Any, step: int) -> dict[str, float]:
-        """One update of optimizer ``name``: zero_grad, loss, backward, clip, step. Returns its logs."""
+    def optimizer_step(self, name: str, batch: Any, step: int) -> dict[str, float] | None:
+        """One update of optimizer ``name``: zero_grad, loss, backward, clip, step. Returns its logs.
+
+        A task may return None from ``training_step`` to skip an optimizer at a step (no
+        backward, no update); then this returns None.
+        """
         optimizer = self.optimizers[name]
         optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            loss, logs = self.task.training_step(batch, step, name)
+            out = self.task.training_step(batch, step, name)
+        if out is None:  # the task skips this optimizer at this step (e.g. before disc_start)
+            return None
+        loss, logs = out
         value = float(loss.detach().float().item())
         logs = {k: _to_float(v) for k, v in (logs or {}).items()}
         if not math.isfinite(value):
@@ -286,9 +296,14 @@ class Trainer:
             module.train()
         batch = move_to_device(self.data.batch(step), self.device)
         record: dict[str, Any] = {"step": step}
+        stepped = False
         for name in self.optimizer_names:
-            record.update(self.optimizer_step(name, batch, step))
-        self.scaler.update()
+            logs = self.optimizer_step(name, batch, step)
+            if logs is not None:
+                record.update(logs)
+                stepped = True
+        if stepped:
+            self.scaler.update()
         self.step += 1
         for cb in self.callbacks:
             (cb.after_step if hasattr(cb, "after_step") else cb)(self, record)
@@ -308,7 +323,7 @@ class Trainer:
             self.max_steps = max(self.max_steps, end)
         else:
             end = self.max_steps
-        bar = _progress_bar(total=end, initial=self.step, enabled=self.progress)
+        bar = _progress_bar(total=end, initial=self.step, enabled=self.progress, desc=self.desc)
         shown = 0.0
         start = time.perf_counter()
         try:
@@ -449,12 +464,12 @@ def _as_python_rng_state(state: Any) -> tuple:
     return (version, tuple(internal), gauss)
 
 
-def _progress_bar(total: int, initial: int, enabled: bool):
+def _progress_bar(total: int, initial: int, enabled: bool, desc: str | None = None):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=0.5)
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=0.5, desc=desc)
 
 
 def parameters_of(modules: Iterable[nn.Module]) -> list[nn.Parameter]:

@@ -1,0 +1,125 @@
+"""Command line: ``python -m minildm <command> ...`` (also the ``minildm`` console script).
+
+Commands register themselves in :data:`COMMANDS` with a function that adds their arguments
+to a subparser and a function that runs them; later notebooks add ``ablate-f``, ``train-ldm``,
+``sample``, ``evaluate`` and ``bench`` the same way.
+
+Errors in the arguments exit with status 2 and argparse's usage message; a ValueError raised by
+the library (unknown preset, unusable checkpoint, ...) is printed as ``error: ...`` on stderr,
+also with status 2 and without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+__all__ = ["COMMANDS", "Command", "build_parser", "main"]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: ``add_arguments(parser)`` and ``run(args) -> exit status``."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _preset_arg(value: str) -> str:
+    from .presets import PRESET_NAMES
+
+    name = value.strip().lower()
+    if name not in PRESET_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown preset {value!r} (choose from {', '.join(PRESET_NAMES)})")
+    return name
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", type=_preset_arg, default=None,
+                        help="smoke | cpu | gpu (default: $MINILDM_PRESET, else gpu with CUDA, else cpu)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, cuda:N or mps (default: $MINILDM_DEVICE, else cuda > mps > cpu)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="artifact root (default: $MINILDM_ARTIFACTS, else ./artifacts)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# ------------------------------------------------------------------------------------ train-ae
+def _train_ae_arguments(parser: argparse.ArgumentParser) -> None:
+    from .artifacts import REGULARIZERS, VARIANTS
+
+    _add_common(parser)
+    parser.add_argument("--variant", choices=list(VARIANTS), default="l1-lpips-gan",
+                        help="reconstruction loss (default: l1-lpips-gan, the paper's)")
+    parser.add_argument("--regularizer", choices=list(REGULARIZERS), default="kl",
+                        help="latent regulariser: kl (AutoencoderKL) or vq (VQModel); default kl")
+    parser.add_argument("--steps", type=_positive_int, default=None,
+                        help="training steps (default: the preset's)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from its checkpoint (<artifact>.partial/)")
+
+
+def _train_ae(args: argparse.Namespace) -> int:
+    from .artifacts import build_artifact, format_metrics
+    from .presets import get_preset
+
+    preset = get_preset(args.preset)
+    name = f"ae-{args.regularizer}-{args.variant}"
+    artifact = build_artifact(name, preset, steps=args.steps, device=args.device,
+                              progress=not args.no_progress, resume=args.resume, root=args.out)
+    print(f"{name} (preset {preset.name}): reconstruction of {artifact.metrics.get('n', '?')} "
+          "shapes val images")
+    print(format_metrics(artifact.metrics))
+    print(f"saved to {artifact.path}")
+    print(f"rebuild with: {artifact.command}")
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "train-ae": Command("train-ae", "train a first-stage autoencoder (notebook 01) and cache it as an artifact",
+                        _train_ae_arguments, _train_ae),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser with one subparser per entry of :data:`COMMANDS`."""
+    from .checkpoint import minildm_version
+
+    parser = argparse.ArgumentParser(
+        prog="python -m minildm",
+        description="minildm: Latent Diffusion Models (Rombach et al., CVPR 2022), step by step.",
+        epilog="Example: python -m minildm train-ae --preset cpu --variant l1-lpips-gan --regularizer kl")
+    parser.add_argument("--version", action="version", version=f"minildm {minildm_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in COMMANDS.values():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the command, return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # bad arguments: SystemExit(2) with argparse's message
+    try:
+        return int(args._run(args) or 0)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run again with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130

@@ -1,0 +1,161 @@
+"""Training tasks for :class:`minildm.train.Trainer`.
+
+:class:`AutoencoderTask` is the first stage's training step (CompVis
+``AutoencoderKL.training_step`` / ``VQModel.training_step``, taming's VQGAN): two optimizers
+that alternate every step,
+
+* ``"ae"`` (optimizer_idx 0): encoder, decoder, quant convs (+ codebook) and the loss's own
+  parameters outside its discriminator (the learned log-variance ``logvar`` of the KL loss)
+  minimise  L_rec + w_kl·KL (or + L_VQ) + λ·f_disc·(−E[D(x̂)]);
+* ``"disc"`` (optimizer_idx 1, only when the loss has a discriminator): the PatchGAN D minimises
+  the hinge loss  E[relu(1 − D(x))] + E[relu(1 + D(sg[x̂]))].
+
+Both use Adam(lr, betas=(0.5, 0.9)) as in CompVis. The discriminator step reuses the detached
+reconstruction x̂ of the autoencoder step of the same batch instead of a second forward pass, and
+is skipped entirely before ``disc_start`` (its loss is multiplied by 0 there anyway).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["AutoencoderTask"]
+
+
+def _is_vq(model: nn.Module) -> bool:
+    from .autoencoder import VQModel
+
+    return isinstance(model, VQModel)
+
+
+class AutoencoderTask:
+    """First-stage training: ``model`` (AutoencoderKL or VQModel) with ``loss``
+    (LPIPSWithDiscriminator or VQLPIPSWithDiscriminator).
+
+    Args:
+        model: the autoencoder.
+        loss: the matching loss module (KL loss for AutoencoderKL, VQ loss for VQModel).
+        lr: Adam learning rate of both optimizers.
+        betas: Adam betas; (0.5, 0.9) as in CompVis/taming.
+
+    ``training_step(batch, step, name)`` takes ``batch["image"]`` (B, C, H, W) in [-1, 1] and
+    returns ``(loss, logs)``; logs use CompVis' ``train/...`` names, plus ``train/perplexity``
+    and ``train/codebook_usage`` for VQ.
+    """
+
+    progress_keys = ("train/rec_loss", "train/p_loss")
+
+    def __init__(self, model: nn.Module, loss: nn.Module, lr: float,
+                 betas: tuple[float, float] = (0.5, 0.9)) -> None:
+        if not isinstance(model, nn.Module) or not hasattr(model, "get_last_layer"):
+            raise TypeError("model must be an AutoencoderKL or VQModel (an nn.Module with get_last_layer()), "
+                            f"got {type(model).__name__}")
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+            raise ValueError(f"lr must be a number > 0, got {lr!r}")
+        if len(tuple(betas)) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        self.vq = _is_vq(model)
+        from .losses import VQLPIPSWithDiscriminator
+
+        loss_is_vq = isinstance(loss, VQLPIPSWithDiscriminator)
+        if loss_is_vq != self.vq:
+            raise ValueError(f"{type(model).__name__} needs "
+                             f"{'VQLPIPSWithDiscriminator' if self.vq else 'LPIPSWithDiscriminator'}, "
+                             f"got {type(loss).__name__}")
+        self.model = model
+        self.loss = loss
+        self.lr = float(lr)
+        self.betas = (float(betas[0]), float(betas[1]))
+        self._cache: dict[str, Any] | None = None
+
+    # -- the Trainer's interface ------------------------------------------------------
+    @property
+    def use_discriminator(self) -> bool:
+        return bool(getattr(self.loss, "use_discriminator", False)) and self.discriminator is not None
+
+    @property
+    def discriminator(self) -> nn.Module | None:
+        return getattr(self.loss, "discriminator", None)
+
+    @property
+    def optimizer_names(self) -> tuple[str, ...]:
+        return ("ae", "disc") if self.use_discriminator else ("ae",)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model, "loss": self.loss}
+
+    def ae_parameters(self) -> list[nn.Parameter]:
+        """Autoencoder + the loss's trainable parameters outside the discriminator (``logvar``)."""
+        disc = {id(p) for p in self.discriminator.parameters()} if self.discriminator is not None else set()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        params += [p for p in self.loss.parameters() if p.requires_grad and id(p) not in disc]
+        return params
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        opts = {"ae": torch.optim.Adam(self.ae_parameters(), lr=self.lr, betas=self.betas)}
+        if self.use_discriminator:
+            opts["disc"] = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr, betas=self.betas)
+        return opts
+
+    def training_step(self, batch: Any, step: int, name: str) -> tuple[torch.Tensor, dict[str, Any]] | None:
+        x = batch["image"] if isinstance(batch, dict) else batch
+        if name == "ae":
+            return self._autoencoder_step(x, step)
+        if name == "disc":
+            if step < int(getattr(self.loss, "discriminator_iter_start", 0)):
+                return None  # f_disc = 0 before disc_start: nothing to learn yet
+            return self._discriminator_step(x, step)
+        raise ValueError(f"unknown optimizer name {name!r}; this task has {self.optimizer_names}")
+
+    # -- the two steps ----------------------------------------------------------------
+    def _autoencoder_step(self, x: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        # D's parameters get no gradient from the generator loss (Lightning's toggle_optimizer).
+        with _frozen(self.discriminator.parameters() if self.discriminator is not None else ()):
+            if self.vq:
+                xrec, qloss, info = self.model(x)
+                loss, log = self.loss(qloss, x, xrec, 0, step, last_layer=self.model.get_last_layer(),
+                                      split="train")
+                log = dict(log)
+                log["train/perplexity"] = info["perplexity"]
+                log["train/codebook_usage"] = info["usage"]
+            else:
+                xrec, posterior = self.model(x)
+                loss, log = self.loss(x, xrec, posterior, 0, step, last_layer=self.model.get_last_layer(),
+                                      split="train")
+        if self.use_discriminator:
+            self._cache = {"step": step, "x": x, "xrec": xrec.detach()}
+        return loss, dict(log)
+
+    def _discriminator_step(self, x: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        cache = self._cache
+        if cache is not None and cache["step"] == step and cache["x"] is x:
+            xrec = cache["xrec"]
+        else:  # called without the "ae" step of this batch: reconstruct once, without gradients
+            with torch.no_grad():
+                xrec = self.model(x)[0]
+        self._cache = None
+        loss, log = self.loss(*self._disc_args(x, xrec), 1, step, last_layer=None, split="train")
+        return loss, dict(log)
+
+    def _disc_args(self, x: torch.Tensor, xrec: torch.Tensor) -> tuple[Any, ...]:
+        if self.vq:
+            return (torch.zeros((), device=x.device), x, xrec)
+        return (x, xrec, None)
+
+
+class _frozen:
+    """Context: ``requires_grad=False`` on the given parameters, restored on exit."""
+
+    def __init__(self, params: Iterator[nn.Parameter] | Sequence[nn.Parameter]) -> None:
+        self.params = [p for p in params if p.requires_grad]
+
+    def __enter__(self) -> None:
+        for p in self.params:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc: Any) -> None:
+        for p in self.params:
+            p.requires_grad_(True)
