@@ -195,7 +195,7 @@ class AutoencoderConfig:
         r = self.resolution // self.f
         return (int(self.embed_dim), r, r)  # type: ignore[arg-type]
 
-    # -- construction helpers -----------------------------------------------------------
+    # -- constructors -----------------------------------------------------------------
     def replace(self, **changes: Any) -> "AutoencoderConfig":
         """A validated copy with some fields changed."""
         return replace(self, **changes)
