@@ -91,18 +91,25 @@ class VectorQuantizer(nn.Module):
     def extra_repr(self) -> str:
         return f"n_e={self.n_e}, e_dim={self.e_dim}, beta={self.beta}, legacy={self.legacy}"
 
+    #: rows of the (N, n_e) distance matrix computed at once: bounds its memory to ~128 MB
+    max_distance_elements: int = 2**25
+
     def nearest_indices(self, z_flat: torch.Tensor) -> torch.Tensor:
         """k* = argmin_k ||z − e_k||² for each row of ``z_flat`` (N, e_dim) -> (N,) long.
 
         Uses ||z||² + ||e||² − 2 z·e in float32 with autocast disabled (half precision
-        would make near ties pick wrong codes).
+        would make near ties pick wrong codes), in chunks of rows so that large batches
+        with large codebooks (e.g. 32k positions × 8192 codes) stay within memory.
         """
         with torch.autocast(device_type=z_flat.device.type, enabled=False):
-            z32 = z_flat.float()
             e32 = self.embedding.weight.float()
-            d = (z32.pow(2).sum(1, keepdim=True) + e32.pow(2).sum(1)[None, :]
-                 - 2.0 * z32 @ e32.t())
-            return d.argmin(dim=1)
+            e_sq = e32.pow(2).sum(1)
+            rows = max(1, self.max_distance_elements // self.n_e)
+            out = []
+            for chunk in z_flat.float().split(rows):
+                d = chunk.pow(2).sum(1, keepdim=True) + e_sq[None, :] - 2.0 * chunk @ e32.t()
+                out.append(d.argmin(dim=1))
+            return torch.cat(out) if len(out) != 1 else out[0]
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, QuantizerInfo]:
         if z.ndim != 4:

@@ -179,3 +179,14 @@ def test_autocast_keeps_assignment_in_float32() -> None:
         z_q, _, info = vq(z)
     assert torch.equal(info.indices, ref.indices)
     assert z_q.dtype == z.dtype
+
+
+def test_chunked_distances_give_the_same_codes() -> None:
+    vq = VectorQuantizer(50, 4)
+    with torch.no_grad():
+        vq.embedding.weight.normal_()
+    z = torch.randn(3, 4, 7, 9)
+    _, _, ref = vq(z)
+    vq.max_distance_elements = 50 * 5  # 5 rows per chunk
+    _, _, chunked = vq(z)
+    assert torch.equal(chunked.indices, ref.indices)
