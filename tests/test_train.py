@@ -234,3 +234,124 @@ def test_progress_bar_runs(capsys):
     trainer.fit()
     err = capsys.readouterr().err
     assert "3/3" in err and "main=" in err
+
+
+# ------------------------------------------------------------------ AutoencoderTask (real modules)
+from minildm.autoencoder import AutoencoderConfig, AutoencoderKL, VQModel  # noqa: E402
+from minildm.losses import LPIPSWithDiscriminator, VQLPIPSWithDiscriminator  # noqa: E402
+from minildm.tasks import AutoencoderTask  # noqa: E402
+
+
+class Images:
+    def __init__(self, n: int = 8, size: int = 32) -> None:
+        g = torch.Generator().manual_seed(7)
+        self.x = torch.rand(n, 3, size, size, generator=g) * 2 - 1
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.x[i]}
+
+
+def image_batches(seed: int = 0) -> DatasetBatches:
+    return DatasetBatches(Images(), 4, seed=seed,
+                          collate_fn=lambda items: {"image": torch.stack([it["image"] for it in items])})
+
+
+def tiny_ae_task(regularizer: str, gan: bool, disc_start: int = 0, seed: int = 0, dropout: float = 0.0):
+    torch.manual_seed(seed)
+    if regularizer == "kl":
+        model = AutoencoderKL(AutoencoderConfig(resolution=32, ch=8, ch_mult=(1, 2), num_res_blocks=1,
+                                                z_channels=2, dropout=dropout))
+        loss = LPIPSWithDiscriminator(disc_start=disc_start, perceptual_weight=0.0,
+                                      disc_weight=0.5 if gan else 0.0, disc_ndf=8, disc_num_layers=2)
+    else:
+        model = VQModel(AutoencoderConfig(resolution=32, ch=8, ch_mult=(1, 2), num_res_blocks=1,
+                                          z_channels=2, n_embed=16, dropout=dropout))
+        loss = VQLPIPSWithDiscriminator(disc_start=disc_start, perceptual_weight=0.0,
+                                        disc_weight=0.75 if gan else 0.0, disc_ndf=8, disc_num_layers=2)
+    return AutoencoderTask(model, loss, lr=1e-3)
+
+
+def snapshot(module: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def changed(before, module) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+@pytest.mark.parametrize("regularizer", ["kl", "vq"])
+def test_autoencoder_task_two_optimizers(regularizer):
+    task = tiny_ae_task(regularizer, gan=True, disc_start=0)
+    assert task.optimizer_names == ("ae", "disc")
+    opts = task.configure_optimizers()
+    ae_ids = {id(p) for g in opts["ae"].param_groups for p in g["params"]}
+    disc_ids = {id(p) for p in task.loss.discriminator.parameters()}
+    assert not ae_ids & disc_ids
+    assert {id(p) for p in task.model.parameters()} <= ae_ids
+    assert opts["ae"].param_groups[0]["betas"] == (0.5, 0.9)
+    if regularizer == "kl":
+        assert id(task.loss.logvar) in ae_ids  # the learned log-variance trains with the autoencoder
+
+    trainer = Trainer(task, image_batches(), device="cpu", max_steps=2, progress=False)
+    forwards = []
+    task.model.register_forward_hook(lambda *a: forwards.append(1))
+    batch = trainer.data.batch(0)
+    model0, disc0 = snapshot(task.model), snapshot(task.loss.discriminator)
+    logs = trainer.optimizer_step("ae", batch, 0)
+    assert changed(model0, task.model) and not changed(disc0, task.loss.discriminator)
+    assert all(p.grad is None for p in task.loss.discriminator.parameters())  # D frozen in the G step
+    assert logs["train/g_loss"] != 0.0 and logs["train/d_weight"] > 0.0
+    if regularizer == "vq":
+        assert 1.0 <= logs["train/perplexity"] <= 16.0 and 0.0 < logs["train/codebook_usage"] <= 1.0
+    model1, disc1 = snapshot(task.model), snapshot(task.loss.discriminator)
+    logs = trainer.optimizer_step("disc", batch, 0)
+    assert changed(disc1, task.loss.discriminator) and not changed(model1, task.model)
+    assert len(forwards) == 1  # the discriminator step reused the reconstruction
+    assert {"train/disc_loss", "train/logits_real", "train/logits_fake", "loss/disc"} <= set(logs)
+
+
+@pytest.mark.parametrize("regularizer", ["kl", "vq"])
+def test_autoencoder_task_without_discriminator(regularizer):
+    task = tiny_ae_task(regularizer, gan=False)
+    assert task.optimizer_names == ("ae",) and set(task.configure_optimizers()) == {"ae"}
+    log = Trainer(task, image_batches(), device="cpu", max_steps=2, progress=False).fit()
+    assert len(log) == 2 and "loss/disc" not in log[-1] and log[-1]["train/g_loss"] == 0.0
+
+
+def test_discriminator_waits_for_disc_start():
+    task = tiny_ae_task("kl", gan=True, disc_start=2)
+    trainer = Trainer(task, image_batches(), device="cpu", max_steps=3, progress=False)
+    disc0 = snapshot(task.loss.discriminator)
+    trainer.fit(2)
+    assert not changed(disc0, task.loss.discriminator)
+    assert all("loss/disc" not in r for r in trainer.log)
+    trainer.fit()
+    assert "loss/disc" in trainer.log[-1] and changed(disc0, task.loss.discriminator)
+
+
+def test_autoencoder_task_rejects_mismatched_loss():
+    kl = tiny_ae_task("kl", gan=False)
+    vq = tiny_ae_task("vq", gan=False)
+    with pytest.raises(ValueError, match="VQLPIPSWithDiscriminator"):
+        AutoencoderTask(vq.model, kl.loss, lr=1e-3)
+    with pytest.raises(ValueError, match="lr"):
+        AutoencoderTask(kl.model, kl.loss, lr=0)
+
+
+def test_autoencoder_resume_is_bit_identical(tmp_path):
+    """KL sampling, dropout, two Adam optimizers and the GAN start in the second half."""
+    straight = tiny_ae_task("kl", gan=True, disc_start=2, dropout=0.1)
+    log1 = Trainer(straight, image_batches(), device="cpu", max_steps=4, seed=3, progress=False).fit()
+    first = tiny_ae_task("kl", gan=True, disc_start=2, dropout=0.1)
+    t = Trainer(first, image_batches(), device="cpu", max_steps=4, seed=3, progress=False, out_dir=tmp_path)
+    t.fit(2)
+    resumed = tiny_ae_task("kl", gan=True, disc_start=2, dropout=0.1, seed=9)
+    log2 = Trainer.from_checkpoint(tmp_path / "checkpoint.safetensors", resumed, image_batches(),
+                                   device="cpu", progress=False).fit()
+    assert log1 == log2
+    for m1, m2 in ((straight.model, resumed.model), (straight.loss, resumed.loss)):
+        for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+            assert torch.equal(a, b), k
