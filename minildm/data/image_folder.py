@@ -163,8 +163,8 @@ class ImageFolder(Dataset):
         with Image.open(self.root / rel) as im:
             im = im.convert("RGB")
             top, left, bottom, right = center_crop_box(im.height, im.width)
-            im = im.crop((left, top, right, bottom)).resize((self.image_size, self.image_size),
-                                                             Image.Resampling.BICUBIC)
+            bicubic = getattr(Image, "Resampling", Image).BICUBIC  # Pillow < 9.1 has no Resampling
+            im = im.crop((left, top, right, bottom)).resize((self.image_size, self.image_size), bicubic)
             array = np.asarray(im, dtype=np.uint8)
         folder = rel.split("/")[0] if "/" in rel else ""
         return {

@@ -89,7 +89,11 @@ def load_source(name: str) -> np.ndarray:
     """Source ``name`` as a uint8 RGB array (H, W, 3) (grey sources repeated to 3 channels)."""
     if name not in SOURCES:
         raise ValueError(f"unknown photo source {name!r}; allowed: {', '.join(SOURCE_NAMES)}")
-    img = np.asarray(SOURCES[name][0]())
+    try:
+        img = np.asarray(SOURCES[name][0]())
+    except (ImportError, OSError) as err:  # e.g. a scikit-image build without the bundled file
+        raise ValueError(f"photo source {name!r} cannot be read offline here ({err}); leave it out with "
+                         f"sources=(...) from {', '.join(SOURCE_NAMES)}") from err
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     img = img[:, :, :3]

@@ -157,7 +157,7 @@ _DIAMOND_HALF = 1.1
 _HEX_R = 1.05
 _TRI_SIDE = 2.2
 _TRI_H = _TRI_SIDE * math.sqrt(3) / 2
-_STAR_R, _STAR_RI = 1.15, 0.5
+_STAR_R, _STAR_RI = 1.15, 0.55
 _CROSS_ARM, _CROSS_HALF = 1.0, 0.34
 _STAR_YOFF = _STAR_R * (1 - math.cos(math.pi / 5)) / 2  # moves the star so that its box is centred
 HALF_EXTENTS: dict[str, tuple[float, float]] = {
@@ -414,9 +414,12 @@ def shape_sdf(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}; allowed: {', '.join(SHAPE_NAMES)}")
 
 
-def outline_width(size: int) -> float:
-    """Outline width in pixels: one pixel at 64 px, growing with the image size."""
-    return max(1.0, size / 64)
+def outline_width(size: int, radius_px: float) -> float:
+    """Outline width in pixels: a tenth of the object's radius, between 0.5 px and size / 64 px.
+
+    Thin enough that small objects keep most of their area in the fill colour.
+    """
+    return float(np.clip(0.1 * radius_px, 0.5, max(0.5, size / 64)))
 
 
 def draw_object(canvas: np.ndarray, obj: ShapeObject) -> None:
@@ -439,7 +442,7 @@ def draw_object(canvas: np.ndarray, obj: ShapeObject) -> None:
     py = (gy[y0:y1, x0:x1] - cy) / r_px
     d = shape_sdf(obj.shape, px, py) * r_px
     alpha = np.clip(0.5 - d, 0.0, 1.0)
-    body = np.clip(0.5 - d - outline_width(size), 0.0, 1.0)
+    body = np.clip(0.5 - d - outline_width(size, r_px), 0.0, 1.0)
     colour = np.asarray(COLOURS[obj.colour], dtype=np.float32) / 255.0
     region = canvas[y0:y1, x0:x1]
     region *= (1.0 - alpha)[..., None]
