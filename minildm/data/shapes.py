@@ -278,18 +278,21 @@ def sample_background(rng: np.random.Generator) -> Background:
 def sample_scene(rng: np.random.Generator) -> Scene:
     """Draw a random scene: 1-3 objects of distinct colours, main (largest) object first.
 
-    Sizes: one object has any size; with several, the main object is medium or
+    Counts 1, 2, 3 with probabilities 0.3, 0.35, 0.35. Sizes: one object has any
+    size (small/medium/large with probabilities 0.3/0.4/0.3); with several, the main object is medium or
     large and all others are of a strictly smaller size class. Positions are drawn
     uniformly and rejected while a box overlaps an earlier one by more than
     :data:`MAX_OVERLAP`; an object that finds no place in 40 tries is dropped.
     """
-    n = int(rng.choice(3, p=(0.3, 0.35, 0.35))) + 1
+    u = rng.random()
+    n = 1 if u < 0.3 else (2 if u < 0.65 else 3)
     if n == 1:
-        sizes = [SIZE_NAMES[int(rng.choice(3, p=(0.3, 0.4, 0.3)))]]
+        u = rng.random()
+        sizes = [SIZE_NAMES[0 if u < 0.3 else (1 if u < 0.7 else 2)]]
     else:
         main = 1 + int(rng.integers(2))  # medium or large
         sizes = [SIZE_NAMES[main]] + [SIZE_NAMES[int(rng.integers(main))] for _ in range(n - 1)]
-    colours = rng.choice(len(COLOUR_NAMES), size=n, replace=False)
+    colours = rng.permutation(len(COLOUR_NAMES))[:n]
     shapes = rng.integers(len(SHAPE_NAMES), size=n)
     objects: list[ShapeObject] = []
     for k in range(n):
