@@ -2,7 +2,7 @@
 
 Every dataset returns images as float32 tensors of shape (C, H, W) with values in
 [-1, 1], the range the autoencoder of Rombach et al. (2022) is trained on
-(CompVis ``ldm/data``: ``x = x / 127.5 - 1``). The helpers here convert uint8
+(CompVis ``ldm/data``: ``x = x / 127.5 - 1``). The functions here convert uint8
 arrays to that range, change the number of channels, resize with antialiasing and
 crop.
 """
