@@ -287,9 +287,22 @@ class AutoencoderSpec:
                 "preset": preset.name}
 
     def command(self, preset: Preset, steps: int | None = None) -> str:
+        """The CLI command that rebuilds this artifact under ``preset`` (and ``steps``).
+
+        A preset with changed sizes beyond the step count (``Preset.with_ae(...)``) has no CLI
+        form; then this is the equivalent Python call.
+        """
+        steps = steps if steps is not None else preset.ae.steps
+        base = get_preset(preset.name)
+        changed = {k: v for k, v in vars(preset.ae).items() if k != "steps" and getattr(base.ae, k) != v}
+        if changed or preset.seed != base.seed:
+            sizes = ", ".join(f"{k}={v!r}" for k, v in {**changed, "steps": steps}.items())
+            return (f"python -c \"from minildm.artifacts import load_or_train; from minildm.presets import "
+                    f"get_preset; load_or_train({self.name!r}, get_preset({preset.name!r}).with_ae({sizes}), "
+                    f"retrain=True)\"")
         cmd = "python -m minildm " + self.cli.format(preset=preset.name, variant=self.variant,
                                                      regularizer=self.regularizer, name=self.name)
-        if steps is not None and steps != preset.ae.steps:
+        if steps != base.ae.steps:
             cmd += f" --steps {steps}"
         return cmd
 

@@ -1,0 +1,168 @@
+"""Artifact cache: train once then load, config checks, corrupted files, atomic writes, recipes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from minildm import artifacts
+from minildm.artifacts import (
+    ARTIFACTS,
+    AutoencoderSpec,
+    artifact_dir,
+    autoencoder_recipe,
+    build_autoencoder,
+    list_artifacts,
+    load_or_train,
+)
+from minildm.presets import get_preset
+
+SMOKE2 = get_preset("smoke").with_ae(steps=2)
+
+
+@pytest.fixture()
+def root(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINILDM_ARTIFACTS", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny artifact (ae-kl-l2, 2 steps) shared by the tests that only read it."""
+    root = tmp_path_factory.mktemp("shared")
+    art = load_or_train("ae-kl-l2", SMOKE2, device="cpu", progress=False, root=root)
+    return root, art
+
+
+def test_names_and_registry():
+    names = list_artifacts()
+    for name in ("ae-kl-l2", "ae-kl-l1-lpips", "ae-kl-l1-lpips-gan", "ae-vq-l1-lpips-gan"):
+        assert name in names
+    assert names == sorted(ARTIFACTS)
+    with pytest.raises(ValueError, match="unknown artifact 'ae-nope'.*ae-kl-l2"):
+        load_or_train("ae-nope", "smoke")
+    with pytest.raises(ValueError, match="unknown preset"):
+        artifact_dir("ae-kl-l2", "huge")
+
+
+def test_recipes_follow_the_variants():
+    p = get_preset("smoke")
+    l2 = autoencoder_recipe("l2", "kl", p)
+    assert l2["pixel_loss"] == "l2" and l2["perceptual_weight"] == 0 and l2["disc_weight"] == 0
+    assert l2["kl_weight"] == 1e-6 and l2["steps"] == p.ae.steps and l2["lr"] == p.ae.lr
+    gan = autoencoder_recipe("l1-lpips-gan", "vq", p, steps=3)
+    assert gan["pixel_loss"] == "l1" and gan["perceptual_weight"] == 1.0 and gan["disc_weight"] > 0
+    assert gan["disc_start"] == p.ae.disc_start and gan["beta"] == 0.25 and gan["steps"] == 3
+    with pytest.raises(ValueError, match="variant.*l1-lpips-gan"):
+        autoencoder_recipe("l3", "kl", p)
+    with pytest.raises(ValueError, match="regularizer.*kl, vq"):
+        autoencoder_recipe("l2", "gauss", p)
+    with pytest.raises(ValueError, match="steps"):
+        autoencoder_recipe("l2", "kl", p, steps=0)
+
+    model, loss = build_autoencoder("l2", "kl", p)
+    cfg = model.config
+    assert type(model).__name__ == "AutoencoderKL" and cfg.resolution == p.ae.image_size
+    assert cfg.ch == p.ae.ch and tuple(cfg.ch_mult) == tuple(p.ae.ch_mult) and cfg.embed_dim == p.ae.z_channels
+    assert not loss.use_discriminator and loss.perceptual_loss is None
+    again, _ = build_autoencoder("l2", "kl", p)  # seeded: the same initial weights every time
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+    vq, vq_loss = build_autoencoder("l1-lpips-gan", "vq", p)
+    assert type(vq).__name__ == "VQModel" and vq.config.n_embed == p.ae.n_embed
+    assert vq_loss.use_discriminator and vq_loss.discriminator_iter_start == p.ae.disc_start
+
+
+def test_load_or_train_round_trip(trained, monkeypatch):
+    root, art = trained
+    path = root / "smoke" / "ae-kl-l2"
+    assert art.path == path
+    assert sorted(p.name for p in root.joinpath("smoke").iterdir()) == ["ae-kl-l2"]  # no temp/partial left
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "log.json", "metrics.json", "model.safetensors"]
+    assert not art.model.training
+    m = art.metrics
+    assert {"psnr", "ssim", "lpips", "train_time_s", "params", "command"} <= set(m)
+    assert m["command"] == "python -m minildm train-ae --preset smoke --variant l2 --regularizer kl --steps 2"
+    assert m["n"] == SMOKE2.ae.n_eval and m["params"] == sum(p.numel() for p in art.model.parameters())
+    assert 0 < m["psnr"] < 60 and -1 <= m["ssim"] <= 1 and m["lpips"] >= 0
+    assert [r["step"] for r in art.log] == [0, 1]
+    config = json.loads((path / "config.json").read_text())
+    assert config["preset"] == "smoke" and config["recipe"]["variant"] == "l2"
+    assert config["model"]["resolution"] == SMOKE2.ae.image_size
+
+    # the second call loads and does not train
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again instead of loading")
+
+    monkeypatch.setattr(AutoencoderSpec, "train", no_training)
+    again = load_or_train("ae-kl-l2", SMOKE2, device="cpu", progress=False, root=root)
+    assert again.metrics == art.metrics and again.log == art.log
+    for a, b in zip(art.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(art.model.encode_latent(x), again.model.encode_latent(x))
+
+
+def test_config_mismatch_is_a_clear_error(trained):
+    root, _ = trained
+    with pytest.raises(ValueError) as err:
+        load_or_train("ae-kl-l2", SMOKE2.with_ae(steps=3, ch=8), progress=False, root=root)
+    msg = str(err.value)
+    assert "mismatched artifact" in msg and "config.json" in msg and "recipe.steps" in msg
+    assert "model.ch: saved 16, expected 8" in msg
+    assert "with_ae(ch=8, steps=3), retrain=True)" in msg  # the Python call that rebuilds it
+    with pytest.raises(ValueError, match="recipe.steps: saved 2, expected 3.*--steps 3`"):
+        load_or_train("ae-kl-l2", SMOKE2.with_ae(steps=3), progress=False, root=root)
+
+
+def test_corrupted_weights_name_the_rebuild_command(tmp_path, trained):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(trained[0], root)
+    weights = root / "smoke" / "ae-kl-l2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(ValueError) as err:
+        load_or_train("ae-kl-l2", SMOKE2, progress=False, root=root)
+    msg = str(err.value)
+    assert "model.safetensors" in msg and "retrain=True" in msg
+    assert "`python -m minildm train-ae --preset smoke --variant l2 --regularizer kl --steps 2`" in msg
+    (root / "smoke" / "ae-kl-l2" / "metrics.json").write_text("{not json")
+    with pytest.raises(ValueError, match="metrics.json.*corrupted"):
+        load_or_train("ae-kl-l2", SMOKE2, progress=False, root=root)
+
+
+def test_retrain_replaces_and_failed_build_keeps_old(trained, tmp_path, monkeypatch):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(trained[0], root)
+    path = root / "smoke" / "ae-kl-l2"
+    before = (path / "model.safetensors").read_bytes()
+
+    def failing_eval(self, model, preset, device):
+        raise RuntimeError("evaluation crashed (simulated)")
+
+    monkeypatch.setattr(AutoencoderSpec, "evaluate", failing_eval)
+    with pytest.raises(RuntimeError, match="simulated"):
+        load_or_train("ae-kl-l2", SMOKE2, device="cpu", progress=False, retrain=True, root=root)
+    assert (path / "model.safetensors").read_bytes() == before  # the old artifact is intact
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    # the interrupted run left its checkpoint; the next build resumes from it instead of retraining
+    assert (path.parent / "ae-kl-l2.partial" / "checkpoint.safetensors").is_file()
+    monkeypatch.undo()
+    calls = []
+    from minildm.train import Trainer
+
+    original_fit = Trainer.fit
+
+    def counting_fit(self, steps=None):
+        calls.append(self.step)
+        return original_fit(self, steps)
+
+    monkeypatch.setattr(Trainer, "fit", counting_fit)
+    art = artifacts.build_artifact("ae-kl-l2", SMOKE2, device="cpu", progress=False, resume=True, root=root)
+    assert calls == [2]  # resumed at the end of the run: no step was repeated
+    assert not (path.parent / "ae-kl-l2.partial").exists()
+    assert art.metrics["steps"] == 2 and [r["step"] for r in art.log] == [0, 1]

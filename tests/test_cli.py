@@ -1,0 +1,73 @@
+"""Command line: train-ae end to end, --help, argument and library errors (exit status 2)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from minildm.cli import COMMANDS, build_parser, main
+
+
+def test_train_ae_end_to_end(tmp_path, capsys):
+    status = main(["train-ae", "--preset", "smoke", "--steps", "2", "--out", str(tmp_path), "--device", "cpu",
+                   "--no-progress"])
+    assert status == 0
+    out = capsys.readouterr().out
+    path = tmp_path / "smoke" / "ae-kl-l1-lpips-gan"  # the defaults: the paper's loss, KL
+    assert f"saved to {path}" in out
+    for label in ("PSNR (dB)", "SSIM", "LPIPS", "train time (s)", "parameters"):
+        assert label in out
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert metrics["command"] == ("python -m minildm train-ae --preset smoke --variant l1-lpips-gan "
+                                  "--regularizer kl --steps 2")
+    assert f"{metrics['psnr']:.2f}" in out
+    assert metrics["steps"] == 2 and metrics["preset"] == "smoke"
+    config = json.loads((path / "config.json").read_text())
+    assert config["recipe"]["disc_weight"] > 0 and config["model_class"] == "AutoencoderKL"
+
+
+def test_help_via_python_dash_m():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "minildm", "--help"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert res.returncode == 0
+    assert "train-ae" in res.stdout and "usage" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "minildm", "train-ae", "--preset", "huge"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert res.returncode == 2
+    assert "unknown preset 'huge'" in res.stderr and "smoke, cpu, gpu" in res.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train-ae", "--preset", "huge"], "unknown preset 'huge'"),
+    (["train-ae", "--variant", "l3"], "invalid choice: 'l3'"),
+    (["train-ae", "--regularizer", "gauss"], "invalid choice: 'gauss'"),
+    (["train-ae", "--steps", "0"], "expected a positive integer"),
+    (["train-ae", "--steps", "ten"], "expected a positive integer"),
+    (["fly"], "invalid choice: 'fly'"),
+    ([], "required: COMMAND"),
+])
+def test_bad_arguments_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert err.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_library_value_error_is_one_line_exit_2(tmp_path, capsys):
+    status = main(["train-ae", "--preset", "smoke", "--steps", "1", "--device", "nonsense", "--out", str(tmp_path),
+                   "--no-progress"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nonsense" in err and "Traceback" not in err
+    assert not (tmp_path / "smoke").exists() or not any((tmp_path / "smoke").iterdir())
+
+
+def test_commands_plug_in():
+    assert "train-ae" in COMMANDS
+    parser = build_parser()
+    args = parser.parse_args(["train-ae", "--preset", "cpu", "--variant", "l2", "--regularizer", "vq", "--resume"])
+    assert (args.preset, args.variant, args.regularizer, args.resume, args.steps) == ("cpu", "l2", "vq", True, None)
