@@ -339,7 +339,10 @@ def _register_first_stage() -> dict[str, AutoencoderSpec]:
     return specs
 
 
-#: name -> spec. Later notebooks add entries (e.g. ``"ae-kl-f8"`` with ``model_overrides``).
+#: name -> spec. Later notebooks add entries, e.g. ``"ae-kl-f8"`` as an :class:`AutoencoderSpec` with
+#: ``model_overrides={"ch_mult": ...}``, or other kinds of model: a spec needs ``identity(preset, steps)``,
+#: ``command(preset, steps)``, ``train(preset, *, steps, device, out_dir, resume, progress) -> (model, log,
+#: seconds)``, ``build_model(identity)`` and ``evaluate(model, preset, device) -> dict``.
 ARTIFACTS: dict[str, Any] = _register_first_stage()
 
 

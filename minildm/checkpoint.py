@@ -129,6 +129,8 @@ def flatten_state(state: Any) -> tuple[dict[str, torch.Tensor], str]:
                 arr = arr.astype(np.int64)
             tensors[name] = torch.from_numpy(arr.copy())
             return {"t": "ndarray", "k": name, "dtype": obj.dtype.str}
+        if isinstance(obj, np.bool_):
+            return bool(obj)
         if isinstance(obj, (np.integer,)):
             return int(obj)
         if isinstance(obj, (np.floating,)):

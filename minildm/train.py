@@ -238,7 +238,7 @@ class Trainer:
         self._max_steps_from_checkpoint = False
         self._seed_rngs(self.seed)
 
-    # ---------------------------------------------------------------- helpers
+    # ---------------------------------------------------------------- internals
     def _seed_rngs(self, seed: int) -> None:
         random.seed(seed)
         np.random.seed(seed % (2**32))

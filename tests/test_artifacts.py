@@ -166,3 +166,22 @@ def test_retrain_replaces_and_failed_build_keeps_old(trained, tmp_path, monkeypa
     assert calls == [2]  # resumed at the end of the run: no step was repeated
     assert not (path.parent / "ae-kl-l2.partial").exists()
     assert art.metrics["steps"] == 2 and [r["step"] for r in art.log] == [0, 1]
+
+
+def test_train_autoencoder_resumes_exactly(tmp_path):
+    """The shared recipe: 3 steps straight == 2 steps, interruption, resume to 3 (VQ, real data)."""
+    from minildm.artifacts import train_autoencoder
+
+    p = get_preset("smoke")
+    model, loss, log = train_autoencoder("l2", "vq", p, steps=3, device="cpu", progress=False)
+    assert not model.training and [r["step"] for r in log] == [0, 1, 2]
+    assert {"train/perplexity", "train/codebook_usage", "loss/ae"} <= set(log[-1])
+    train_autoencoder("l2", "vq", p, steps=2, device="cpu", out_dir=tmp_path, progress=False)
+    assert (tmp_path / "checkpoint.safetensors").is_file()
+    resumed, _, log2 = train_autoencoder("l2", "vq", p, steps=3, device="cpu", out_dir=tmp_path, resume=True,
+                                         progress=False)
+    assert log2 == log
+    for a, b in zip(model.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="different config"):  # another recipe cannot resume this run
+        train_autoencoder("l2", "kl", p, steps=3, device="cpu", out_dir=tmp_path, resume=True, progress=False)
