@@ -122,7 +122,7 @@ def autoencoder_recipe(variant: str, regularizer: str, preset: str | Preset | No
         "lpips_net": ae.lpips_net,
         "disc_weight": _DISC_WEIGHT[regularizer] if v["gan"] else 0.0,
         "disc_start": ae.disc_start,
-        "disc_ndf": min(64, ae.ch),
+        "disc_ndf": ae.disc_ndf,
         "disc_num_layers": 3,
         "disc_loss": "hinge",
         "lr": ae.lr,
@@ -145,17 +145,13 @@ def autoencoder_recipe(variant: str, regularizer: str, preset: str | Preset | No
 def _model_config(regularizer: str, preset: Preset, overrides: Mapping[str, Any] | None = None):
     from .autoencoder import AutoencoderConfig
 
-    ae = preset.ae
-    values: dict[str, Any] = dict(
-        resolution=ae.image_size, ch=ae.ch, ch_mult=tuple(ae.ch_mult), num_res_blocks=ae.num_res_blocks,
-        attn_resolutions=tuple(ae.attn_resolutions), z_channels=ae.z_channels, embed_dim=ae.z_channels,
-    )
+    values: dict[str, Any] = dict(embed_dim=preset.ae.z_channels)
     if regularizer == "kl":
         values.update(double_z=True, n_embed=None)
     else:
-        values.update(double_z=False, n_embed=ae.n_embed, beta=_VQ_BETA)
+        values.update(double_z=False, beta=_VQ_BETA)
     values.update(overrides or {})
-    return AutoencoderConfig(**values)
+    return AutoencoderConfig.from_preset(preset.ae, **values)
 
 
 def _model_from_config(model_class: str, config: Mapping[str, Any]) -> nn.Module:

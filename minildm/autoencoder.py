@@ -240,7 +240,7 @@ class AutoencoderConfig:
         """Config from a :class:`minildm.presets.Preset` / ``AutoencoderPreset`` / preset name.
 
         Takes image_size -> resolution, ch, ch_mult, num_res_blocks, attn_resolutions,
-        z_channels, n_embed; ``overrides`` change any field.
+        z_channels, norm_num_groups, n_embed; ``overrides`` change any field.
         """
         from .presets import AutoencoderPreset, get_preset
 
@@ -248,7 +248,8 @@ class AutoencoderConfig:
         values: dict[str, Any] = dict(resolution=ae.image_size, ch=ae.ch, ch_mult=tuple(ae.ch_mult),
                                       num_res_blocks=ae.num_res_blocks,
                                       attn_resolutions=tuple(ae.attn_resolutions),
-                                      z_channels=ae.z_channels, n_embed=ae.n_embed)
+                                      z_channels=ae.z_channels, norm_num_groups=ae.norm_num_groups,
+                                      n_embed=ae.n_embed)
         values.update(overrides)
         return cls(**values)
 

@@ -29,7 +29,9 @@ PRESET_NAMES = ("smoke", "cpu", "gpu")
 class AutoencoderPreset:
     """Sizes for the first stage (notebook 01, ``python -m minildm train-ae``).
 
-    ``ch_mult`` fixes the downsampling factor: f = 2 ** (len(ch_mult) - 1).
+    ``ch_mult`` fixes the downsampling factor: f = 2 ** (len(ch_mult) - 1). ``norm_num_groups``
+    is the GroupNorm group count (at most; see :func:`minildm.nn.group_count`): small models
+    keep several channels per group, since one channel per group (instance norm) slows learning.
     """
 
     image_size: int
@@ -38,10 +40,12 @@ class AutoencoderPreset:
     num_res_blocks: int
     attn_resolutions: tuple[int, ...]
     z_channels: int
+    norm_num_groups: int
     n_embed: int
     batch_size: int
     steps: int
     disc_start: int
+    disc_ndf: int
     lr: float
     lpips_net: str
     n_train: int
@@ -73,7 +77,8 @@ _PRESETS: dict[str, Preset] = {
         num_workers=0,
         ae=AutoencoderPreset(
             image_size=32, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
-            z_channels=4, n_embed=64, batch_size=8, steps=12, disc_start=6, lr=2e-3,
+            z_channels=4, norm_num_groups=4, n_embed=64, batch_size=8, steps=12, disc_start=6,
+            disc_ndf=16, lr=2e-3,
             lpips_net="alex", n_train=64, n_eval=16,
         ),
     ),
@@ -82,8 +87,9 @@ _PRESETS: dict[str, Preset] = {
         seed=0,
         num_workers=0,
         ae=AutoencoderPreset(
-            image_size=64, ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(),
-            z_channels=4, n_embed=256, batch_size=16, steps=1500, disc_start=750, lr=1e-3,
+            image_size=64, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(),
+            z_channels=4, norm_num_groups=4, n_embed=256, batch_size=8, steps=1000, disc_start=500,
+            disc_ndf=16, lr=3e-4,
             lpips_net="alex", n_train=4000, n_eval=256,
         ),
     ),
@@ -93,7 +99,8 @@ _PRESETS: dict[str, Preset] = {
         num_workers=4,
         ae=AutoencoderPreset(
             image_size=128, ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, attn_resolutions=(),
-            z_channels=4, n_embed=8192, batch_size=32, steps=20000, disc_start=10000, lr=4.5e-6 * 32,
+            z_channels=4, norm_num_groups=32, n_embed=8192, batch_size=32, steps=20000,
+            disc_start=10000, disc_ndf=64, lr=4.5e-6 * 32,
             lpips_net="vgg", n_train=50000, n_eval=1000,
         ),
     ),
