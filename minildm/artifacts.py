@@ -120,11 +120,7 @@ def autoencoder_recipe(variant: str, regularizer: str, preset: str | Preset | No
         "pixel_loss": v["pixel_loss"],
         "perceptual_weight": v["perceptual_weight"],
         "lpips_net": ae.lpips_net,
-        "disc_weight": _DISC_WEIGHT[regularizer] if v["gan"] else 0.0,
-        "disc_start": ae.disc_start,
-        "disc_ndf": ae.disc_ndf,
-        "disc_num_layers": 3,
-        "disc_loss": "hinge",
+        "disc_weight": 0.0,
         "lr": ae.lr,
         "betas": list(_BETAS),
         "batch_size": ae.batch_size,
@@ -134,6 +130,9 @@ def autoencoder_recipe(variant: str, regularizer: str, preset: str | Preset | No
         "data": {"name": "shapes", "split": "train", "image_size": ae.image_size,
                  "length": ae.n_train, "seed": p.seed},
     }
+    if v["gan"]:  # the discriminator's settings are part of the recipe only where it exists
+        recipe.update(disc_weight=_DISC_WEIGHT[regularizer] * ae.disc_weight_scale, disc_start=ae.disc_start,
+                      disc_ndf=ae.disc_ndf, disc_num_layers=3, disc_loss="hinge")
     if regularizer == "kl":
         recipe["kl_weight"] = _KL_WEIGHT
     else:
@@ -165,10 +164,11 @@ def _model_from_config(model_class: str, config: Mapping[str, Any]) -> nn.Module
 def _loss_from_recipe(recipe: Mapping[str, Any]) -> nn.Module:
     from .losses import LPIPSWithDiscriminator, VQLPIPSWithDiscriminator
 
-    common = dict(disc_start=recipe["disc_start"], pixel_loss=recipe["pixel_loss"],
-                  perceptual_weight=recipe["perceptual_weight"], disc_weight=recipe["disc_weight"],
-                  lpips_net=recipe["lpips_net"], disc_ndf=recipe["disc_ndf"],
-                  disc_num_layers=recipe["disc_num_layers"], disc_loss=recipe["disc_loss"])
+    common: dict[str, Any] = dict(pixel_loss=recipe["pixel_loss"], perceptual_weight=recipe["perceptual_weight"],
+                                  disc_weight=recipe["disc_weight"], lpips_net=recipe["lpips_net"], disc_start=0)
+    if recipe["disc_weight"] > 0:
+        common.update(disc_start=recipe["disc_start"], disc_ndf=recipe["disc_ndf"],
+                      disc_num_layers=recipe["disc_num_layers"], disc_loss=recipe["disc_loss"])
     if recipe["regularizer"] == "kl":
         return LPIPSWithDiscriminator(kl_weight=recipe["kl_weight"], **common)
     return VQLPIPSWithDiscriminator(codebook_weight=recipe["codebook_weight"], **common)

@@ -32,6 +32,9 @@ class AutoencoderPreset:
     ``ch_mult`` fixes the downsampling factor: f = 2 ** (len(ch_mult) - 1). ``norm_num_groups``
     is the GroupNorm group count (at most; see :func:`minildm.nn.group_count`): small models
     keep several channels per group, since one channel per group (instance norm) slows learning.
+    ``disc_weight_scale`` multiplies CompVis's adversarial weights (0.5 for KL, 0.75 for VQ): CompVis
+    starts the discriminator on a converged decoder (after 50k steps); a short schedule starts it
+    on one that is still learning, where a full-strength adversarial term costs PSNR.
     """
 
     image_size: int
@@ -46,6 +49,7 @@ class AutoencoderPreset:
     steps: int
     disc_start: int
     disc_ndf: int
+    disc_weight_scale: float
     lr: float
     lpips_net: str
     n_train: int
@@ -78,7 +82,7 @@ _PRESETS: dict[str, Preset] = {
         ae=AutoencoderPreset(
             image_size=32, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
             z_channels=4, norm_num_groups=4, n_embed=64, batch_size=8, steps=12, disc_start=6,
-            disc_ndf=16, lr=2e-3,
+            disc_ndf=16, disc_weight_scale=1.0, lr=2e-3,
             lpips_net="alex", n_train=64, n_eval=16,
         ),
     ),
@@ -88,8 +92,8 @@ _PRESETS: dict[str, Preset] = {
         num_workers=0,
         ae=AutoencoderPreset(
             image_size=64, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(),
-            z_channels=4, norm_num_groups=4, n_embed=256, batch_size=8, steps=1000, disc_start=500,
-            disc_ndf=16, lr=3e-4,
+            z_channels=4, norm_num_groups=4, n_embed=256, batch_size=8, steps=1000, disc_start=600,
+            disc_ndf=16, disc_weight_scale=0.2, lr=3e-4,
             lpips_net="alex", n_train=4000, n_eval=256,
         ),
     ),
@@ -100,7 +104,7 @@ _PRESETS: dict[str, Preset] = {
         ae=AutoencoderPreset(
             image_size=128, ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, attn_resolutions=(),
             z_channels=4, norm_num_groups=32, n_embed=8192, batch_size=32, steps=20000,
-            disc_start=10000, disc_ndf=64, lr=4.5e-6 * 32,
+            disc_start=10000, disc_ndf=64, disc_weight_scale=1.0, lr=4.5e-6 * 32,
             lpips_net="vgg", n_train=50000, n_eval=1000,
         ),
     ),

@@ -69,12 +69,27 @@ class VectorQuantizer(nn.Module):
         beta: commitment weight β (0.25 as in VQ-VAE / taming).
         legacy: put β on the codebook term, as taming's original implementation (see module doc).
 
+        restart_dead_codes: keep the codebook alive during training (see below).
+
     The codebook ``embedding.weight`` (n_e, e_dim) starts uniform in (−1/n_e, 1/n_e) as in taming.
+    With ``restart_dead_codes`` (default), training also (a) sets the codebook from encoder outputs
+    of the first training batch (a data-dependent initialisation, as SoundStream's k-means init
+    without the k-means), and (b) replaces codes whose running usage falls below 1% of uniform use
+    by encoder outputs of the current batch (a "codebook restart", Dhariwal et al. 2020, Jukebox).
+    Both fight codebook collapse, the usual failure of short VQ runs, where a handful of codes
+    take every position. They change only ``embedding.weight`` (outside autograd) and the buffers
+    ``initialized`` and ``usage_ema``; evaluation is unaffected, and restarts draw from torch's
+    global RNG, so seeded training stays deterministic.
 
     Forward: z (B, e_dim, h, w) -> (z_q (B, e_dim, h, w), loss (scalar), :class:`QuantizerInfo`).
     """
 
-    def __init__(self, n_e: int, e_dim: int, beta: float = 0.25, legacy: bool = False) -> None:
+    #: decay of the running code usage, and the fraction of uniform use under which a code is dead
+    usage_decay: float = 0.99
+    dead_fraction: float = 0.01
+
+    def __init__(self, n_e: int, e_dim: int, beta: float = 0.25, legacy: bool = False,
+                 restart_dead_codes: bool = True) -> None:
         super().__init__()
         for name, value in (("n_e", n_e), ("e_dim", e_dim)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -85,8 +100,11 @@ class VectorQuantizer(nn.Module):
         self.e_dim = e_dim
         self.beta = float(beta)
         self.legacy = bool(legacy)
+        self.restart_dead_codes = bool(restart_dead_codes)
         self.embedding = nn.Embedding(n_e, e_dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / n_e, 1.0 / n_e)
+        self.register_buffer("initialized", torch.tensor(False))
+        self.register_buffer("usage_ema", torch.full((n_e,), 1.0 / n_e))
 
     def extra_repr(self) -> str:
         return f"n_e={self.n_e}, e_dim={self.e_dim}, beta={self.beta}, legacy={self.legacy}"
@@ -120,6 +138,10 @@ class VectorQuantizer(nn.Module):
         b, c, h, w = z.shape
         z_perm = z.permute(0, 2, 3, 1)  # (B, h, w, C)
         z_flat = z_perm.reshape(-1, c)
+        training = self.training and self.restart_dead_codes and torch.is_grad_enabled()
+        if training and not bool(self.initialized):
+            self._reset_codes(torch.ones(self.n_e, dtype=torch.bool, device=z.device), z_flat)
+            self.initialized.fill_(True)
         idx = self.nearest_indices(z_flat.detach())
         z_q = self.embedding(idx).view(b, h, w, c).to(z.dtype)
 
@@ -135,9 +157,28 @@ class VectorQuantizer(nn.Module):
         z_q = z_q.permute(0, 3, 1, 2).contiguous()
 
         perplexity, usage = self.code_statistics(idx)
+        if training:
+            self._restart_dead(idx, z_flat)
         info = QuantizerInfo(indices=idx.view(b, h, w), perplexity=perplexity, usage=usage,
                              codebook_loss=codebook_loss.detach(), commitment_loss=commitment_loss.detach())
         return z_q, loss, info
+
+    @torch.no_grad()
+    def _reset_codes(self, which: torch.Tensor, z_flat: torch.Tensor) -> None:
+        """Set the codes selected by the bool mask ``which`` (n_e,) to random rows of ``z_flat``."""
+        n = int(which.sum())
+        if n == 0:
+            return
+        rows = torch.randint(0, z_flat.shape[0], (n,), device=z_flat.device)
+        self.embedding.weight.data[which] = z_flat.detach()[rows].to(self.embedding.weight.dtype)
+        self.usage_ema[which] = 1.0 / self.n_e
+
+    @torch.no_grad()
+    def _restart_dead(self, indices: torch.Tensor, z_flat: torch.Tensor) -> None:
+        """Update the running usage with this batch's histogram and restart the dead codes."""
+        counts = torch.bincount(indices.reshape(-1), minlength=self.n_e).float()
+        self.usage_ema.mul_(self.usage_decay).add_(counts / counts.sum(), alpha=1.0 - self.usage_decay)
+        self._reset_codes(self.usage_ema < self.dead_fraction / self.n_e, z_flat)
 
     def code_statistics(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Perplexity exp(−Σ_k p_k log p_k) and used fraction of the codebook for ``indices``."""
