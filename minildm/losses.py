@@ -527,6 +527,17 @@ class _PerceptualAdversarialLoss(nn.Module):
         return d_loss, log
 
     @staticmethod
+    def _generator_log(split: str, loss: Tensor, nll_loss: Tensor, rec_loss: Tensor, p_loss: Tensor,
+                       d_weight: Tensor, disc_factor: float, g_loss: Tensor,
+                       **extra: Tensor) -> dict[str, Tensor]:
+        """The autoencoder step's log (CompVis keys), detached; ``extra`` adds the regulariser's terms."""
+        log = {"total_loss": loss.detach().mean(), **extra, "nll_loss": nll_loss.detach().mean(),
+               "rec_loss": rec_loss.detach().mean(), "p_loss": p_loss.detach().mean(),
+               "d_weight": d_weight.detach(), "disc_factor": torch.tensor(disc_factor),
+               "g_loss": g_loss.detach().mean()}
+        return {f"{split}/{k}": v for k, v in log.items()}
+
+    @staticmethod
     def _check_forward(inputs: Tensor, reconstructions: Tensor, optimizer_idx: int) -> None:
         _check_image_pair(inputs, reconstructions, channels=None, min_size=1, what="the loss")
         if optimizer_idx not in (0, 1):
@@ -590,15 +601,8 @@ class LPIPSWithDiscriminator(_PerceptualAdversarialLoss):
         g_loss, d_weight, disc_factor = self._generator_adversarial(
             reconstructions, nll_loss, global_step, last_layer)
         loss = nll_loss + self.kl_weight * kl_loss + d_weight * disc_factor * g_loss
-        log = {f"{split}/total_loss": loss.clone().detach().mean(),
-               f"{split}/logvar": self.logvar.detach().clone(),
-               f"{split}/kl_loss": kl_loss.detach().mean(),
-               f"{split}/nll_loss": nll_loss.detach().mean(),
-               f"{split}/rec_loss": rec_loss.detach().mean(),
-               f"{split}/p_loss": p_loss.detach().mean(),
-               f"{split}/d_weight": d_weight.detach(),
-               f"{split}/disc_factor": torch.tensor(disc_factor),
-               f"{split}/g_loss": g_loss.detach().mean()}
+        log = self._generator_log(split, loss, nll_loss, rec_loss, p_loss, d_weight, disc_factor, g_loss,
+                                  logvar=self.logvar.detach().clone(), kl_loss=kl_loss.detach().mean())
         return loss, log
 
 
@@ -641,12 +645,6 @@ class VQLPIPSWithDiscriminator(_PerceptualAdversarialLoss):
             reconstructions, nll_loss, global_step, last_layer)
         codebook_loss = torch.as_tensor(codebook_loss, device=inputs.device)
         loss = nll_loss + d_weight * disc_factor * g_loss + self.codebook_weight * codebook_loss.mean()
-        log = {f"{split}/total_loss": loss.clone().detach().mean(),
-               f"{split}/quant_loss": codebook_loss.detach().mean(),
-               f"{split}/nll_loss": nll_loss.detach().mean(),
-               f"{split}/rec_loss": rec_loss.detach().mean(),
-               f"{split}/p_loss": p_loss.detach().mean(),
-               f"{split}/d_weight": d_weight.detach(),
-               f"{split}/disc_factor": torch.tensor(disc_factor),
-               f"{split}/g_loss": g_loss.detach().mean()}
+        log = self._generator_log(split, loss, nll_loss, rec_loss, p_loss, d_weight, disc_factor, g_loss,
+                                  quant_loss=codebook_loss.detach().mean())
         return loss, log
