@@ -342,12 +342,30 @@ def _register_first_stage() -> dict[str, AutoencoderSpec]:
 ARTIFACTS: dict[str, Any] = _register_first_stage()
 
 
+_REGISTERED_LATER = False
+
+
+def _register_later() -> None:
+    """Add the specs that live in other modules (imported on first use: they import this one)."""
+    global _REGISTERED_LATER
+    if _REGISTERED_LATER:
+        return
+    from .ablation import ablation_specs
+    from .fid import FeatureNetSpec
+
+    ARTIFACTS.update(ablation_specs())
+    ARTIFACTS.setdefault(FeatureNetSpec.name, FeatureNetSpec())
+    _REGISTERED_LATER = True
+
+
 def list_artifacts() -> list[str]:
     """Names that :func:`load_or_train` knows."""
+    _register_later()
     return sorted(ARTIFACTS)
 
 
 def _spec(name: str) -> Any:
+    _register_later()
     if name not in ARTIFACTS:
         raise ValueError(f"unknown artifact {name!r}: known names are {', '.join(list_artifacts())}")
     return ARTIFACTS[name]

@@ -47,6 +47,8 @@ __all__ = [
     "Decoder",
     "DiagonalGaussianDistribution",
     "Encoder",
+    "IdentityConfig",
+    "IdentityFirstStage",
     "VQModel",
     "check_downsampling_factor",
     "count_parameters",
@@ -620,3 +622,70 @@ class VQModel(_FirstStage):
         """Quantise z (e.g. a diffusion sample) to the nearest codes, then decode ("VQ in the decoder")."""
         self._check_latent(z, "VQModel.decode_latent")
         return self.decode(self.quantize(z)[0])
+
+
+class IdentityFirstStage(nn.Module):
+    """The f = 1 "first stage" of pixel-space diffusion: z = x, x̃ = z (CompVis ``IdentityFirstStage``).
+
+    It has the autoencoders' interface (``encode`` returns a posterior with ``mode()``, ``sample()``
+    and ``kl() = 0``; ``encode_latent``, ``decode``, ``decode_latent``, ``f``, ``latent_shape``), so
+    that a latent diffusion model with this first stage *is* a pixel-space diffusion model.
+    Shapes: x (B, C, H, W) -> z (B, C, H, W) -> x̃ (B, C, H, W).
+    """
+
+    def __init__(self, config: "IdentityConfig | None" = None) -> None:
+        super().__init__()
+        self.config = config or IdentityConfig()
+
+    @property
+    def f(self) -> int:
+        return 1
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        c = self.config
+        return (c.in_channels, c.resolution, c.resolution)
+
+    def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
+        _check_input(x, self.config.in_channels, 1, "IdentityFirstStage.encode", f"(B, {self.config.in_channels}, H, W)")
+        return DiagonalGaussianDistribution(torch.cat([x, torch.zeros_like(x)], dim=1), deterministic=True)
+
+    def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(x).mode()
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        _check_input(z, self.config.in_channels, 1, "IdentityFirstStage.decode", f"(B, {self.config.in_channels}, h, w)")
+        return z
+
+    decode_latent = decode
+
+    def forward(self, x: torch.Tensor, sample_posterior: bool = True,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, DiagonalGaussianDistribution]:
+        posterior = self.encode(x)
+        return self.decode(posterior.mode()), posterior
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return 0
+
+
+@dataclass
+class IdentityConfig:
+    """Config of :class:`IdentityFirstStage`: image channels and nominal size."""
+
+    in_channels: int = 3
+    resolution: int = 256
+
+    @property
+    def f(self) -> int:
+        return 1
+
+    @property
+    def embed_dim(self) -> int:
+        return self.in_channels
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"in_channels": self.in_channels, "resolution": self.resolution}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "IdentityConfig":
+        return cls(**dict(d))

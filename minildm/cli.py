@@ -88,9 +88,74 @@ def _train_ae(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ ablate-f
+def _factor_arg(value: str) -> int:
+    from .autoencoder import check_downsampling_factor
+
+    try:
+        return check_downsampling_factor(int(value))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _ablate_f_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument("--f", type=_factor_arg, nargs="+", default=None, metavar="F",
+                        help="downsampling factors to build (default: all of the preset's, 1 2 4 8 16 32)")
+    parser.add_argument("--steps", type=_positive_int, default=None,
+                        help="training steps per autoencoder (default: the preset's)")
+    parser.add_argument("--retrain", action="store_true", help="train again even where an artifact exists")
+
+
+def _ablate_f(args: argparse.Namespace) -> int:
+    from .ablation import ablation_name, ablation_table, format_ablation_table
+    from .artifacts import artifact_dir, build_artifact
+    from .presets import get_preset
+
+    preset = get_preset(args.preset)
+    factors = args.f or list(preset.ablation.factors)
+    for f in factors:
+        if f not in preset.ablation.factors:
+            raise ValueError(f"f={f} is not in the ablation of preset {preset.name!r}: "
+                             f"choose from {' '.join(map(str, preset.ablation.factors))}")
+        if args.retrain or args.steps is not None or not artifact_dir(ablation_name(f), preset, args.out).is_dir():
+            build_artifact(ablation_name(f), preset, steps=args.steps, device=args.device,
+                           progress=not args.no_progress, root=args.out)
+    if args.steps is None:
+        rows = ablation_table(preset, factors=factors, train=False, device=args.device, root=args.out,
+                              save=args.f is None)
+        print(f"downsampling-factor ablation (preset {preset.name}, shapes val split)")
+        print(format_ablation_table(rows))
+    return 0
+
+
+# ------------------------------------------------------------------------------- train-features
+def _train_features_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the preset's)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+
+
+def _train_features(args: argparse.Namespace) -> int:
+    from .artifacts import build_artifact
+    from .presets import get_preset
+
+    preset = get_preset(args.preset)
+    art = build_artifact("feature-net", preset, steps=args.steps, device=args.device,
+                         progress=not args.no_progress, resume=args.resume, root=args.out)
+    print(f"feature-net (preset {preset.name}), accuracy on {art.metrics['n']} shapes val images: "
+          + ", ".join(f"{k[4:]} {v:.3f}" for k, v in art.metrics.items() if k.startswith("acc_")))
+    print(f"saved to {art.path}")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "train-ae": Command("train-ae", "train a first-stage autoencoder (notebook 01) and cache it as an artifact",
                         _train_ae_arguments, _train_ae),
+    "ablate-f": Command("ablate-f", "train and measure the downsampling-factor ablation (notebook 02)",
+                        _ablate_f_arguments, _ablate_f),
+    "train-features": Command("train-features", "train the feature network of the FID-style score",
+                              _train_features_arguments, _train_features),
 }
 
 

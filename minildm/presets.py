@@ -57,6 +57,51 @@ class AutoencoderPreset:
 
 
 @dataclass(frozen=True)
+class FeatureNetPreset:
+    """Sizes of the feature network behind the FID-style score (:mod:`minildm.fid`), trained on
+    shapes images of ``image_size`` pixels."""
+
+    image_size: int
+    width: int
+    feature_dim: int
+    batch_size: int
+    steps: int
+    lr: float
+    n_train: int
+    n_eval: int
+
+
+@dataclass(frozen=True)
+class AblationPreset:
+    """The downsampling-factor ablation (notebook 02, ``python -m minildm ablate-f``).
+
+    One KL autoencoder per f in ``factors`` (f = 1 is the identity: pixel space) with
+    ``z_channels[f]`` latent channels, trained with the ``variant`` recipe for ``steps`` steps on
+    ``image_size`` images (other sizes from :class:`AutoencoderPreset`); its ``ch_mult`` is the
+    preset's, extended by repeating the last entry to reach log2(f) + 1 levels.
+
+    The diffusion side is measured with one fixed UNet (``unet_*``) on each latent grid:
+    ``unet_batch_size`` latents per training step, timed over ``timing_steps`` steps.
+    """
+
+    factors: tuple[int, ...]
+    z_channels: tuple[tuple[int, int], ...]
+    variant: str
+    image_size: int
+    steps: int
+    unet_model_channels: int
+    unet_channel_mult: tuple[int, ...]
+    unet_num_res_blocks: int
+    unet_attention_resolutions: tuple[int, ...]
+    unet_num_heads: int
+    unet_batch_size: int
+    timing_steps: int
+
+    def latent_channels(self, f: int) -> int:
+        return dict(self.z_channels)[f]
+
+
+@dataclass(frozen=True)
 class Preset:
     """All sizes of one preset. Sections are added as the notebooks grow."""
 
@@ -64,6 +109,8 @@ class Preset:
     seed: int
     num_workers: int
     ae: AutoencoderPreset
+    features: FeatureNetPreset
+    ablation: AblationPreset
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,6 +132,12 @@ _PRESETS: dict[str, Preset] = {
             disc_ndf=16, disc_weight_scale=1.0, lr=2e-3,
             lpips_net="alex", n_train=64, n_eval=16,
         ),
+        features=FeatureNetPreset(image_size=64, width=8, feature_dim=16, batch_size=16, steps=10, lr=2e-3, n_train=64, n_eval=32),
+        ablation=AblationPreset(
+            factors=(1, 2, 4, 8, 16, 32), z_channels=((1, 3), (2, 3), (4, 3), (8, 4), (16, 16), (32, 64)), variant="l1-lpips", image_size=64,
+            steps=3, unet_model_channels=16, unet_channel_mult=(1, 2), unet_num_res_blocks=1,
+            unet_attention_resolutions=(2,), unet_num_heads=1, unet_batch_size=2, timing_steps=1,
+        ),
     ),
     "cpu": Preset(
         name="cpu",
@@ -96,6 +149,13 @@ _PRESETS: dict[str, Preset] = {
             disc_ndf=16, disc_weight_scale=0.2, lr=3e-4,
             lpips_net="alex", n_train=4000, n_eval=256,
         ),
+        features=FeatureNetPreset(image_size=64, width=32, feature_dim=64, batch_size=32, steps=1500, lr=2e-3, n_train=8000,
+                                  n_eval=512),
+        ablation=AblationPreset(
+            factors=(1, 2, 4, 8, 16, 32), z_channels=((1, 3), (2, 3), (4, 3), (8, 4), (16, 16), (32, 64)), variant="l1-lpips", image_size=64,
+            steps=1000, unet_model_channels=64, unet_channel_mult=(1, 2), unet_num_res_blocks=2,
+            unet_attention_resolutions=(2,), unet_num_heads=4, unet_batch_size=8, timing_steps=5,
+        ),
     ),
     "gpu": Preset(
         name="gpu",
@@ -106,6 +166,13 @@ _PRESETS: dict[str, Preset] = {
             z_channels=4, norm_num_groups=32, n_embed=8192, batch_size=32, steps=20000,
             disc_start=10000, disc_ndf=64, disc_weight_scale=1.0, lr=4.5e-6 * 32,
             lpips_net="vgg", n_train=50000, n_eval=1000,
+        ),
+        features=FeatureNetPreset(image_size=128, width=64, feature_dim=128, batch_size=64, steps=5000, lr=1e-3, n_train=50000,
+                                  n_eval=2000),
+        ablation=AblationPreset(
+            factors=(1, 2, 4, 8, 16, 32), z_channels=((1, 3), (2, 3), (4, 3), (8, 4), (16, 16), (32, 64)), variant="l1-lpips-gan", image_size=128,
+            steps=20000, unet_model_channels=128, unet_channel_mult=(1, 2, 2), unet_num_res_blocks=2,
+            unet_attention_resolutions=(2, 4), unet_num_heads=4, unet_batch_size=32, timing_steps=20,
         ),
     ),
 }

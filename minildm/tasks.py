@@ -159,3 +159,42 @@ class _frozen:
     def __exit__(self, *exc: Any) -> None:
         for p in self.params:
             p.requires_grad_(True)
+
+
+class FeatureNetTask:
+    """Train :class:`minildm.fid.FeatureNet` on the shapes data's ground truth.
+
+    Loss: the sum over heads (shape, colour, count) of the cross-entropy of the logits against
+    :func:`minildm.fid.shapes_targets` of ``batch["objects"]``; AdamW with weight decay 1e-4.
+    Logs ``train/loss`` and ``train/acc_<head>``.
+    """
+
+    optimizer_names = ("net",)
+    progress_keys = ("train/loss",)
+
+    def __init__(self, net: nn.Module, lr: float, weight_decay: float = 1e-4) -> None:
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+            raise ValueError(f"lr must be a number > 0, got {lr!r}")
+        self.net = net
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"net": self.net}
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"net": torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)}
+
+    def training_step(self, batch: Any, step: int, name: str) -> tuple[torch.Tensor, dict[str, Any]]:
+        import torch.nn.functional as F
+
+        from .fid import shapes_targets
+
+        x = batch["image"]
+        targets = shapes_targets(batch["objects"], device=x.device)
+        logits = self.net(x)
+        loss = sum(F.cross_entropy(logits[k], targets[k]) for k in targets)
+        logs: dict[str, Any] = {"train/loss": loss.detach()}
+        for k in targets:
+            logs[f"train/acc_{k}"] = (logits[k].argmax(1) == targets[k]).float().mean().detach()
+        return loss, logs
