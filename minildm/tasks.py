@@ -198,3 +198,37 @@ class FeatureNetTask:
         for k in targets:
             logs[f"train/acc_{k}"] = (logits[k].argmax(1) == targets[k]).float().mean().detach()
         return loss, logs
+
+
+class LatentDiffusionTask:
+    """Train the UNet of a :class:`~minildm.ldm.LatentDiffusion` with the simple loss (paper Eq. 2).
+
+    Batches hold ``"latent"`` (B, c, h, w): scaled latents encoded once beforehand (see
+    :class:`minildm.ldm.LatentBatches`), or ``"image"`` (B, 3, H, W), encoded here by the frozen
+    first stage. Timesteps and noise come from torch's global RNG, which checkpoints save, so
+    resuming is exact. AdamW on the UNet's parameters only.
+    """
+
+    optimizer_names = ("unet",)
+    progress_keys = ("train/loss",)
+
+    def __init__(self, ldm: nn.Module, lr: float, weight_decay: float = 0.0) -> None:
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+            raise ValueError(f"lr must be a number > 0, got {lr!r}")
+        self.ldm = ldm
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"unet": self.ldm.model}
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"unet": torch.optim.AdamW(self.ldm.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)}
+
+    def training_step(self, batch: Any, step: int, name: str) -> tuple[torch.Tensor, dict[str, Any]]:
+        z = batch["latent"] if "latent" in batch else self.ldm.encode_first_stage(batch["image"])
+        loss = self.ldm.loss(z, context=batch.get("context"))
+        if not torch.isfinite(loss.detach()):
+            raise FloatingPointError(f"the diffusion loss is {loss.detach().item()} at step {step}; lower the learning "
+                                     "rate or enable grad clipping (the last checkpoint is untouched)")
+        return loss, {"train/loss": loss.detach()}

@@ -1,0 +1,316 @@
+"""Gaussian diffusion (Ho et al. 2020; paper Sec. 3.2): schedules, the forward process, losses, samplers.
+
+The forward process adds noise in T steps with variances β_1 … β_T:
+
+    q(x_t | x_0) = N(√ᾱ_t · x_0, (1 − ᾱ_t) I),   α_t = 1 − β_t,   ᾱ_t = Π_{s ≤ t} α_s        (q_sample)
+
+and a network learns to undo it. It may predict the noise ε (the paper's Eq. 1–2, "eps"), the clean
+sample x_0 ("x0") or the velocity v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 ("v", Salimans & Ho 2022); the three
+are interchangeable given x_t (:meth:`GaussianDiffusion.predict_x0` etc.). The signal-to-noise
+ratio is SNR(t) = ᾱ_t / (1 − ᾱ_t).
+
+Timesteps are 0-based here, t ∈ {0, …, T − 1}, as in the CompVis code (t = 0 is the first noising step).
+
+Samplers (both seeded, deterministic given a generator, with classifier-free guidance):
+
+* :meth:`GaussianDiffusion.ddpm_sample`: ancestral sampling through all T steps with the posterior
+  q(x_{t−1} | x_t, x̂_0) (variance β̃_t, "fixed small");
+* :class:`DDIMSampler`: Song et al. 2021, on S ≤ T evenly spaced timesteps; η = 0 is deterministic,
+  η = 1 matches DDPM's variance.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "SCHEDULES",
+    "PARAMETERIZATIONS",
+    "make_beta_schedule",
+    "GaussianDiffusion",
+    "DDIMSampler",
+    "guided_model",
+]
+
+SCHEDULES = ("linear", "scaled_linear", "cosine")
+PARAMETERIZATIONS = ("eps", "x0", "v")
+
+ModelFn = Callable[..., Tensor]
+
+
+def make_beta_schedule(schedule: str, n_timestep: int = 1000, linear_start: float | None = None,
+                       linear_end: float | None = None, cosine_s: float = 8e-3) -> Tensor:
+    """β_1 … β_T (float64, shape (T,)).
+
+    * ``"linear"``: DDPM's β_t = linspace(1e-4, 0.02) (Ho et al. 2020);
+    * ``"scaled_linear"``: β_t = linspace(√0.00085, √0.012)² (Stable Diffusion; CompVis calls it "linear");
+    * ``"cosine"``: ᾱ_t = cos²((t/T + s)/(1 + s) · π/2) / ᾱ_0, β_t = 1 − ᾱ_t/ᾱ_{t−1} clipped to 0.999
+      (Nichol & Dhariwal 2021).
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    if not isinstance(n_timestep, int) or isinstance(n_timestep, bool) or n_timestep < 1:
+        raise ValueError(f"n_timestep must be a positive int, got {n_timestep!r}")
+    if schedule == "linear":
+        start, end = linear_start or 1e-4, linear_end or 2e-2
+        return torch.linspace(start, end, n_timestep, dtype=torch.float64)
+    if schedule == "scaled_linear":
+        start, end = linear_start or 8.5e-4, linear_end or 1.2e-2
+        return torch.linspace(start ** 0.5, end ** 0.5, n_timestep, dtype=torch.float64) ** 2
+    steps = torch.arange(n_timestep + 1, dtype=torch.float64) / n_timestep
+    alphas_cumprod = torch.cos((steps + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2
+    alphas_cumprod = alphas_cumprod / alphas_cumprod[0]
+    return (1 - alphas_cumprod[1:] / alphas_cumprod[:-1]).clamp(max=0.999)
+
+
+def _extract(a: Tensor, t: Tensor, x: Tensor) -> Tensor:
+    """a[t] reshaped to broadcast over x: (B,) -> (B, 1, 1, 1), in x's dtype and device."""
+    return a.to(x.device)[t.to(x.device)].to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def guided_model(model: ModelFn, guidance_scale: float = 1.0, uncond: Tensor | None = None) -> ModelFn:
+    """Classifier-free guidance (Ho & Salimans 2022): ε̃ = ε(x, ∅) + s · (ε(x, c) − ε(x, ∅)).
+
+    Returns ``fn(x, t, context=None, **kw)``. With s ≠ 1 and a ``context``, the conditional and
+    unconditional halves run as *one* batched forward on [x, x] with [context, uncond]. ``uncond``
+    is the null condition (broadcast over the batch). s = 1 (or no context) is the plain model.
+    """
+    if guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+
+    def fn(x: Tensor, t: Tensor, context: Tensor | None = None, **kwargs: Any) -> Tensor:
+        if context is None or guidance_scale == 1.0:
+            return model(x, t, context=context, **kwargs) if context is not None else model(x, t, **kwargs)
+        if uncond is None:
+            raise ValueError("guidance_scale != 1 needs the unconditional context (uncond)")
+        null = uncond.expand_as(context) if uncond.shape != context.shape else uncond
+        out_c, out_u = model(torch.cat([x, x]), torch.cat([t, t]), context=torch.cat([context, null]),
+                             **kwargs).chunk(2)
+        return out_u + guidance_scale * (out_c - out_u)
+
+    return fn
+
+
+@dataclass
+class GaussianDiffusion:
+    """The diffusion process of T steps for one schedule and parameterisation.
+
+    Attributes (all float64, shape (T,)): ``betas``, ``alphas_cumprod`` (ᾱ_t),
+    ``alphas_cumprod_prev`` (ᾱ_{t−1}, with ᾱ_{−1} = 1), ``posterior_variance`` (β̃_t).
+    """
+
+    schedule: str = "linear"
+    num_timesteps: int = 1000
+    parameterization: str = "eps"
+    linear_start: float | None = None
+    linear_end: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"unknown parameterization {self.parameterization!r}: "
+                             f"choose one of {', '.join(PARAMETERIZATIONS)}")
+        self.betas = make_beta_schedule(self.schedule, self.num_timesteps, self.linear_start, self.linear_end)
+        alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.cumprod(alphas, dim=0)
+        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
+        # q(x_{t-1} | x_t, x_0) = N(c0·x_0 + ct·x_t, β̃_t)
+        self.posterior_variance = self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_log_variance_clipped = torch.log(torch.cat([self.posterior_variance[1:2],
+                                                                   self.posterior_variance[1:]]))
+        self.posterior_mean_coef1 = self.betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * alphas.sqrt() / (1.0 - self.alphas_cumprod)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schedule": self.schedule, "num_timesteps": self.num_timesteps,
+                "parameterization": self.parameterization, "linear_start": self.linear_start,
+                "linear_end": self.linear_end}
+
+    # -- checks ---------------------------------------------------------------------------
+    def _check_t(self, t: Tensor, x: Tensor) -> Tensor:
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
+        if t.dtype.is_floating_point or (t < 0).any() or (t >= self.num_timesteps).any():
+            raise ValueError(f"t must be integer timesteps in [0, {self.num_timesteps}), got {t.tolist()}")
+        return t.long()
+
+    # -- forward process ------------------------------------------------------------------
+    def snr(self, t: Tensor) -> Tensor:
+        """SNR(t) = ᾱ_t / (1 − ᾱ_t), (B,) float64."""
+        t = torch.as_tensor(t).long().cpu()
+        return self.alphas_cumprod[t] / (1.0 - self.alphas_cumprod[t])
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε: a sample of q(x_t | x_0). Shapes: x0 (B, …), t (B,) -> (B, …)."""
+        t = self._check_t(t, x0)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        elif noise.shape != x0.shape:
+            raise ValueError(f"noise must have the shape of x0 {tuple(x0.shape)}, got {tuple(noise.shape)}")
+        return _extract(self.sqrt_alphas_cumprod, t, x0) * x0 + _extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+
+    # -- conversions between parameterisations ----------------------------------------------
+    def get_v(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """v = √ᾱ_t ε − √(1 − ᾱ_t) x_0."""
+        return _extract(self.sqrt_alphas_cumprod, t, x0) * noise - _extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+
+    def predict_x0(self, x_t: Tensor, t: Tensor, out: Tensor, parameterization: str | None = None) -> Tensor:
+        """x̂_0 from the model output ``out`` (ε, x_0 or v)."""
+        p = parameterization or self.parameterization
+        a, s = _extract(self.sqrt_alphas_cumprod, t, x_t), _extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        if p == "eps":
+            return (x_t - s * out) / a
+        if p == "v":
+            return a * x_t - s * out
+        return out
+
+    def predict_eps(self, x_t: Tensor, t: Tensor, out: Tensor, parameterization: str | None = None) -> Tensor:
+        """ε̂ from the model output ``out`` (ε, x_0 or v)."""
+        p = parameterization or self.parameterization
+        a, s = _extract(self.sqrt_alphas_cumprod, t, x_t), _extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        if p == "eps":
+            return out
+        if p == "v":
+            return s * x_t + a * out
+        return (x_t - a * out) / s
+
+    def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """What the network should output: ε, x_0 or v."""
+        if self.parameterization == "eps":
+            return noise
+        if self.parameterization == "x0":
+            return x0
+        return self.get_v(x0, noise, t)
+
+    # -- training ---------------------------------------------------------------------------
+    def training_losses(self, model: ModelFn, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None,
+                        generator: torch.Generator | None = None, **model_kwargs: Any) -> Tensor:
+        """Per-example simple loss ‖target − model(x_t, t)‖² averaged over (C, H, W) -> (B,) (paper Eq. 2).
+
+        ``t`` defaults to uniform random timesteps and ``noise`` to N(0, I), drawn from ``generator``.
+        """
+        b = x0.shape[0]
+        if t is None:
+            t = torch.randint(0, self.num_timesteps, (b,), generator=generator,
+                              device=generator.device if generator is not None else "cpu").to(x0.device)
+        t = self._check_t(t, x0)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator,
+                                device=generator.device if generator is not None else x0.device,
+                                dtype=x0.dtype).to(x0.device)
+        x_t = self.q_sample(x0, t, noise)
+        out = model(x_t, t, **model_kwargs)
+        if out.shape != x0.shape:
+            raise ValueError(f"the model returned {tuple(out.shape)} for inputs {tuple(x0.shape)}")
+        return F.mse_loss(out.float(), self.target(x0, noise, t).float(), reduction="none").mean(
+            dim=tuple(range(1, x0.ndim)))
+
+    # -- DDPM sampling ---------------------------------------------------------------------
+    def p_mean_variance(self, model: ModelFn, x_t: Tensor, t: Tensor, clip_denoised: bool = False,
+                        **model_kwargs: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """(mean, log-variance, x̂_0) of p(x_{t−1} | x_t) = q(x_{t−1} | x_t, x̂_0)."""
+        out = model(x_t, t, **model_kwargs)
+        x0 = self.predict_x0(x_t, t, out)
+        if clip_denoised:
+            x0 = x0.clamp(-1, 1)
+        mean = _extract(self.posterior_mean_coef1, t, x_t) * x0 + _extract(self.posterior_mean_coef2, t, x_t) * x_t
+        return mean, _extract(self.posterior_log_variance_clipped, t, x_t), x0
+
+    @torch.no_grad()
+    def ddpm_sample(self, model: ModelFn, shape: Sequence[int], *, generator: torch.Generator | None = None,
+                    device: str | torch.device = "cpu", x_T: Tensor | None = None, clip_denoised: bool = False,
+                    progress: bool = False, callback: Callable[[int, Tensor, Tensor], None] | None = None,
+                    **model_kwargs: Any) -> Tensor:
+        """Ancestral sampling x_T ~ N(0, I) -> x_0 through all T steps (Ho et al. 2020, Alg. 2).
+
+        ``callback(t, x_t, x̂_0)`` sees every step (e.g. to record the trajectory). Noise is drawn from
+        ``generator`` (on its own device), so a seeded generator gives the same samples on any device.
+        """
+        shape = tuple(int(s) for s in shape)
+        x = _noise(shape, generator, device) if x_T is None else x_T.to(device)
+        for i in _steps(reversed(range(self.num_timesteps)), self.num_timesteps, progress, "DDPM"):
+            t = torch.full((shape[0],), i, device=device, dtype=torch.long)
+            mean, log_var, x0 = self.p_mean_variance(model, x, t, clip_denoised, **model_kwargs)
+            x = mean + (0.5 * log_var).exp() * _noise(shape, generator, device) if i > 0 else mean
+            if callback is not None:
+                callback(i, x, x0)
+        return x
+
+
+def _noise(shape: tuple[int, ...], generator: torch.Generator | None, device: str | torch.device) -> Tensor:
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device).to(device)
+
+
+def _steps(it: Iterator[int] | Sequence[int], total: int, progress: bool, desc: str):
+    if not progress:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, total=total, desc=desc, leave=False)
+
+
+class DDIMSampler:
+    """Denoising diffusion implicit models (Song et al. 2021), as in CompVis ``DDIMSampler``.
+
+    On S timesteps τ_1 < … < τ_S (uniform: τ_i = i·⌊T/S⌋ + 1, CompVis' "uniform" discretisation),
+
+        x_{τ−} = √ᾱ_{τ−} x̂_0 + √(1 − ᾱ_{τ−} − σ²) ε̂ + σ z,
+        σ = η √((1 − ᾱ_{τ−}) / (1 − ᾱ_τ)) √(1 − ᾱ_τ / ᾱ_{τ−}).
+
+    η = 0: deterministic (an ODE solver); η = 1: DDPM-like variance.
+    """
+
+    def __init__(self, diffusion: GaussianDiffusion) -> None:
+        self.diffusion = diffusion
+
+    def timesteps(self, steps: int) -> Tensor:
+        T = self.diffusion.num_timesteps
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"steps must be a positive int, got {steps!r}")
+        if steps > T:
+            raise ValueError(f"steps must be <= the {T} diffusion timesteps, got {steps}")
+        c = T // steps
+        return torch.arange(0, T, c)[:steps] + (1 if c > 1 else 0)
+
+    @torch.no_grad()
+    def sample(self, model: ModelFn, shape: Sequence[int], steps: int = 50, eta: float = 0.0, *,
+               generator: torch.Generator | None = None, device: str | torch.device = "cpu",
+               x_T: Tensor | None = None, clip_denoised: bool = False, progress: bool = False,
+               callback: Callable[[int, Tensor, Tensor], None] | None = None, **model_kwargs: Any) -> Tensor:
+        """x_T ~ N(0, I) -> x_0 in ``steps`` DDIM steps. ``callback(t, x_t, x̂_0)`` sees each step."""
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        d = self.diffusion
+        shape = tuple(int(s) for s in shape)
+        taus = self.timesteps(steps).clamp(max=d.num_timesteps - 1)
+        x = _noise(shape, generator, device) if x_T is None else x_T.to(device)
+        ac = d.alphas_cumprod
+        for k in _steps(range(len(taus) - 1, -1, -1), len(taus), progress, f"DDIM {steps}"):
+            tau = int(taus[k])
+            t = torch.full((shape[0],), tau, device=device, dtype=torch.long)
+            out = model(x, t, **model_kwargs)
+            x0 = d.predict_x0(x, t, out)
+            if clip_denoised:
+                x0 = x0.clamp(-1, 1)
+            eps = d.predict_eps(x, t, out) if not clip_denoised else (x - ac[tau].sqrt() * x0) / (1 - ac[tau]).sqrt()
+            a_t = float(ac[tau])
+            a_prev = float(ac[int(taus[k - 1])]) if k > 0 else 1.0
+            sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(1 - a_t / a_prev)
+            x = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma ** 2, 0.0)) * eps
+            if sigma > 0 and k > 0:
+                x = x + sigma * _noise(shape, generator, device)
+            if callback is not None:
+                callback(tau, x, x0)
+        return x
