@@ -352,8 +352,10 @@ def _register_later() -> None:
         return
     from .ablation import ablation_specs
     from .fid import FeatureNetSpec
+    from .ldm_train import ldm_specs
 
     ARTIFACTS.update(ablation_specs())
+    ARTIFACTS.update(ldm_specs())
     ARTIFACTS.setdefault(FeatureNetSpec.name, FeatureNetSpec())
     _REGISTERED_LATER = True
 

@@ -102,6 +102,35 @@ class AblationPreset:
 
 
 @dataclass(frozen=True)
+class LDMPreset:
+    """The latent DDPM and the pixel-vs-latent experiment (notebook 03, ``python -m minildm train-ldm``).
+
+    One :class:`~minildm.UNetModel` configuration (``model_channels`` …) is trained on the latents
+    of each first stage ``ae-kl-f{f}`` of notebook 02 for f in ``factors`` (f = 1: pixel space), each
+    for the same wall-clock ``budget_s``, with the FID-style score measured at ``eval_points``
+    evenly spaced times on ``n_fid`` DDIM samples of ``eval_ddim_steps`` steps.
+    """
+
+    factors: tuple[int, ...]
+    image_size: int
+    model_channels: int
+    channel_mult: tuple[int, ...]
+    num_res_blocks: int
+    attention_resolutions: tuple[int, ...]
+    num_heads: int
+    schedule: str
+    timesteps: int
+    batch_size: int
+    lr: float
+    ema_decay: float
+    budget_s: float
+    eval_points: int
+    n_fid: int
+    eval_ddim_steps: int
+    n_train: int
+
+
+@dataclass(frozen=True)
 class Preset:
     """All sizes of one preset. Sections are added as the notebooks grow."""
 
@@ -111,6 +140,7 @@ class Preset:
     ae: AutoencoderPreset
     features: FeatureNetPreset
     ablation: AblationPreset
+    ldm: LDMPreset
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,6 +168,11 @@ _PRESETS: dict[str, Preset] = {
             steps=3, unet_model_channels=16, unet_channel_mult=(1, 2), unet_num_res_blocks=1,
             unet_attention_resolutions=(2,), unet_num_heads=1, unet_batch_size=2, timing_steps=1,
         ),
+        ldm=LDMPreset(
+            factors=(1, 2, 4, 8, 16), image_size=64, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+            attention_resolutions=(2,), num_heads=1, schedule="linear", timesteps=1000, batch_size=8, lr=1e-3,
+            ema_decay=0.999, budget_s=2.0, eval_points=2, n_fid=16, eval_ddim_steps=5, n_train=32,
+        ),
     ),
     "cpu": Preset(
         name="cpu",
@@ -156,6 +191,11 @@ _PRESETS: dict[str, Preset] = {
             steps=1000, unet_model_channels=64, unet_channel_mult=(1, 2), unet_num_res_blocks=2,
             unet_attention_resolutions=(2,), unet_num_heads=4, unet_batch_size=8, timing_steps=5,
         ),
+        ldm=LDMPreset(
+            factors=(1, 2, 4, 8, 16), image_size=64, model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1,
+            attention_resolutions=(4,), num_heads=4, schedule="linear", timesteps=1000, batch_size=32, lr=3e-4,
+            ema_decay=0.999, budget_s=240.0, eval_points=3, n_fid=256, eval_ddim_steps=25, n_train=4000,
+        ),
     ),
     "gpu": Preset(
         name="gpu",
@@ -173,6 +213,12 @@ _PRESETS: dict[str, Preset] = {
             factors=(1, 2, 4, 8, 16, 32), z_channels=((1, 3), (2, 3), (4, 3), (8, 4), (16, 16), (32, 64)), variant="l1-lpips-gan", image_size=128,
             steps=20000, unet_model_channels=128, unet_channel_mult=(1, 2, 2), unet_num_res_blocks=2,
             unet_attention_resolutions=(2, 4), unet_num_heads=4, unet_batch_size=32, timing_steps=20,
+        ),
+        ldm=LDMPreset(
+            factors=(1, 2, 4, 8, 16), image_size=128, model_channels=128, channel_mult=(1, 2, 2, 4),
+            num_res_blocks=2, attention_resolutions=(4, 8), num_heads=8, schedule="linear", timesteps=1000,
+            batch_size=64, lr=1e-4, ema_decay=0.9999, budget_s=3600.0, eval_points=6, n_fid=2000,
+            eval_ddim_steps=50, n_train=50000,
         ),
     ),
 }

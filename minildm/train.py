@@ -310,12 +310,16 @@ class Trainer:
         return record
 
     # ---------------------------------------------------------------- the loop
-    def fit(self, steps: int | None = None) -> list[dict[str, Any]]:
+    def fit(self, steps: int | None = None, time_budget_s: float | None = None) -> list[dict[str, Any]]:
         """Train ``steps`` more steps (default: up to ``max_steps``); return the full log.
 
-        Saves a checkpoint every ``checkpoint_every`` steps and at the end (when ``out_dir`` is
-        set). A non-finite loss raises FloatingPointError before anything is written.
+        With ``time_budget_s`` training also stops once this call has trained for that many seconds
+        (wall clock; equal-compute comparisons). Every log row carries ``time_s``, the training time
+        so far. Saves a checkpoint every ``checkpoint_every`` steps and at the end (when ``out_dir``
+        is set). A non-finite loss raises FloatingPointError before anything is written.
         """
+        if time_budget_s is not None and not float(time_budget_s) >= 0:
+            raise ValueError(f"time_budget_s must be >= 0 or None, got {time_budget_s!r}")
         if steps is not None:
             if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
                 raise ValueError(f"steps must be an int >= 0, got {steps!r}")
@@ -328,7 +332,10 @@ class Trainer:
         start = time.perf_counter()
         try:
             while self.step < end:
+                if time_budget_s is not None and time.perf_counter() - start >= time_budget_s:
+                    break
                 record = self.train_step()
+                record["time_s"] = self.elapsed_s + time.perf_counter() - start
                 if record["step"] % self.log_every == 0 or self.step == self.max_steps:
                     self.log.append(record)
                 if self.checkpoint_every and self.step % self.checkpoint_every == 0 and self.step < end:
@@ -343,7 +350,7 @@ class Trainer:
             self.elapsed_s += time.perf_counter() - start
             if bar is not None:
                 bar.close()
-        if self.out_dir is not None and end > 0:
+        if self.out_dir is not None and end > 0 and self.step > 0:
             self.save()
         return self.log
 

@@ -1,0 +1,227 @@
+"""Training and measuring latent diffusion models: the artifacts ``ldm-f{f}`` of notebook 03.
+
+The paper's central experiment (Sec. 4.1, Fig. 6–7): train the *same* UNet on the latents of
+first stages with f = 1 (pixel space), 2, 4, 8, 16 for the same compute, and compare sample
+quality against training time and against sampling throughput. Here each model trains for the
+preset's wall-clock budget (``preset.ldm.budget_s``), and at ``eval_points`` evenly spaced times
+its EMA weights draw ``n_fid`` DDIM samples whose FID-style score (:mod:`minildm.fid`) against
+the validation images is logged. The first stages are the ``ae-kl-f{f}`` artifacts of notebook 02.
+
+Latents are encoded once before training (:class:`LatentBatches`): the first stage is frozen, so
+E(x) of a training image never changes, and the diffusion model's step is all that is timed.
+
+``python -m minildm train-ldm --preset cpu --f 4`` builds one model; the notebook builds all.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .presets import Preset, get_device, get_preset, seed_everything
+
+__all__ = ["LatentBatches", "LDMSpec", "ldm_name", "build_ldm", "sample_fid", "sampling_throughput",
+           "ldm_specs", "eval_curve"]
+
+
+def ldm_name(f: int) -> str:
+    """Artifact name of the latent DDPM on first stage ``ae-kl-f{f}``: ``ldm-f{f}``."""
+    return f"ldm-f{f}"
+
+
+class LatentBatches:
+    """Deterministic batches of pre-encoded, scaled latents: ``batch(step) -> {"latent": (B, c, h, w)}``.
+
+    Encodes the images once with ``ldm.encode_first_stage`` (scale factor included); batch ``step``
+    is a pure function of (seed, step), as in :class:`minildm.train.DatasetBatches`.
+    """
+
+    def __init__(self, latents: torch.Tensor, batch_size: int, seed: int = 0) -> None:
+        from .train import DatasetBatches
+
+        if latents.ndim != 4 or latents.shape[0] < 1:
+            raise ValueError(f"latents must have shape (N >= 1, c, h, w), got {tuple(latents.shape)}")
+        self.latents = latents
+        self._order = DatasetBatches(range(latents.shape[0]), batch_size, seed=seed, collate_fn=list)
+
+    @classmethod
+    @torch.no_grad()
+    def encode(cls, ldm: nn.Module, images: torch.Tensor, batch_size: int, seed: int = 0,
+               encode_batch: int = 64) -> "LatentBatches":
+        """Encode ``images`` (N, 3, H, W) with the LDM's frozen first stage, on its device."""
+        device = ldm.scale_factor.device
+        z = torch.cat([ldm.encode_first_stage(b.to(device)).cpu() for b in images.split(encode_batch)])
+        return cls(z, batch_size, seed)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        return {"latent": self.latents[self._order.indices(step)]}
+
+
+def _images(split: str, n: int, image_size: int, seed: int) -> torch.Tensor:
+    from .data import load_dataset
+
+    ds = load_dataset("shapes", split, image_size, length=n, seed=seed)
+    return torch.stack([ds[i]["image"] for i in range(n)])
+
+
+def _unet_config(f_channels: int, preset: Preset) -> dict[str, Any]:
+    from .unet import UNetConfig
+
+    lp = preset.ldm
+    return UNetConfig(in_channels=f_channels, out_channels=f_channels, model_channels=lp.model_channels,
+                      channel_mult=lp.channel_mult, num_res_blocks=lp.num_res_blocks,
+                      attention_resolutions=lp.attention_resolutions, num_heads=lp.num_heads).to_dict()
+
+
+def build_ldm(identity: Mapping[str, Any]) -> nn.Module:
+    """An (untrained) :class:`~minildm.ldm.LatentDiffusion` from an ``ldm-f{f}`` identity."""
+    from .ablation import AblationSpec
+    from .diffusion import GaussianDiffusion
+    from .ldm import LatentDiffusion
+    from .unet import UNetConfig, UNetModel
+
+    m = identity["model"]
+    first_stage = AblationSpec(int(m["f"])).build_model(m["first_stage"])
+    d = m["diffusion"]
+    diffusion = GaussianDiffusion(d["schedule"], d["num_timesteps"], d["parameterization"])
+    return LatentDiffusion(first_stage, UNetModel(UNetConfig.from_dict(m["unet"])), diffusion, m["image_size"])
+
+
+@torch.no_grad()
+def sample_fid(ldm: nn.Module, feature_net: nn.Module, real: torch.Tensor, n: int, steps: int,
+               seed: int = 0, batch_size: int = 64, progress: bool = False) -> float:
+    """FID-style score of ``n`` DDIM samples (``steps`` steps, η = 0, seeded) against ``real`` images."""
+    from .fid import extract_features, fid_from_features
+
+    g = torch.Generator().manual_seed(seed)
+    samples = torch.cat([ldm.sample(min(batch_size, n - i), steps=steps, generator=g, progress=progress).cpu()
+                         for i in range(0, n, batch_size)])
+    return fid_from_features(extract_features(feature_net, real[:n]), extract_features(feature_net, samples))
+
+
+@torch.no_grad()
+def sampling_throughput(ldm: nn.Module, n: int, steps: int, repeats: int = 1) -> float:
+    """Images per second of DDIM sampling with ``steps`` steps, decoding included (batch of ``n``)."""
+    from .ablation import _median_time
+
+    device = ldm.scale_factor.device
+    g = torch.Generator().manual_seed(0)
+    t = _median_time(lambda: ldm.sample(n, steps=steps, generator=g), device, repeats, warmup=0)
+    return n / t
+
+
+def eval_curve(log: list[Mapping[str, Any]]) -> list[dict[str, float]]:
+    """The (training time, steps, FID-style score) points logged during training."""
+    return [{"time_s": r["time_s"], "step": r["step"], "fid": r["eval/fid"]} for r in log if "eval/fid" in r]
+
+
+class LDMSpec:
+    """Artifact ``ldm-f{f}`` (artifact-spec interface of :mod:`minildm.artifacts`)."""
+
+    def __init__(self, f: int) -> None:
+        self.f = int(f)
+        self.name = ldm_name(self.f)
+        self.description = f"latent DDPM on ae-kl-f{self.f} (f = 1: pixel space), fixed wall-clock budget"
+
+    def _check(self, preset: Preset) -> None:
+        if self.f not in preset.ldm.factors:
+            raise ValueError(f"f={self.f} is not in the LDM experiment of preset {preset.name!r}: "
+                             f"choose one of {preset.ldm.factors}")
+
+    def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
+        from .ablation import ablation_name
+        from .artifacts import _spec
+
+        self._check(preset)
+        lp = preset.ldm
+        fs = _spec(ablation_name(self.f)).identity(preset)
+        c = int(fs["model"].get("embed_dim") or fs["model"].get("in_channels"))
+        budget = float(steps) if steps is not None else lp.budget_s  # "steps" of the CLI: seconds here
+        return {
+            "model_class": "LatentDiffusion",
+            "model": {"f": self.f, "image_size": lp.image_size, "first_stage": fs, "unet": _unet_config(c, preset),
+                      "diffusion": {"schedule": lp.schedule, "num_timesteps": lp.timesteps, "parameterization": "eps"}},
+            "recipe": {"kind": "ldm", "first_stage": ablation_name(self.f), "budget_s": budget,
+                       "batch_size": lp.batch_size, "lr": lp.lr, "ema_decay": lp.ema_decay,
+                       "eval_points": lp.eval_points, "n_fid": lp.n_fid, "eval_ddim_steps": lp.eval_ddim_steps,
+                       "n_train": lp.n_train, "seed": preset.seed, "steps": budget},
+            "preset": preset.name,
+        }
+
+    def command(self, preset: Preset, steps: int | None = None) -> str:
+        return (f"python -m minildm train-ldm --preset {preset.name} --f {self.f}"
+                + (f" --budget {steps}" if steps is not None else ""))
+
+    def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
+        return build_ldm(identity)
+
+    def train(self, preset: Preset, *, steps: int | None, device: Any, out_dir: Path | None, resume: bool,
+              progress: bool) -> tuple[nn.Module, list[dict[str, Any]], float]:
+        from .ablation import ablation_name
+        from .artifacts import _trainer_config, load_or_train
+        from .ema import EMA
+        from .tasks import LatentDiffusionTask
+        from .train import CHECKPOINT_NAME, Trainer
+
+        identity = self.identity(preset, steps)
+        r = identity["recipe"]
+        dev = get_device(device)
+        first_stage = load_or_train(ablation_name(self.f), preset, device=dev, progress=progress).model
+        feature_net = load_or_train("feature-net", preset, device=dev, progress=progress).model
+        seed_everything(preset.seed)
+        ldm = build_ldm(identity)
+        ldm.first_stage_model.load_state_dict(first_stage.state_dict())
+        ldm.to(dev)
+        train_images = _images("train", r["n_train"], preset.ldm.image_size, preset.seed)
+        ldm.compute_scale_factor(train_images[:1024])
+        data = LatentBatches.encode(ldm, train_images, r["batch_size"], seed=r["seed"])
+        real = _images("val", r["n_fid"], preset.ldm.image_size, preset.seed)
+        ema = EMA(ldm.model, decay=r["ema_decay"])
+        trainer = Trainer(LatentDiffusionTask(ldm, r["lr"]), data, device=dev, max_steps=10**9, seed=r["seed"],
+                          out_dir=out_dir, checkpoint_every=None, grad_clip=1.0, progress=progress,
+                          desc=f"{self.name} ({preset.name}, {r['budget_s']:.0f} s)", log_every=10,
+                          config=_trainer_config(identity), callbacks=[ema])
+        if resume and out_dir is not None and (Path(out_dir) / CHECKPOINT_NAME).is_file():
+            trainer.resume(Path(out_dir) / CHECKPOINT_NAME)
+        done = {round(row["time_s"] / r["budget_s"] * r["eval_points"]) for row in eval_curve(trainer.log)}
+        for k in range(1, r["eval_points"] + 1):
+            target = r["budget_s"] * k / r["eval_points"]
+            if trainer.elapsed_s < target:
+                trainer.fit(time_budget_s=target - trainer.elapsed_s)
+            if k in done:
+                continue
+            with ema.average_parameters():
+                fid = sample_fid(ldm, feature_net, real, r["n_fid"], r["eval_ddim_steps"], seed=preset.seed)
+            trainer.log.append({"step": trainer.step, "time_s": trainer.elapsed_s, "eval/fid": fid})
+            if out_dir is not None:
+                trainer.save()
+        ema.copy_to(ldm.model)
+        return ldm.eval(), trainer.log, trainer.elapsed_s
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, preset: Preset, device: torch.device) -> dict[str, Any]:
+        from .artifacts import load_or_train
+
+        lp = preset.ldm
+        feature_net = load_or_train("feature-net", preset, device=device).model
+        real = _images("val", lp.n_fid, lp.image_size, preset.seed)
+        model = model.to(device).eval()
+        t0 = time.perf_counter()
+        fid = sample_fid(model, feature_net, real, lp.n_fid, lp.eval_ddim_steps, seed=preset.seed + 1)
+        sample_s = time.perf_counter() - t0
+        return {"fid": fid, "n_fid": lp.n_fid, "eval_ddim_steps": lp.eval_ddim_steps,
+                "images_per_s": lp.n_fid / sample_s, "latent_shape": list(model.latent_shape),
+                "scale_factor": float(model.scale_factor),
+                "unet_params": sum(p.numel() for p in model.model.parameters())}
+
+
+def ldm_specs(factors: tuple[int, ...] = (1, 2, 4, 8, 16)) -> dict[str, LDMSpec]:
+    return {ldm_name(f): LDMSpec(f) for f in factors}
+

@@ -1,0 +1,77 @@
+"""Latent DDPM training: latent batches, exact resume with EMA, the ldm-f{f} artifacts and train-ldm."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from minildm.autoencoder import IdentityConfig, IdentityFirstStage
+from minildm.cli import main
+from minildm.diffusion import GaussianDiffusion
+from minildm.ema import EMA
+from minildm.ldm import LatentDiffusion
+from minildm.ldm_train import LatentBatches, eval_curve
+from minildm.tasks import LatentDiffusionTask
+from minildm.train import Trainer
+from minildm.unet import UNetModel
+
+
+def _pixel_ldm():
+    torch.manual_seed(0)
+    unet = UNetModel(in_channels=3, out_channels=3, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                     attention_resolutions=(2,), num_heads=1, num_groups=4)
+    return LatentDiffusion(IdentityFirstStage(IdentityConfig(3, 8)), unet, GaussianDiffusion("linear", 100), 8)
+
+
+def test_latent_batches_are_deterministic():
+    ldm = _pixel_ldm()
+    images = torch.rand(10, 3, 8, 8) * 2 - 1
+    a = LatentBatches.encode(ldm, images, batch_size=4, seed=1)
+    b = LatentBatches.encode(ldm, images, batch_size=4, seed=1)
+    assert a.batch(3)["latent"].shape == (4, 3, 8, 8) and torch.equal(a.batch(3)["latent"], b.batch(3)["latent"])
+    assert len(a) == 3
+    with pytest.raises(ValueError, match="shape"):
+        LatentBatches(torch.zeros(3, 8), 2)
+
+
+def _trainer(out_dir, steps):
+    ldm = _pixel_ldm()
+    data = LatentBatches(torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0)), 4, seed=0)
+    ema = EMA(ldm.model, decay=0.99)
+    trainer = Trainer(LatentDiffusionTask(ldm, lr=1e-3), data, device="cpu", max_steps=steps, out_dir=out_dir,
+                      checkpoint_every=None, grad_clip=1.0, progress=False, callbacks=[ema])
+    return trainer, ema, ldm
+
+
+def test_exact_resume_with_ema(tmp_path):
+    straight, ema_s, ldm_s = _trainer(tmp_path / "a", 6)
+    straight.fit()
+    first, _, _ = _trainer(tmp_path / "b", 3)
+    first.fit()
+    resumed, ema_r, ldm_r = _trainer(tmp_path / "b", 6)
+    resumed.resume(tmp_path / "b" / "checkpoint.safetensors")
+    resumed.max_steps = 6
+    resumed.fit()
+    for k, v in ldm_s.model.state_dict().items():
+        assert torch.equal(v, ldm_r.model.state_dict()[k]), k
+    for k, v in ema_s.shadow.items():
+        assert torch.equal(v, ema_r.shadow[k]), k
+    assert ema_r.num_updates == 6
+
+
+def test_ldm_artifacts_and_cli(tmp_path, capsys):
+    root = tmp_path / "cache"
+    assert main(["train-ldm", "--preset", "smoke", "--f", "1", "4", "--out", str(root), "--budget", "1",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "ldm-f1" in out and "ldm-f4" in out and "3×16×16" in out
+    from minildm.artifacts import load_artifact
+
+    art = load_artifact("ldm-f4", "smoke", root=root, steps=1)
+    curve = eval_curve(art.log)
+    assert len(curve) == 2 and curve[-1]["time_s"] >= 1.0 and curve[-1]["fid"] >= 0
+    assert art.metrics["images_per_s"] > 0 and art.metrics["scale_factor"] > 0
+    assert art.command == "python -m minildm train-ldm --preset smoke --f 4 --budget 1"
+    x = art.model.sample(2, steps=2, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 3, 64, 64) and x.abs().max() <= 1
+    assert main(["train-ldm", "--preset", "smoke", "--f", "32", "--out", str(root)]) == 2
+    assert "not in the LDM experiment" in capsys.readouterr().err
