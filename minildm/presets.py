@@ -194,7 +194,7 @@ _PRESETS: dict[str, Preset] = {
         ldm=LDMPreset(
             factors=(1, 2, 4, 8, 16), image_size=64, model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1,
             attention_resolutions=(4,), num_heads=4, schedule="linear", timesteps=1000, batch_size=32, lr=3e-4,
-            ema_decay=0.999, budget_s=240.0, eval_points=3, n_fid=256, eval_ddim_steps=25, n_train=4000,
+            ema_decay=0.999, budget_s=240.0, eval_points=3, n_fid=128, eval_ddim_steps=20, n_train=4000,
         ),
     ),
     "gpu": Preset(
