@@ -35,6 +35,7 @@ regularizer ``kl``: + 1e-6 · KL(q(z|x) || N(0, I)) (AutoencoderKL, learned log-
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import os
@@ -105,8 +106,10 @@ def _check_steps(steps: Any) -> None:
 # ------------------------------------------------------------------------------------------
 
 def autoencoder_recipe(variant: str, regularizer: str, preset: str | Preset | None = None,
-                       steps: int | None = None) -> dict[str, Any]:
-    """Every hyperparameter of a first-stage run, as JSON (stored with checkpoints and artifacts)."""
+                       steps: int | None = None, data: str = "shapes") -> dict[str, Any]:
+    """Every hyperparameter of a first-stage run, as JSON (stored with checkpoints and artifacts).
+
+    ``data`` names the training dataset (:func:`minildm.data.load_dataset`), shapes by default."""
     _check_choice("variant", variant, VARIANTS)
     _check_choice("regularizer", regularizer, REGULARIZERS)
     _check_steps(steps)
@@ -127,7 +130,7 @@ def autoencoder_recipe(variant: str, regularizer: str, preset: str | Preset | No
         "steps": steps if steps is not None else ae.steps,
         "seed": p.seed,
         "grad_clip": None,
-        "data": {"name": "shapes", "split": "train", "image_size": ae.image_size,
+        "data": {"name": data, "split": "train", "image_size": ae.image_size,
                  "length": ae.n_train, "seed": p.seed},
     }
     if v["gan"]:  # the discriminator's settings are part of the recipe only where it exists
@@ -203,11 +206,12 @@ def _trainer_config(identity: Mapping[str, Any]) -> dict[str, Any]:
 
 def _run_autoencoder(variant: str, regularizer: str, preset: Preset, *, steps: int | None,
                      device: str | torch.device | None, out_dir: str | os.PathLike | None, resume: bool,
-                     progress: bool, model_overrides: Mapping[str, Any] | None = None, desc: str | None = None):
+                     progress: bool, model_overrides: Mapping[str, Any] | None = None, desc: str | None = None,
+                     data: str = "shapes"):
     from .tasks import AutoencoderTask
     from .train import CHECKPOINT_NAME, Trainer
 
-    recipe = autoencoder_recipe(variant, regularizer, preset, steps)
+    recipe = autoencoder_recipe(variant, regularizer, preset, steps, data)
     model, loss = build_autoencoder(variant, regularizer, preset, model_overrides)
     identity = _identity(model, recipe, preset)
     task = AutoencoderTask(model, loss, lr=recipe["lr"], betas=tuple(recipe["betas"]))
@@ -273,13 +277,14 @@ class AutoencoderSpec:
     description: str
     model_overrides: Mapping[str, Any] = field(default_factory=dict)
     cli: str = "train-ae --preset {preset} --variant {variant} --regularizer {regularizer}"
+    data: str = "shapes"
 
     def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
         """The config.json content (without version info) this spec produces under ``preset``."""
         config = _model_config(self.regularizer, preset, self.model_overrides)
         return {"model_class": "AutoencoderKL" if self.regularizer == "kl" else "VQModel",
                 "model": config.to_dict(),
-                "recipe": autoencoder_recipe(self.variant, self.regularizer, preset, steps),
+                "recipe": autoencoder_recipe(self.variant, self.regularizer, preset, steps, self.data),
                 "preset": preset.name}
 
     def command(self, preset: Preset, steps: int | None = None) -> str:
@@ -307,7 +312,7 @@ class AutoencoderSpec:
         model, _, trainer, _ = _run_autoencoder(
             self.variant, self.regularizer, preset, steps=steps, device=device, out_dir=out_dir,
             resume=resume, progress=progress, model_overrides=self.model_overrides,
-            desc=f"{self.name} ({preset.name})")
+            desc=f"{self.name} ({preset.name})", data=self.data)
         return model, trainer.log, trainer.elapsed_s
 
     def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
@@ -318,7 +323,7 @@ class AutoencoderSpec:
         from .metrics import evaluate_reconstruction
 
         ae = preset.ae
-        val = load_dataset("shapes", "val", ae.image_size, length=ae.n_eval, seed=preset.seed)
+        val = load_dataset(self.data, "val", ae.image_size, length=ae.n_eval, seed=preset.seed)
         return evaluate_reconstruction(model, val, n=ae.n_eval, batch_size=ae.batch_size, device=device,
                                        lpips_net=_EVAL_LPIPS_NET)
 
@@ -395,10 +400,19 @@ class Artifact:
         return str(self.metrics.get("command", ""))
 
 
+#: the root of the artifact being built: the artifacts it needs (a first stage, the feature
+#: network) are looked up and cached under the same root
+_BUILD_ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("minildm_build_root", default=None)
+
+
 def artifact_root(root: str | os.PathLike | None = None) -> Path:
-    """The cache root: ``root``, else ``$MINILDM_ARTIFACTS``, else ``./artifacts``."""
+    """The cache root: ``root``, else that of the artifact being built (its dependencies live
+    beside it), else ``$MINILDM_ARTIFACTS``, else ``./artifacts``."""
     if root is not None:
         return Path(root)
+    building = _BUILD_ROOT.get()
+    if building is not None:
+        return building
     return Path(os.environ.get(ARTIFACTS_ENV) or "artifacts")
 
 
@@ -491,9 +505,13 @@ def build_artifact(name: str, preset: str | Preset | None = None, *, steps: int 
         resume = False
     if not resume and partial.exists():
         shutil.rmtree(partial)
-    model, log, elapsed = spec.train(p, steps=steps, device=dev, out_dir=partial, resume=resume,
-                                     progress=progress)
-    metrics: dict[str, Any] = dict(spec.evaluate(model, p, dev))
+    token = _BUILD_ROOT.set(artifact_root(root))
+    try:
+        model, log, elapsed = spec.train(p, steps=steps, device=dev, out_dir=partial, resume=resume,
+                                         progress=progress)
+        metrics: dict[str, Any] = dict(spec.evaluate(model, p, dev))
+    finally:
+        _BUILD_ROOT.reset(token)
     identity = spec.identity(p, steps)
     metrics.update({
         "train_time_s": round(elapsed, 3),

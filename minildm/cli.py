@@ -154,6 +154,9 @@ def _train_ldm_arguments(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
     parser.add_argument("--f", type=_factor_arg, nargs="+", default=None, metavar="F",
                         help="first stages ae-kl-f{F} to train on (default: all of the preset's, 1 = pixel space)")
+    parser.add_argument("--data", choices=["shapes", "fashion_mnist"], default="shapes",
+                        help="shapes: the pixel-vs-latent experiment (one model per f); fashion_mnist: one LDM "
+                             "with f = 4 on Fashion-MNIST (its autoencoder is trained first)")
     parser.add_argument("--budget", type=_positive_int, default=None, metavar="SECONDS",
                         help="training time per model in seconds (default: the preset's)")
     parser.add_argument("--retrain", action="store_true", help="train again even where an artifact exists")
@@ -161,27 +164,34 @@ def _train_ldm_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train_ldm(args: argparse.Namespace) -> int:
     from .artifacts import artifact_dir, build_artifact, load_artifact
-    from .ldm_train import eval_curve, ldm_name
+    from .ldm_train import FASHION_LDM, eval_curve, ldm_name
     from .presets import get_preset
 
     preset = get_preset(args.preset)
-    factors = args.f or list(preset.ldm.factors)
-    for f in factors:
-        if f not in preset.ldm.factors:
-            raise ValueError(f"f={f} is not in the LDM experiment of preset {preset.name!r}: "
-                             f"choose from {' '.join(map(str, preset.ldm.factors))}")
-    print(f"{'model':<8} {'latent':>10} {'steps':>7} {'train s':>8} {'FD-feat':>8} {'images/s':>9}")
-    for f in factors:
-        name = ldm_name(f)
+    if args.data == "fashion_mnist":
+        if args.f:
+            raise ValueError("--f applies to the shapes experiment; the Fashion-MNIST LDM uses f = 4")
+        names = [FASHION_LDM]
+    else:
+        factors = args.f or list(preset.ldm.factors)
+        for f in factors:
+            if f not in preset.ldm.factors:
+                raise ValueError(f"f={f} is not in the LDM experiment of preset {preset.name!r}: "
+                                 f"choose from {' '.join(map(str, preset.ldm.factors))}")
+        names = [ldm_name(f) for f in factors]
+    print(f"{'model':<12} {'latent':>10} {'steps':>7} {'train s':>8} {'FD-feat':>8} {'images/s':>9}")
+    for name in names:
         if args.retrain or args.budget is not None or not artifact_dir(name, preset, args.out).is_dir():
             art = build_artifact(name, preset, steps=args.budget, device=args.device,
                                  progress=not args.no_progress, root=args.out)
         else:
             art = load_artifact(name, preset, device=args.device, root=args.out)
         m = art.metrics
-        steps = eval_curve(art.log)[-1]["step"] if eval_curve(art.log) else 0
-        print(f"{name:<8} {'×'.join(map(str, m['latent_shape'])):>10} {steps:>7} {m['train_time_s']:>8.0f} "
-              f"{m['fid']:>8.2f} {m['images_per_s']:>9.1f}")
+        curve = eval_curve(art.log)
+        steps = curve[-1]["step"] if curve else max((r["step"] for r in art.log), default=-1) + 1
+        fid = f"{m['fid']:>8.2f}" if "fid" in m else f"{'–':>8}"
+        print(f"{name:<12} {'×'.join(map(str, m['latent_shape'])):>10} {steps:>7} {m['train_time_s']:>8.0f} "
+              f"{fid} {m['images_per_s']:>9.1f}")
     return 0
 
 

@@ -24,13 +24,54 @@ from torch import nn
 
 from .presets import Preset, get_device, get_preset, seed_everything
 
-__all__ = ["LatentBatches", "LDMSpec", "ldm_name", "build_ldm", "sample_fid", "sampling_throughput",
-           "ldm_specs", "eval_curve"]
+__all__ = ["LatentBatches", "LDMSpec", "FashionAutoencoderSpec", "ldm_name", "build_ldm", "sample_fid",
+           "sampling_throughput", "ldm_specs", "eval_curve", "FASHION_AE", "FASHION_LDM", "FASHION_SIZE"]
+
+#: the Fashion-MNIST first stage and LDM of notebook 03 (28 px images, resized to 32 px, grey as RGB)
+FASHION_AE = "ae-kl-fashion"
+FASHION_LDM = "ldm-fashion"
+FASHION_SIZE = 32
 
 
 def ldm_name(f: int) -> str:
     """Artifact name of the latent DDPM on first stage ``ae-kl-f{f}``: ``ldm-f{f}``."""
     return f"ldm-f{f}"
+
+
+class FashionAutoencoderSpec:
+    """Artifact ``ae-kl-fashion``: a KL autoencoder with f = 4, c = 3 on Fashion-MNIST at 32 px, trained
+    with the ablation's recipe and step count (it delegates to :class:`~minildm.artifacts.AutoencoderSpec`)."""
+
+    name = FASHION_AE
+    description = "KL autoencoder f = 4 on Fashion-MNIST (32 px)"
+
+    def _inner(self, preset: Preset):
+        from .ablation import first_stage_config
+        from .artifacts import AutoencoderSpec
+
+        return AutoencoderSpec(self.name, preset.ablation.variant, "kl", self.description,
+                               model_overrides=first_stage_config(4, preset), data="fashion_mnist")
+
+    @staticmethod
+    def _preset(preset: Preset) -> Preset:
+        return preset.with_ae(image_size=FASHION_SIZE, steps=preset.ablation.steps)
+
+    def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
+        return self._inner(preset).identity(self._preset(preset), steps)
+
+    def command(self, preset: Preset, steps: int | None = None) -> str:
+        return f"python -m minildm train-ldm --preset {preset.name} --data fashion_mnist"
+
+    def train(self, preset: Preset, **kwargs: Any) -> tuple[nn.Module, list[dict[str, Any]], float]:
+        return self._inner(preset).train(self._preset(preset), **kwargs)
+
+    def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
+        from .artifacts import _model_from_config
+
+        return _model_from_config(identity["model_class"], identity["model"])
+
+    def evaluate(self, model: nn.Module, preset: Preset, device: torch.device) -> dict[str, Any]:
+        return self._inner(preset).evaluate(model, self._preset(preset), device)
 
 
 class LatentBatches:
@@ -64,10 +105,10 @@ class LatentBatches:
         return {"latent": self.latents[self._order.indices(step)]}
 
 
-def _images(split: str, n: int, image_size: int, seed: int) -> torch.Tensor:
+def _images(split: str, n: int, image_size: int, seed: int, data: str = "shapes") -> torch.Tensor:
     from .data import load_dataset
 
-    ds = load_dataset("shapes", split, image_size, length=n, seed=seed)
+    ds = load_dataset(data, split, image_size, length=n, seed=seed)
     return torch.stack([ds[i]["image"] for i in range(n)])
 
 
@@ -123,32 +164,46 @@ def eval_curve(log: list[Mapping[str, Any]]) -> list[dict[str, float]]:
 
 
 class LDMSpec:
-    """Artifact ``ldm-f{f}`` (artifact-spec interface of :mod:`minildm.artifacts`)."""
+    """Artifact ``ldm-f{f}`` on the shapes data, or ``ldm-fashion`` on Fashion-MNIST (``data``), with
+    the artifact-spec interface of :mod:`minildm.artifacts`. The FID-style score exists for shapes
+    only (its feature network knows shapes); on Fashion-MNIST the metrics are the loss and speed."""
 
-    def __init__(self, f: int) -> None:
+    def __init__(self, f: int, data: str = "shapes") -> None:
         self.f = int(f)
-        self.name = ldm_name(self.f)
-        self.description = f"latent DDPM on ae-kl-f{self.f} (f = 1: pixel space), fixed wall-clock budget"
+        self.data = data
+        self.shapes = data == "shapes"
+        self.name = ldm_name(self.f) if self.shapes else FASHION_LDM
+        self.first_stage = None if self.shapes else FASHION_AE
+        self.description = (f"latent DDPM on ae-kl-f{self.f} (f = 1: pixel space), fixed wall-clock budget"
+                            if self.shapes else "latent DDPM on Fashion-MNIST (ae-kl-fashion)")
+
+    def _first_stage_name(self) -> str:
+        from .ablation import ablation_name
+
+        return self.first_stage or ablation_name(self.f)
+
+    def _image_size(self, preset: Preset) -> int:
+        return preset.ldm.image_size if self.shapes else FASHION_SIZE
 
     def _check(self, preset: Preset) -> None:
-        if self.f not in preset.ldm.factors:
+        if self.shapes and self.f not in preset.ldm.factors:
             raise ValueError(f"f={self.f} is not in the LDM experiment of preset {preset.name!r}: "
                              f"choose one of {preset.ldm.factors}")
 
     def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
-        from .ablation import ablation_name
         from .artifacts import _spec
 
         self._check(preset)
         lp = preset.ldm
-        fs = _spec(ablation_name(self.f)).identity(preset)
+        fs = _spec(self._first_stage_name()).identity(preset)
         c = int(fs["model"].get("embed_dim") or fs["model"].get("in_channels"))
         budget = float(steps) if steps is not None else lp.budget_s  # "steps" of the CLI: seconds here
         return {
             "model_class": "LatentDiffusion",
-            "model": {"f": self.f, "image_size": lp.image_size, "first_stage": fs, "unet": _unet_config(c, preset),
+            "model": {"f": self.f, "image_size": self._image_size(preset), "first_stage": fs,
+                      "unet": _unet_config(c, preset),
                       "diffusion": {"schedule": lp.schedule, "num_timesteps": lp.timesteps, "parameterization": "eps"}},
-            "recipe": {"kind": "ldm", "first_stage": ablation_name(self.f), "budget_s": budget,
+            "recipe": {"kind": "ldm", "data": self.data, "first_stage": self._first_stage_name(), "budget_s": budget,
                        "batch_size": lp.batch_size, "lr": lp.lr, "ema_decay": lp.ema_decay,
                        "eval_points": lp.eval_points, "n_fid": lp.n_fid, "eval_ddim_steps": lp.eval_ddim_steps,
                        "n_train": lp.n_train, "seed": preset.seed, "steps": budget},
@@ -156,7 +211,8 @@ class LDMSpec:
         }
 
     def command(self, preset: Preset, steps: int | None = None) -> str:
-        return (f"python -m minildm train-ldm --preset {preset.name} --f {self.f}"
+        which = f"--f {self.f}" if self.shapes else f"--data {self.data}"
+        return (f"python -m minildm train-ldm --preset {preset.name} {which}"
                 + (f" --budget {steps}" if steps is not None else ""))
 
     def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
@@ -164,7 +220,6 @@ class LDMSpec:
 
     def train(self, preset: Preset, *, steps: int | None, device: Any, out_dir: Path | None, resume: bool,
               progress: bool) -> tuple[nn.Module, list[dict[str, Any]], float]:
-        from .ablation import ablation_name
         from .artifacts import _trainer_config, load_or_train
         from .ema import EMA
         from .tasks import LatentDiffusionTask
@@ -173,16 +228,17 @@ class LDMSpec:
         identity = self.identity(preset, steps)
         r = identity["recipe"]
         dev = get_device(device)
-        first_stage = load_or_train(ablation_name(self.f), preset, device=dev, progress=progress).model
-        feature_net = load_or_train("feature-net", preset, device=dev, progress=progress).model
+        first_stage = load_or_train(self._first_stage_name(), preset, device=dev, progress=progress).model
+        feature_net = load_or_train("feature-net", preset, device=dev, progress=progress).model if self.shapes else None
         seed_everything(preset.seed)
         ldm = build_ldm(identity)
         ldm.first_stage_model.load_state_dict(first_stage.state_dict())
         ldm.to(dev)
-        train_images = _images("train", r["n_train"], preset.ldm.image_size, preset.seed)
+        size = self._image_size(preset)
+        train_images = _images("train", r["n_train"], size, preset.seed, self.data)
         ldm.compute_scale_factor(train_images[:1024])
         data = LatentBatches.encode(ldm, train_images, r["batch_size"], seed=r["seed"])
-        real = _images("val", r["n_fid"], preset.ldm.image_size, preset.seed)
+        real = _images("val", r["n_fid"], size, preset.seed, self.data) if self.shapes else None
         ema = EMA(ldm.model, decay=r["ema_decay"])
         trainer = Trainer(LatentDiffusionTask(ldm, r["lr"]), data, device=dev, max_steps=10**9, seed=r["seed"],
                           out_dir=out_dir, checkpoint_every=None, grad_clip=1.0, progress=progress,
@@ -191,6 +247,9 @@ class LDMSpec:
         if resume and out_dir is not None and (Path(out_dir) / CHECKPOINT_NAME).is_file():
             trainer.resume(Path(out_dir) / CHECKPOINT_NAME)
         done = {round(row["time_s"] / r["budget_s"] * r["eval_points"]) for row in eval_curve(trainer.log)}
+        if not self.shapes:  # no feature network for this data: train through the budget, no evaluations
+            trainer.fit(time_budget_s=max(0.0, r["budget_s"] - trainer.elapsed_s))
+            done = set(range(1, r["eval_points"] + 1))
         for k in range(1, r["eval_points"] + 1):
             target = r["budget_s"] * k / r["eval_points"]
             if trainer.elapsed_s < target:
@@ -210,18 +269,26 @@ class LDMSpec:
         from .artifacts import load_or_train
 
         lp = preset.ldm
-        feature_net = load_or_train("feature-net", preset, device=device).model
-        real = _images("val", lp.n_fid, lp.image_size, preset.seed)
         model = model.to(device).eval()
-        t0 = time.perf_counter()
-        fid = sample_fid(model, feature_net, real, lp.n_fid, lp.eval_ddim_steps, seed=preset.seed + 1)
-        sample_s = time.perf_counter() - t0
-        return {"fid": fid, "n_fid": lp.n_fid, "eval_ddim_steps": lp.eval_ddim_steps,
-                "images_per_s": lp.n_fid / sample_s, "latent_shape": list(model.latent_shape),
-                "scale_factor": float(model.scale_factor),
-                "unet_params": sum(p.numel() for p in model.model.parameters())}
+        out: dict[str, Any] = {"latent_shape": list(model.latent_shape), "scale_factor": float(model.scale_factor),
+                               "unet_params": sum(p.numel() for p in model.model.parameters()),
+                               "eval_ddim_steps": lp.eval_ddim_steps}
+        if self.shapes:
+            feature_net = load_or_train("feature-net", preset, device=device).model
+            real = _images("val", lp.n_fid, lp.image_size, preset.seed)
+            t0 = time.perf_counter()
+            out["fid"] = sample_fid(model, feature_net, real, lp.n_fid, lp.eval_ddim_steps, seed=preset.seed + 1)
+            out["images_per_s"] = lp.n_fid / (time.perf_counter() - t0)
+            out["n_fid"] = lp.n_fid
+        else:
+            out["images_per_s"] = sampling_throughput(model, min(lp.n_fid, 64), lp.eval_ddim_steps)
+        return out
 
 
-def ldm_specs(factors: tuple[int, ...] = (1, 2, 4, 8, 16)) -> dict[str, LDMSpec]:
-    return {ldm_name(f): LDMSpec(f) for f in factors}
+def ldm_specs(factors: tuple[int, ...] = (1, 2, 4, 8, 16)) -> dict[str, Any]:
+    """Specs ``ldm-f{f}``, ``ldm-fashion`` and ``ae-kl-fashion`` for the artifact registry."""
+    specs: dict[str, Any] = {ldm_name(f): LDMSpec(f) for f in factors}
+    specs[FASHION_LDM] = LDMSpec(4, data="fashion_mnist")
+    specs[FASHION_AE] = FashionAutoencoderSpec()
+    return specs
 

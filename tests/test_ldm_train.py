@@ -75,3 +75,20 @@ def test_ldm_artifacts_and_cli(tmp_path, capsys):
     assert x.shape == (2, 3, 64, 64) and x.abs().max() <= 1
     assert main(["train-ldm", "--preset", "smoke", "--f", "32", "--out", str(root)]) == 2
     assert "not in the LDM experiment" in capsys.readouterr().err
+
+
+def test_fashion_ldm(tmp_path, capsys):
+    from minildm.data.fashion_mnist import find_files
+
+    if find_files() is None:
+        pytest.skip("Fashion-MNIST is not installed (dataset-fashion-mnist)")
+    root = tmp_path / "cache"
+    assert main(["train-ldm", "--preset", "smoke", "--data", "fashion_mnist", "--out", str(root), "--budget", "1",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "ldm-fashion" in out and "3×8×8" in out
+    from minildm.artifacts import load_artifact
+
+    ae = load_artifact("ae-kl-fashion", "smoke", root=root)
+    assert ae.config["recipe"]["data"]["name"] == "fashion_mnist" and ae.config["recipe"]["data"]["image_size"] == 32
+    assert main(["train-ldm", "--preset", "smoke", "--data", "fashion_mnist", "--f", "4", "--out", str(root)]) == 2
