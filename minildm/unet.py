@@ -39,6 +39,10 @@ from torch import nn
 
 from .nn.layers import DEFAULT_NUM_GROUPS, Normalize
 
+#: GroupNorm eps of the ADM blocks (ResBlock, AttentionBlock, output head): CompVis' ``GroupNorm32``
+#: keeps PyTorch's default, unlike the autoencoder and the SpatialTransformer (1e-6)
+ADM_GROUPNORM_EPS = 1e-5
+
 __all__ = [
     "UNetConfig",
     "UNetModel",
@@ -135,11 +139,12 @@ class ResBlock(TimestepBlock):
         super().__init__()
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
-        self.in_layers = nn.Sequential(Normalize(channels, num_groups), nn.SiLU(),
+        self.in_layers = nn.Sequential(Normalize(channels, num_groups, ADM_GROUPNORM_EPS), nn.SiLU(),
                                        nn.Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(
             emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels))
-        self.out_layers = nn.Sequential(Normalize(out_channels, num_groups), nn.SiLU(), nn.Dropout(dropout),
+        self.out_layers = nn.Sequential(Normalize(out_channels, num_groups, ADM_GROUPNORM_EPS), nn.SiLU(),
+                                        nn.Dropout(dropout),
                                         zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
         self.skip_connection: nn.Module = (nn.Identity() if out_channels == channels
                                            else nn.Conv2d(channels, out_channels, 1))
@@ -177,7 +182,7 @@ class AttentionBlock(nn.Module):
                  num_groups: int = DEFAULT_NUM_GROUPS) -> None:
         super().__init__()
         self.num_heads = _heads(channels, num_heads, num_head_channels)
-        self.norm = Normalize(channels, num_groups)
+        self.norm = Normalize(channels, num_groups, ADM_GROUPNORM_EPS)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
 
@@ -237,6 +242,18 @@ class GEGLU(nn.Module):
         return a * F.gelu(gate)
 
 
+class FeedForward(nn.Module):
+    """The transformer's feed-forward: ``net = [GEGLU(dim -> mult·dim), Dropout, Linear(mult·dim -> dim)]``
+    (CompVis / diffusers ``FeedForward``, same parameter names). Shapes: (B, N, dim) -> (B, N, dim)."""
+
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(GEGLU(dim, mult * dim), nn.Dropout(dropout), nn.Linear(mult * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 class BasicTransformerBlock(nn.Module):
     """Pre-LayerNorm transformer block: self-attention, cross-attention, GEGLU feed-forward,
     each with a residual. Shapes: x (B, N, dim), context (B, L, context_dim) -> (B, N, dim)."""
@@ -245,7 +262,7 @@ class BasicTransformerBlock(nn.Module):
         super().__init__()
         self.attn1 = CrossAttention(dim, None, n_heads, d_head, dropout)
         self.attn2 = CrossAttention(dim, context_dim, n_heads, d_head, dropout)
-        self.ff = nn.Sequential(GEGLU(dim, 4 * dim), nn.Dropout(dropout), nn.Linear(4 * dim, dim))
+        self.ff = FeedForward(dim, 4, dropout)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
@@ -404,7 +421,7 @@ class UNetModel(nn.Module):
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(Normalize(ch, groups), nn.SiLU(),
+        self.out = nn.Sequential(Normalize(ch, groups, ADM_GROUPNORM_EPS), nn.SiLU(),
                                  zero_module(nn.Conv2d(ch, c.out_channels, 3, padding=1)))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor | float | int,

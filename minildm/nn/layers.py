@@ -42,15 +42,19 @@ def group_count(num_channels: int, num_groups: int = DEFAULT_NUM_GROUPS) -> int:
     return 1  # unreachable: 1 divides everything
 
 
-def Normalize(in_channels: int, num_groups: int = DEFAULT_NUM_GROUPS) -> nn.GroupNorm:  # noqa: N802 (CompVis name)
+def Normalize(in_channels: int, num_groups: int = DEFAULT_NUM_GROUPS,  # noqa: N802 (CompVis name)
+              eps: float = GROUPNORM_EPS) -> nn.GroupNorm:
     """GroupNorm as in CompVis: ``GroupNorm(32, in_channels, eps=1e-6, affine=True)``.
+
+    (The ADM blocks of the diffusion UNet use PyTorch's default eps = 1e-5, see
+    :data:`minildm.unet.ADM_GROUPNORM_EPS`.)
 
     For channel counts that 32 does not divide, the number of groups is the
     largest divisor of ``in_channels`` that is <= ``num_groups`` (see
     :func:`group_count`). Input and output shape: (B, in_channels, H, W).
     """
     return nn.GroupNorm(num_groups=group_count(in_channels, num_groups), num_channels=in_channels,
-                        eps=GROUPNORM_EPS, affine=True)
+                        eps=eps, affine=True)
 
 
 def nonlinearity(x: torch.Tensor) -> torch.Tensor:

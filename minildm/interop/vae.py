@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from torch import nn
 
-from .autoencoder import AutoencoderConfig, AutoencoderKL
-from .nn import group_count
+from ..autoencoder import AutoencoderConfig, AutoencoderKL
+from ..nn import group_count
 
 if TYPE_CHECKING:  # pragma: no cover
     import diffusers
