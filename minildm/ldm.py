@@ -35,11 +35,14 @@ class LatentDiffusion(nn.Module):
         image_size: H = W of the images; the latent is (c, H/f, W/f).
         scale_factor: s (see the module docstring); 1.0 until :meth:`compute_scale_factor`.
 
+            cond_stage_model: the conditioner τ_θ (:mod:`minildm.conditioning`), trained with the UNet;
+            None for an unconditional model.
+
     Shapes: images (B, 3, H, W) in [-1, 1]; latents (B, c, H/f, W/f).
     """
 
     def __init__(self, first_stage: nn.Module, unet: nn.Module, diffusion: GaussianDiffusion, image_size: int,
-                 scale_factor: float = 1.0) -> None:
+                 scale_factor: float = 1.0, cond_stage_model: nn.Module | None = None) -> None:
         super().__init__()
         self.first_stage_model = first_stage.eval()
         for p in self.first_stage_model.parameters():
@@ -57,6 +60,24 @@ class LatentDiffusion(nn.Module):
             raise ValueError(f"the UNet must take and return {c} latent channels, it has "
                              f"in_channels={unet_c.in_channels}, out_channels={unet_c.out_channels}")
         self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
+        self.cond_stage_model = cond_stage_model
+        if cond_stage_model is not None:
+            width = getattr(cond_stage_model, "embed_dim", None)
+            if unet_c.context_dim is None or width != unet_c.context_dim:
+                raise ValueError(f"the conditioner gives tokens of width {width}, the UNet's cross-attention "
+                                 f"expects context_dim={unet_c.context_dim}")
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model has a conditioner τ_θ (class, layout, text)."""
+        return self.cond_stage_model is not None
+
+    def get_learned_conditioning(self, cond: Any, drop: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """τ_θ(y) (CompVis name): (context (B, L, d), mask (B, L) or None); ``drop`` (B,) bool
+        replaces those conditions by ∅ (conditioning dropout)."""
+        if self.cond_stage_model is None:
+            raise ValueError("this model is unconditional: it has no cond_stage_model")
+        return self.cond_stage_model(cond, drop=drop)
 
     def train(self, mode: bool = True) -> "LatentDiffusion":
         super().train(mode)
@@ -96,7 +117,8 @@ class LatentDiffusion(nn.Module):
     # -- training ----------------------------------------------------------------------------
     def loss(self, z: Tensor, context: Tensor | None = None, generator: torch.Generator | None = None,
              **kwargs: Any) -> Tensor:
-        """Mean simple loss (paper Eq. 2) on a batch of *scaled latents* z (B, c, h, w)."""
+        """Mean simple loss (paper Eq. 2) on a batch of *scaled latents* z (B, c, h, w); a
+        conditional model takes ``context`` = τ_θ(y) (and ``context_mask``) as well."""
         self._check_latent(z)
         if tuple(z.shape[1:]) != self.latent_shape:
             raise ValueError(f"latents must have shape (B, {', '.join(map(str, self.latent_shape))}), "
@@ -111,11 +133,14 @@ class LatentDiffusion(nn.Module):
                generator: torch.Generator | None = None, context: Tensor | None = None,
                guidance_scale: float = 1.0, uncond: Tensor | None = None, decode: bool = True,
                progress: bool = False, callback: Callable[[int, Tensor, Tensor], None] | None = None,
-               x_T: Tensor | None = None) -> Tensor:
+               x_T: Tensor | None = None, cond: Any = None) -> Tensor:
         """``n`` samples: images (n, 3, H, W) with ``decode``, else scaled latents (n, c, h, w).
 
-        ``sampler`` is ``"ddim"`` (``steps``, ``eta``) or ``"ddpm"`` (all T steps). With a ``context``
-        and ``guidance_scale`` ≠ 1, classifier-free guidance against ``uncond``.
+        ``sampler`` is ``"ddim"`` (``steps``, ``eta``) or ``"ddpm"`` (all T steps). A conditional
+        model takes ``cond`` (n conditions y: labels, layouts, ...; τ_θ encodes them and ∅ is its
+        null condition) and samples with classifier-free guidance of scale ``guidance_scale``
+        (1: the conditional model alone, 0: the unconditional one). A raw ``context`` (n, L, d)
+        with its null ``uncond`` works too.
         """
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
@@ -124,8 +149,20 @@ class LatentDiffusion(nn.Module):
         device = self.scale_factor.device
         was_training = self.model.training
         self.model.eval()
-        model_fn = guided_model(self.model, guidance_scale, uncond)
         kwargs: dict[str, Any] = {"context": context} if context is not None else {}
+        uncond_mask = None
+        if cond is not None:
+            if context is not None:
+                raise ValueError("pass either cond or context, not both")
+            kwargs["context"], mask = self.get_learned_conditioning(cond)
+            if kwargs["context"].shape[0] != n:
+                raise ValueError(f"cond holds {kwargs['context'].shape[0]} conditions for n={n} samples")
+            if mask is not None:
+                kwargs["context_mask"] = mask
+            uncond, uncond_mask = self.cond_stage_model.null(1)
+        elif self.conditional and context is None:
+            raise ValueError("this model is conditional: pass cond (one condition per sample)")
+        model_fn = guided_model(self.model, guidance_scale, uncond, uncond_mask)
         shape = (n, *self.latent_shape)
         try:
             if sampler == "ddpm":

@@ -201,33 +201,53 @@ class FeatureNetTask:
 
 
 class LatentDiffusionTask:
-    """Train the UNet of a :class:`~minildm.ldm.LatentDiffusion` with the simple loss (paper Eq. 2).
+    """Train the UNet (and the conditioner τ_θ, if any) of a :class:`~minildm.ldm.LatentDiffusion`
+    with the simple loss (paper Eq. 2), ‖ε − ε_θ(z_t, t, τ_θ(y))‖².
 
     Batches hold ``"latent"`` (B, c, h, w): scaled latents encoded once beforehand (see
-    :class:`minildm.ldm.LatentBatches`), or ``"image"`` (B, 3, H, W), encoded here by the frozen
-    first stage. Timesteps and noise come from torch's global RNG, which checkpoints save, so
-    resuming is exact. AdamW on the UNet's parameters only.
+    :class:`minildm.ldm_train.LatentBatches`), or ``"image"`` (B, 3, H, W), encoded here by the frozen
+    first stage; a conditional model also reads ``"cond"`` (the conditions y). Conditioning dropout
+    replaces each condition by ∅ with probability ``p_uncond`` (classifier-free guidance needs
+    both). Timesteps, noise and dropout come from torch's global RNG, which checkpoints save, so
+    resuming is exact. AdamW on the UNet's and the conditioner's parameters.
     """
 
     optimizer_names = ("unet",)
     progress_keys = ("train/loss",)
 
-    def __init__(self, ldm: nn.Module, lr: float, weight_decay: float = 0.0) -> None:
+    def __init__(self, ldm: nn.Module, lr: float, weight_decay: float = 0.0, p_uncond: float = 0.1) -> None:
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
             raise ValueError(f"lr must be a number > 0, got {lr!r}")
+        if not isinstance(p_uncond, (int, float)) or isinstance(p_uncond, bool) or not 0.0 <= p_uncond <= 1.0:
+            raise ValueError(f"p_uncond must be a probability in [0, 1], got {p_uncond!r}")
         self.ldm = ldm
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
+        self.p_uncond = float(p_uncond)
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"unet": self.ldm.model}
+        mods = {"unet": self.ldm.model}
+        if getattr(self.ldm, "cond_stage_model", None) is not None:
+            mods["cond_stage"] = self.ldm.cond_stage_model
+        return mods
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"unet": torch.optim.AdamW(self.ldm.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)}
+        params = [p for m in self.modules().values() for p in m.parameters()]
+        return {"unet": torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)}
 
     def training_step(self, batch: Any, step: int, name: str) -> tuple[torch.Tensor, dict[str, Any]]:
         z = batch["latent"] if "latent" in batch else self.ldm.encode_first_stage(batch["image"])
-        loss = self.ldm.loss(z, context=batch.get("context"))
+        kwargs: dict[str, Any] = {}
+        if getattr(self.ldm, "cond_stage_model", None) is not None:
+            if "cond" not in batch:
+                raise ValueError("a conditional model trains on batches with a 'cond' entry (the conditions y)")
+            drop = torch.rand(z.shape[0]) < self.p_uncond
+            kwargs["context"], mask = self.ldm.get_learned_conditioning(batch["cond"], drop=drop)
+            if mask is not None:
+                kwargs["context_mask"] = mask
+        elif batch.get("context") is not None:
+            kwargs["context"] = batch["context"]
+        loss = self.ldm.loss(z, **kwargs)
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(f"the diffusion loss is {loss.detach().item()} at step {step}; lower the learning "
                                      "rate or enable grad clipping (the last checkpoint is untouched)")

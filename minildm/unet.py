@@ -28,7 +28,7 @@ timesteps, context (B, L, context_dim) -> (B, C_out, H, W). H and W must be divi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -213,6 +213,9 @@ class CrossAttention(nn.Module):
         self.to_k = nn.Linear(self.context_dim, inner, bias=False)
         self.to_v = nn.Linear(self.context_dim, inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(dropout))
+        #: set by :func:`minildm.attention_maps.record_cross_attention`: receives the attention
+        #: probabilities (B, heads, N, L); None (the default) keeps the fused kernel
+        self.recorder: Callable[[torch.Tensor], None] | None = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -226,7 +229,15 @@ class CrossAttention(nn.Module):
             if mask.shape != context.shape[:2]:
                 raise ValueError(f"mask must have shape {tuple(context.shape[:2])}, got {tuple(mask.shape)}")
             attn_mask = mask.bool()[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        if self.recorder is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        else:  # the same product, spelled out to expose softmax(Q Kᵀ / √d)
+            scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+            if attn_mask is not None:
+                scores = scores.masked_fill(~attn_mask, float("-inf"))
+            probs = scores.softmax(dim=-1)
+            self.recorder(probs)
+            out = probs @ v
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
 
