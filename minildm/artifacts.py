@@ -356,12 +356,14 @@ def _register_later() -> None:
     if _REGISTERED_LATER:
         return
     from .ablation import ablation_specs
+    from .checker import CheckerSpec
     from .fid import FeatureNetSpec
     from .ldm_train import ldm_specs
 
     ARTIFACTS.update(ablation_specs())
     ARTIFACTS.update(ldm_specs())
     ARTIFACTS.setdefault(FeatureNetSpec.name, FeatureNetSpec())
+    ARTIFACTS.setdefault(CheckerSpec.name, CheckerSpec())
     _REGISTERED_LATER = True
 
 

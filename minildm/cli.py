@@ -149,6 +149,23 @@ def _train_features(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------- train-checker
+def _train_checker(args: argparse.Namespace) -> int:
+    from .artifacts import build_artifact
+    from .presets import get_preset
+
+    preset = get_preset(args.preset)
+    art = build_artifact("checker", preset, steps=args.steps, device=args.device,
+                         progress=not args.no_progress, resume=args.resume, root=args.out)
+    m = art.metrics
+    print(f"checker (preset {preset.name}) on {m['n']} shapes val images: main object shape {m['acc_shape']:.3f}, "
+          f"colour {m['acc_colour']:.3f}, count {m['acc_count']:.3f}, position {m['acc_position']:.3f}; "
+          f"objects found {m['layout_found']:.3f}, box IoU {m['layout_iou']:.3f}, "
+          f"shape per object {m['layout_acc_shape']:.3f}")
+    print(f"saved to {art.path}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------ train-ldm
 def _train_ldm_arguments(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
@@ -204,6 +221,8 @@ COMMANDS: dict[str, Command] = {
                          _train_ldm_arguments, _train_ldm),
     "train-features": Command("train-features", "train the feature network of the FID-style score",
                               _train_features_arguments, _train_features),
+    "train-checker": Command("train-checker", "train the content checker that scores conditional samples "
+                             "(notebook 04)", _train_features_arguments, _train_checker),
 }
 
 

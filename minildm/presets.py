@@ -131,6 +131,20 @@ class LDMPreset:
 
 
 @dataclass(frozen=True)
+class CheckerPreset:
+    """The content checker of notebook 04 (:mod:`minildm.checker`): a classifier and locator trained
+    on shapes images of ``image_size`` pixels (that of the conditional models it judges)."""
+
+    image_size: int
+    width: int
+    batch_size: int
+    steps: int
+    lr: float
+    n_train: int
+    n_eval: int
+
+
+@dataclass(frozen=True)
 class Preset:
     """All sizes of one preset. Sections are added as the notebooks grow."""
 
@@ -141,6 +155,7 @@ class Preset:
     features: FeatureNetPreset
     ablation: AblationPreset
     ldm: LDMPreset
+    checker: CheckerPreset
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,6 +188,7 @@ _PRESETS: dict[str, Preset] = {
             attention_resolutions=(2,), num_heads=1, schedule="linear", timesteps=1000, batch_size=8, lr=1e-3,
             ema_decay=0.999, budget_s=2.0, eval_points=2, n_fid=16, eval_ddim_steps=5, n_train=32,
         ),
+        checker=CheckerPreset(image_size=64, width=8, batch_size=16, steps=10, lr=2e-3, n_train=64, n_eval=32),
     ),
     "cpu": Preset(
         name="cpu",
@@ -196,6 +212,7 @@ _PRESETS: dict[str, Preset] = {
             attention_resolutions=(4,), num_heads=4, schedule="linear", timesteps=1000, batch_size=32, lr=3e-4,
             ema_decay=0.999, budget_s=240.0, eval_points=3, n_fid=128, eval_ddim_steps=20, n_train=4000,
         ),
+        checker=CheckerPreset(image_size=64, width=24, batch_size=32, steps=1500, lr=2e-3, n_train=8000, n_eval=512),
     ),
     "gpu": Preset(
         name="gpu",
@@ -220,6 +237,8 @@ _PRESETS: dict[str, Preset] = {
             batch_size=64, lr=1e-4, ema_decay=0.9999, budget_s=3600.0, eval_points=6, n_fid=2000,
             eval_ddim_steps=50, n_train=50000,
         ),
+        checker=CheckerPreset(image_size=128, width=48, batch_size=64, steps=8000, lr=1e-3, n_train=50000,
+                              n_eval=2000),
     ),
 }
 
