@@ -357,6 +357,7 @@ def _register_later() -> None:
         return
     from .ablation import ablation_specs
     from .checker import CheckerSpec
+    from .cond_train import cond_specs
     from .fid import FeatureNetSpec
     from .ldm_train import ldm_specs
 
@@ -364,6 +365,7 @@ def _register_later() -> None:
     ARTIFACTS.update(ldm_specs())
     ARTIFACTS.setdefault(FeatureNetSpec.name, FeatureNetSpec())
     ARTIFACTS.setdefault(CheckerSpec.name, CheckerSpec())
+    ARTIFACTS.update(cond_specs())
     _REGISTERED_LATER = True
 
 

@@ -166,6 +166,37 @@ def _train_checker(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------- train-cond
+def _train_cond_arguments(parser: argparse.ArgumentParser) -> None:
+    _train_features_arguments(parser)
+    parser.add_argument("--cond", choices=["class", "layout"], nargs="+", default=["class", "layout"],
+                        help="which conditional model(s): class-conditional, layout-to-image (default: both)")
+
+
+def _train_cond(args: argparse.Namespace) -> int:
+    from .artifacts import artifact_dir, build_artifact, load_artifact
+    from .cond_train import cond_name
+    from .presets import get_preset
+
+    preset = get_preset(args.preset)
+    for kind in args.cond:
+        name = cond_name(kind)
+        if args.steps is not None or args.resume or not artifact_dir(name, preset, args.out).is_dir():
+            art = build_artifact(name, preset, steps=args.steps, device=args.device, progress=not args.no_progress,
+                                 resume=args.resume, root=args.out)
+        else:
+            art = load_artifact(name, preset, device=args.device, root=args.out)
+        m = art.metrics
+        keys = [k for k in m["sweep"][0] if k != "scale"]
+        print(f"{name} (preset {preset.name}): {m['n_eval']} DDIM-{m['eval_ddim_steps']} samples per guidance scale, "
+              f"judged by the checker; best scale {m['best_scale']:g}")
+        print("scale  " + " ".join(f"{k:>12}" for k in keys))
+        for row in m["sweep"]:
+            print(f"{row['scale']:5g}  " + " ".join(f"{row[k]:>12.3f}" for k in keys))
+        print(f"saved to {art.path}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------ train-ldm
 def _train_ldm_arguments(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
@@ -223,6 +254,8 @@ COMMANDS: dict[str, Command] = {
                               _train_features_arguments, _train_features),
     "train-checker": Command("train-checker", "train the content checker that scores conditional samples "
                              "(notebook 04)", _train_features_arguments, _train_checker),
+    "train-cond": Command("train-cond", "train the class-conditional and layout-to-image LDMs (notebook 04)",
+                          _train_cond_arguments, _train_cond),
 }
 
 

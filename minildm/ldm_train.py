@@ -75,34 +75,50 @@ class FashionAutoencoderSpec:
 
 
 class LatentBatches:
-    """Deterministic batches of pre-encoded, scaled latents: ``batch(step) -> {"latent": (B, c, h, w)}``.
+    """Deterministic batches of pre-encoded, scaled latents (and their conditions):
+    ``batch(step) -> {"latent": (B, c, h, w)[, "cond": ...]}``.
 
     Encodes the images once with ``ldm.encode_first_stage`` (scale factor included); batch ``step``
-    is a pure function of (seed, step), as in :class:`minildm.train.DatasetBatches`.
+    is a pure function of (seed, step), as in :class:`minildm.train.DatasetBatches`. ``cond``, if
+    given, holds one condition per latent: a tensor (N, ...) (e.g. class labels) or a dict of such
+    tensors (e.g. a layout from :func:`minildm.conditioning.layout_from_objects`).
     """
 
-    def __init__(self, latents: torch.Tensor, batch_size: int, seed: int = 0) -> None:
+    def __init__(self, latents: torch.Tensor, batch_size: int, seed: int = 0,
+                 cond: torch.Tensor | Mapping[str, torch.Tensor] | None = None) -> None:
         from .train import DatasetBatches
 
         if latents.ndim != 4 or latents.shape[0] < 1:
             raise ValueError(f"latents must have shape (N >= 1, c, h, w), got {tuple(latents.shape)}")
+        n = latents.shape[0]
+        if cond is not None:
+            lengths = {len(v) for v in (cond.values() if isinstance(cond, Mapping) else [cond])}
+            if lengths != {n}:
+                raise ValueError(f"cond must hold one condition per latent ({n}), got lengths {sorted(lengths)}")
         self.latents = latents
-        self._order = DatasetBatches(range(latents.shape[0]), batch_size, seed=seed, collate_fn=list)
+        self.cond = cond
+        self._order = DatasetBatches(range(n), batch_size, seed=seed, collate_fn=list)
 
     @classmethod
     @torch.no_grad()
     def encode(cls, ldm: nn.Module, images: torch.Tensor, batch_size: int, seed: int = 0,
-               encode_batch: int = 64) -> "LatentBatches":
+               encode_batch: int = 64, cond: Any = None) -> "LatentBatches":
         """Encode ``images`` (N, 3, H, W) with the LDM's frozen first stage, on its device."""
         device = ldm.scale_factor.device
         z = torch.cat([ldm.encode_first_stage(b.to(device)).cpu() for b in images.split(encode_batch)])
-        return cls(z, batch_size, seed)
+        return cls(z, batch_size, seed, cond)
 
     def __len__(self) -> int:
         return len(self._order)
 
-    def batch(self, step: int) -> dict[str, torch.Tensor]:
-        return {"latent": self.latents[self._order.indices(step)]}
+    def batch(self, step: int) -> dict[str, Any]:
+        idx = self._order.indices(step)
+        out: dict[str, Any] = {"latent": self.latents[idx]}
+        if isinstance(self.cond, Mapping):
+            out["cond"] = {k: v[idx] for k, v in self.cond.items()}
+        elif self.cond is not None:
+            out["cond"] = self.cond[idx]
+        return out
 
 
 def _images(split: str, n: int, image_size: int, seed: int, data: str = "shapes") -> torch.Tensor:

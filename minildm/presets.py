@@ -145,6 +145,36 @@ class CheckerPreset:
 
 
 @dataclass(frozen=True)
+class CondPreset:
+    """The conditional LDMs of notebook 04 (``python -m minildm train-cond``): a UNet with
+    cross-attention (``context_dim``, ``transformer_depth``) on the latents of ``ae-kl-f{f}``,
+    trained for ``steps`` with conditioning dropout ``p_uncond``, then evaluated by the content
+    checker on ``n_eval`` samples (DDIM, ``eval_ddim_steps``) per guidance scale in ``guidance_scales``."""
+
+    f: int
+    image_size: int
+    model_channels: int
+    channel_mult: tuple[int, ...]
+    num_res_blocks: int
+    attention_resolutions: tuple[int, ...]
+    num_heads: int
+    context_dim: int
+    transformer_depth: int
+    layout_depth: int
+    schedule: str
+    timesteps: int
+    batch_size: int
+    lr: float
+    ema_decay: float
+    p_uncond: float
+    steps: int
+    n_train: int
+    n_eval: int
+    eval_ddim_steps: int
+    guidance_scales: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class Preset:
     """All sizes of one preset. Sections are added as the notebooks grow."""
 
@@ -156,6 +186,7 @@ class Preset:
     ablation: AblationPreset
     ldm: LDMPreset
     checker: CheckerPreset
+    cond: CondPreset
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,6 +220,10 @@ _PRESETS: dict[str, Preset] = {
             ema_decay=0.999, budget_s=2.0, eval_points=2, n_fid=16, eval_ddim_steps=5, n_train=32,
         ),
         checker=CheckerPreset(image_size=64, width=8, batch_size=16, steps=10, lr=2e-3, n_train=64, n_eval=32),
+        cond=CondPreset(f=4, image_size=64, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                        attention_resolutions=(1, 2), num_heads=2, context_dim=16, transformer_depth=1, layout_depth=1,
+                        schedule="linear", timesteps=1000, batch_size=8, lr=1e-3, ema_decay=0.99, p_uncond=0.1,
+                        steps=4, n_train=32, n_eval=8, eval_ddim_steps=4, guidance_scales=(1.0, 3.0)),
     ),
     "cpu": Preset(
         name="cpu",
@@ -213,6 +248,11 @@ _PRESETS: dict[str, Preset] = {
             ema_decay=0.999, budget_s=240.0, eval_points=3, n_fid=128, eval_ddim_steps=20, n_train=4000,
         ),
         checker=CheckerPreset(image_size=64, width=24, batch_size=32, steps=1500, lr=2e-3, n_train=8000, n_eval=512),
+        cond=CondPreset(f=4, image_size=64, model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1,
+                        attention_resolutions=(1, 2, 4), num_heads=4, context_dim=64, transformer_depth=1,
+                        layout_depth=2, schedule="linear", timesteps=1000, batch_size=32, lr=3e-4, ema_decay=0.999,
+                        p_uncond=0.1, steps=3000, n_train=8000, n_eval=112, eval_ddim_steps=20,
+                        guidance_scales=(0.0, 1.0, 2.0, 3.0, 5.0, 7.5)),
     ),
     "gpu": Preset(
         name="gpu",
@@ -239,6 +279,11 @@ _PRESETS: dict[str, Preset] = {
         ),
         checker=CheckerPreset(image_size=128, width=48, batch_size=64, steps=8000, lr=1e-3, n_train=50000,
                               n_eval=2000),
+        cond=CondPreset(f=4, image_size=128, model_channels=128, channel_mult=(1, 2, 2, 4), num_res_blocks=2,
+                        attention_resolutions=(1, 2, 4, 8), num_heads=8, context_dim=256, transformer_depth=1,
+                        layout_depth=4, schedule="linear", timesteps=1000, batch_size=64, lr=1e-4, ema_decay=0.9999,
+                        p_uncond=0.1, steps=100000, n_train=50000, n_eval=1120, eval_ddim_steps=50,
+                        guidance_scales=(0.0, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5)),
     ),
 }
 

@@ -334,7 +334,8 @@ class Trainer:
             while self.step < end:
                 if time_budget_s is not None and time.perf_counter() - start >= time_budget_s:
                     break
-                record = self.train_step()
+                with torch.enable_grad():  # also when called from an evaluation under no_grad
+                    record = self.train_step()
                 record["time_s"] = self.elapsed_s + time.perf_counter() - start
                 if record["step"] % self.log_every == 0 or self.step == self.max_steps:
                     self.log.append(record)

@@ -154,3 +154,51 @@ def save_figure(fig, name: str, directory: str | os.PathLike | None = None) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
+
+
+def draw_boxes(ax, objects: Sequence[Mapping], image_size: int, *, labels: bool = True,
+               linestyle: str = "--") -> None:
+    """Outline each object's ``box`` (normalised x0, y0, x1, y1) on ``ax`` in the object's own colour
+    (shapes data ``colour`` name), with its "colour shape" label."""
+    from matplotlib.patches import Rectangle
+
+    from .data.shapes import COLOUR_NAMES, COLOURS, SHAPE_NAMES
+
+    for o in objects:
+        colour = o.get("colour") or COLOUR_NAMES[int(o["colour_id"])]
+        shape = o.get("shape") or SHAPE_NAMES[int(o["shape_id"])]
+        rgb = np.asarray(COLOURS[colour], dtype=float) / 255.0
+        x0, y0, x1, y1 = (float(v) * image_size - 0.5 for v in o["box"])
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=rgb, linewidth=1.5,
+                               linestyle=linestyle))
+        if labels:
+            ax.text(x0, y0 - 1, f"{colour} {shape}", color=rgb, fontsize=7, va="bottom",
+                    bbox={"facecolor": "white", "alpha": 0.6, "pad": 0.5, "linewidth": 0})
+
+
+def attention_overlay(image: torch.Tensor, attention: torch.Tensor, alpha: float = 0.6) -> np.ndarray:
+    """An image (3, H, W) in [-1, 1] in grey with an attention map (h, w) on top (magma colours,
+    the map upsampled bilinearly and scaled to its maximum): (H, W, 3) in [0, 1] for ``imshow``."""
+    import matplotlib
+
+    if attention.ndim != 2:
+        raise ValueError(f"attention must be one map of shape (h, w), got {tuple(attention.shape)}")
+    base = to_numpy_image(image)
+    grey = base.mean(-1, keepdims=True).repeat(3, -1) if base.ndim == 3 else np.repeat(base[..., None], 3, -1)
+    a = torch.nn.functional.interpolate(attention[None, None].float().cpu(), size=grey.shape[:2], mode="bilinear",
+                                        align_corners=False)[0, 0]
+    a = (a / a.max().clamp(min=1e-8)).numpy()
+    heat = matplotlib.colormaps["magma"](a)[..., :3]
+    return np.clip((1 - alpha) * grey + alpha * heat, 0.0, 1.0)
+
+
+def colour_map_image(ids: torch.Tensor) -> np.ndarray:
+    """A map of shapes colour ids (h, w) (8 = background) as an RGB image (h, w, 3) in [0, 1]: each
+    cell painted in its colour, background light grey (e.g. the checker's ``colour_map``)."""
+    from .data.shapes import COLOUR_NAMES, COLOURS
+
+    palette = np.asarray([COLOURS[n] for n in COLOUR_NAMES] + [(235, 235, 235)], dtype=float) / 255.0
+    ids = ids.detach().cpu().long().numpy()
+    if ids.ndim != 2 or ids.min() < 0 or ids.max() > len(COLOUR_NAMES):
+        raise ValueError(f"expected colour ids (h, w) in 0 … {len(COLOUR_NAMES)}")
+    return palette[ids]

@@ -393,3 +393,12 @@ def test_time_budget_stops_training():
     assert 3 <= trainer.step < 100 and log[-1]["time_s"] >= 0.18
     with pytest.raises(ValueError, match="time_budget_s"):
         trainer.fit(time_budget_s=-1)
+
+
+def test_fit_trains_inside_a_no_grad_block():
+    """Models trained on first use from an evaluation (itself under no_grad) still learn."""
+    task, _, trainer = make(max_steps=3)
+    before = params(task)
+    with torch.no_grad():
+        trainer.fit()
+    assert trainer.step == 3 and any(not torch.equal(a, b) for a, b in zip(before, params(task)))
