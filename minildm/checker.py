@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .nn.layers import Normalize
+from .train import SupervisedArtifact
 
 __all__ = ["CheckerConfig", "ContentChecker", "CheckerSpec", "object_maps", "checker_targets", "CheckerTask",
            "box_iou", "position_name", "evaluate_checker", "score_class_samples", "score_layout_samples"]
@@ -314,7 +315,7 @@ def evaluate_checker(checker: ContentChecker, dataset: Any, n: int, batch_size: 
 
 # ------------------------------------------------------------------------------------------ artifact
 
-class CheckerSpec:
+class CheckerSpec(SupervisedArtifact):
     """Artifact ``checker``: :class:`ContentChecker` trained on shapes (artifact-spec interface of
     :mod:`minildm.artifacts`); its metrics are :func:`evaluate_checker` on the validation split."""
 
@@ -337,32 +338,8 @@ class CheckerSpec:
     def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
         return ContentChecker(CheckerConfig.from_dict(identity["model"]))
 
-    def train(self, preset: Any, *, steps: int | None, device: Any, out_dir: Any, resume: bool,
-              progress: bool) -> tuple[nn.Module, list[dict[str, Any]], float]:
-        from pathlib import Path
-
-        from .data import collate, load_dataset
-        from .presets import seed_everything
-        from .train import CHECKPOINT_NAME, DatasetBatches, Trainer
-
-        identity = self.identity(preset, steps)
-        recipe = identity["recipe"]
-        seed_everything(preset.seed)
-        net = self.build_model(identity)
-        d = recipe["data"]
-        data = DatasetBatches(load_dataset(d["name"], d["split"], d["image_size"], length=d["length"], seed=d["seed"]),
-                              recipe["batch_size"], seed=recipe["seed"], collate_fn=collate)
-        config = dict(identity)
-        config["recipe"] = {k: v for k, v in recipe.items() if k != "steps"}
-        trainer = Trainer(CheckerTask(net, recipe["lr"], recipe["weight_decay"]), data, device=device,
-                          max_steps=recipe["steps"], seed=recipe["seed"], out_dir=out_dir,
-                          checkpoint_every=max(50, recipe["steps"] // 10) if out_dir is not None else None,
-                          progress=progress, desc=f"{self.name} ({preset.name})", config=config)
-        if resume and out_dir is not None and (Path(out_dir) / CHECKPOINT_NAME).is_file():
-            trainer.resume(Path(out_dir) / CHECKPOINT_NAME)
-            trainer.max_steps = recipe["steps"]
-        trainer.fit()
-        return net.eval(), trainer.log, trainer.elapsed_s
+    def task(self, net: nn.Module, recipe: Mapping[str, Any]) -> Any:
+        return CheckerTask(net, recipe["lr"], recipe["weight_decay"])
 
     def evaluate(self, model: nn.Module, preset: Any, device: torch.device) -> dict[str, Any]:
         from .data import load_dataset

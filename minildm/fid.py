@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .nn.layers import Normalize
+from .train import SupervisedArtifact
 
 __all__ = ["FeatureNet", "FeatureNetConfig", "HEADS", "frechet_distance", "feature_statistics",
            "fid_from_features", "extract_features", "shapes_targets"]
@@ -159,7 +160,7 @@ def extract_features(net: FeatureNet, images: Tensor | Iterable[Tensor], batch_s
 # the artifact "feature-net"
 # ------------------------------------------------------------------------------------------
 
-class FeatureNetSpec:
+class FeatureNetSpec(SupervisedArtifact):
     """Artifact ``feature-net``: :class:`FeatureNet` trained on shapes (artifact-spec interface of
     :mod:`minildm.artifacts`); its metrics are the heads' accuracies on the validation split."""
 
@@ -185,34 +186,10 @@ class FeatureNetSpec:
     def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
         return FeatureNet(FeatureNetConfig.from_dict(identity["model"]))
 
-    def train(self, preset: Any, *, steps: int | None, device: Any, out_dir: Any, resume: bool,
-              progress: bool) -> tuple[nn.Module, list[dict[str, Any]], float]:
-        from .data import collate, load_dataset
-        from .presets import seed_everything
+    def task(self, net: nn.Module, recipe: Mapping[str, Any]) -> Any:
         from .tasks import FeatureNetTask
-        from .train import CHECKPOINT_NAME, DatasetBatches, Trainer
 
-        identity = self.identity(preset, steps)
-        recipe = identity["recipe"]
-        seed_everything(preset.seed)
-        net = self.build_model(identity)
-        d = recipe["data"]
-        data = DatasetBatches(load_dataset(d["name"], d["split"], d["image_size"], length=d["length"], seed=d["seed"]),
-                              recipe["batch_size"], seed=recipe["seed"], collate_fn=collate)
-        config = {k: v for k, v in identity.items()}
-        config["recipe"] = {k: v for k, v in recipe.items() if k != "steps"}
-        trainer = Trainer(FeatureNetTask(net, recipe["lr"], recipe["weight_decay"]), data, device=device,
-                          max_steps=recipe["steps"], seed=recipe["seed"], out_dir=out_dir,
-                          checkpoint_every=max(50, recipe["steps"] // 10) if out_dir is not None else None,
-                          progress=progress, desc=f"{self.name} ({preset.name})", config=config)
-        if resume and out_dir is not None:
-            from pathlib import Path
-
-            if (Path(out_dir) / CHECKPOINT_NAME).is_file():
-                trainer.resume(Path(out_dir) / CHECKPOINT_NAME)
-                trainer.max_steps = recipe["steps"]
-        trainer.fit()
-        return net.eval(), trainer.log, trainer.elapsed_s
+        return FeatureNetTask(net, recipe["lr"], recipe["weight_decay"])
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, preset: Any, device: torch.device) -> dict[str, Any]:

@@ -47,7 +47,8 @@ from torch import nn
 from .checkpoint import load_checkpoint, load_module_state, minildm_version, save_checkpoint
 from .presets import autocast_dtype, get_device
 
-__all__ = ["Trainer", "DatasetBatches", "Callback", "move_to_device", "CHECKPOINT_NAME"]
+__all__ = ["Trainer", "DatasetBatches", "Callback", "move_to_device", "CHECKPOINT_NAME", "fit_on_dataset",
+           "SupervisedArtifact"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
@@ -490,3 +491,51 @@ def parameters_of(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
                 seen.add(id(p))
                 out.append(p)
     return out
+
+
+def fit_on_dataset(task: Any, identity: Mapping[str, Any], *, device: Any, out_dir: str | os.PathLike | None,
+                   resume: bool, progress: bool, desc: str) -> Trainer:
+    """Train ``task`` on the dataset its artifact recipe names, for the recipe's steps.
+
+    ``identity["recipe"]`` gives ``data`` (``name``, ``split``, ``image_size``, ``length``, ``seed``),
+    ``batch_size``, ``steps`` and ``seed``. Checkpoints go to ``out_dir`` ten times per run; with
+    ``resume`` a checkpoint found there is continued exactly. Returns the finished Trainer.
+    """
+    from .data import collate, load_dataset
+
+    recipe = identity["recipe"]
+    d = recipe["data"]
+    data = DatasetBatches(load_dataset(d["name"], d["split"], d["image_size"], length=d["length"], seed=d["seed"]),
+                          recipe["batch_size"], seed=recipe["seed"], collate_fn=collate)
+    config = dict(identity)
+    config["recipe"] = {k: v for k, v in recipe.items() if k != "steps"}
+    trainer = Trainer(task, data, device=device, max_steps=recipe["steps"], seed=recipe["seed"], out_dir=out_dir,
+                      checkpoint_every=max(50, recipe["steps"] // 10) if out_dir is not None else None,
+                      progress=progress, desc=desc, config=config)
+    if resume and out_dir is not None and (Path(out_dir) / CHECKPOINT_NAME).is_file():
+        trainer.resume(Path(out_dir) / CHECKPOINT_NAME)
+        trainer.max_steps = recipe["steps"]
+    trainer.fit()
+    return trainer
+
+
+class SupervisedArtifact:
+    """Mixin of the artifact specs of networks trained with supervision on a dataset (the feature
+    network, the content checker): a subclass gives ``name``, ``identity(preset, steps)``,
+    ``build_model(identity)`` and ``task(net, recipe)``; ``train`` follows the recipe."""
+
+    name: str
+
+    def task(self, net: nn.Module, recipe: Mapping[str, Any]) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def train(self, preset: Any, *, steps: int | None, device: Any, out_dir: Any, resume: bool,
+              progress: bool) -> tuple[nn.Module, list[dict[str, Any]], float]:
+        from .presets import seed_everything
+
+        identity = self.identity(preset, steps)  # type: ignore[attr-defined]
+        seed_everything(preset.seed)
+        net = self.build_model(identity)  # type: ignore[attr-defined]
+        trainer = fit_on_dataset(self.task(net, identity["recipe"]), identity, device=device, out_dir=out_dir,
+                                 resume=resume, progress=progress, desc=f"{self.name} ({preset.name})")
+        return net.eval(), trainer.log, trainer.elapsed_s
