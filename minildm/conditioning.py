@@ -17,7 +17,12 @@ classifier-free guidance combines at sampling time (see :func:`minildm.diffusion
   (Sec. 4.3.2, which encodes "the bounding boxes and class labels" as tokens). A learned
   begin token is always present; ∅ is the begin token alone.
 
-Both have the same interface: ``conditioner(y, drop=None) -> (context, mask)``, with context
+* Text encoders (:mod:`minildm.text`, importable from here too): a tokenizer and transformer
+  trained from scratch with the UNet (:class:`~minildm.text.TransformerTextEmbedder`, the paper's
+  choice) and frozen pretrained ones (:func:`~minildm.text.frozen_minilm`,
+  :func:`~minildm.text.frozen_clip`, Stable Diffusion's choice); ∅ is the empty caption.
+
+All have the same interface: ``conditioner(y, drop=None) -> (context, mask)``, with context
 (B, L, embed_dim) and mask (B, L) of valid tokens (None when every token is valid), and
 ``conditioner.null(batch_size)``. ``key`` names the field of a data item that holds y.
 """
@@ -200,6 +205,17 @@ class LayoutEmbedder(nn.Module):
         return self(empty)
 
 
+_TEXT_NAMES = ("WordTokenizer", "TransformerTextEmbedder", "FrozenHFTextEmbedder", "frozen_minilm", "frozen_clip")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TEXT_NAMES:  # text encoders live in minildm.text (which imports this module)
+        from . import text
+
+        return getattr(text, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def build_conditioner(config: Mapping[str, Any]) -> nn.Module:
     """A conditioner from its ``config()`` dict; ValueError for an unknown type."""
     kwargs = {k: v for k, v in config.items() if k != "type"}
@@ -208,4 +224,17 @@ def build_conditioner(config: Mapping[str, Any]) -> nn.Module:
         return ClassEmbedder(**kwargs)
     if kind == "layout":
         return LayoutEmbedder(**kwargs)
-    raise ValueError(f"unknown conditioner type {kind!r}: choose 'class' or 'layout'")
+    if kind == "text":
+        from .text import TransformerTextEmbedder
+
+        return TransformerTextEmbedder(**kwargs)
+    if kind == "hf-text":
+        from .text import frozen_clip, frozen_minilm
+
+        source = kwargs.pop("source")
+        if source.get("kind") == "minilm":
+            return frozen_minilm(**kwargs)
+        if source.get("kind") == "clip":
+            return frozen_clip(source["path"], **kwargs)
+        raise ValueError(f"unknown pretrained text encoder {source!r}: choose minilm or clip")
+    raise ValueError(f"unknown conditioner type {kind!r}: choose 'class', 'layout', 'text' or 'hf-text'")

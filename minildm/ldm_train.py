@@ -111,11 +111,20 @@ class LatentBatches:
     def __len__(self) -> int:
         return len(self._order)
 
-    def batch(self, step: int) -> dict[str, Any]:
+    @property
+    def batch_size(self) -> int:
+        return self._order.batch_size
+
+    def batch(self, step: int, part: tuple[int, int] | None = None) -> dict[str, Any]:
+        """Batch ``step``; ``part=(lo, hi)``: only its samples lo … hi − 1 (one rank's slice)."""
         idx = self._order.indices(step)
+        if part is not None:
+            idx = idx[part[0]:part[1]]
         out: dict[str, Any] = {"latent": self.latents[idx]}
         if isinstance(self.cond, Mapping):
             out["cond"] = {k: v[idx] for k, v in self.cond.items()}
+        elif isinstance(self.cond, (list, tuple)):  # e.g. captions
+            out["cond"] = [self.cond[i] for i in idx]
         elif self.cond is not None:
             out["cond"] = self.cond[idx]
         return out

@@ -247,7 +247,7 @@ _PRESETS: dict[str, Preset] = {
             attention_resolutions=(4,), num_heads=4, schedule="linear", timesteps=1000, batch_size=32, lr=3e-4,
             ema_decay=0.999, budget_s=240.0, eval_points=3, n_fid=128, eval_ddim_steps=20, n_train=4000,
         ),
-        checker=CheckerPreset(image_size=64, width=24, batch_size=32, steps=1500, lr=2e-3, n_train=8000, n_eval=512),
+        checker=CheckerPreset(image_size=64, width=24, batch_size=32, steps=4000, lr=2e-3, n_train=8000, n_eval=512),
         cond=CondPreset(f=4, image_size=64, model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1,
                         attention_resolutions=(2, 4), num_heads=4, context_dim=64, transformer_depth=1,
                         layout_depth=2, schedule="linear", timesteps=1000, batch_size=32, lr=3e-4, ema_decay=0.999,

@@ -209,13 +209,17 @@ class LatentDiffusionTask:
     first stage; a conditional model also reads ``"cond"`` (the conditions y). Conditioning dropout
     replaces each condition by ∅ with probability ``p_uncond`` (classifier-free guidance needs
     both). Timesteps, noise and dropout come from torch's global RNG, which checkpoints save, so
-    resuming is exact. AdamW on the UNet's and the conditioner's parameters.
+    resuming is exact. With ``per_sample_rng`` they come from the batch's
+    :class:`~minildm.train.BatchRandom` instead (one draw per sample of the global batch), which
+    makes data-parallel and accumulated runs equal to a single-process run with the same global
+    batch. AdamW on the UNet's and the conditioner's parameters.
     """
 
     optimizer_names = ("unet",)
     progress_keys = ("train/loss",)
 
-    def __init__(self, ldm: nn.Module, lr: float, weight_decay: float = 0.0, p_uncond: float = 0.1) -> None:
+    def __init__(self, ldm: nn.Module, lr: float, weight_decay: float = 0.0, p_uncond: float = 0.1,
+                 per_sample_rng: bool = False) -> None:
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
             raise ValueError(f"lr must be a number > 0, got {lr!r}")
         if not isinstance(p_uncond, (int, float)) or isinstance(p_uncond, bool) or not 0.0 <= p_uncond <= 1.0:
@@ -224,6 +228,7 @@ class LatentDiffusionTask:
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.p_uncond = float(p_uncond)
+        self.per_sample_rng = bool(per_sample_rng)
 
     def modules(self) -> dict[str, nn.Module]:
         mods = {"unet": self.ldm.model}
@@ -238,10 +243,14 @@ class LatentDiffusionTask:
     def training_step(self, batch: Any, step: int, name: str) -> tuple[torch.Tensor, dict[str, Any]]:
         z = batch["latent"] if "latent" in batch else self.ldm.encode_first_stage(batch["image"])
         kwargs: dict[str, Any] = {}
+        rng = batch.get("rng")
+        if rng is not None:  # per-sample draws, independent of how the global batch is split
+            kwargs["t"] = rng.randint(self.ldm.diffusion.num_timesteps)
+            kwargs["noise"] = rng.randn(*z.shape[1:]).to(z.dtype)
         if getattr(self.ldm, "cond_stage_model", None) is not None:
             if "cond" not in batch:
                 raise ValueError("a conditional model trains on batches with a 'cond' entry (the conditions y)")
-            drop = torch.rand(z.shape[0]) < self.p_uncond
+            drop = (rng.rand().cpu() if rng is not None else torch.rand(z.shape[0])) < self.p_uncond
             kwargs["context"], mask = self.ldm.get_learned_conditioning(batch["cond"], drop=drop)
             if mask is not None:
                 kwargs["context_mask"] = mask

@@ -24,13 +24,23 @@ either a pure function of s (the batch) or saved in the checkpoint: module and o
 the GradScaler, the step, the log, the torch (CPU + CUDA/MPS), NumPy and Python RNG states (dropout,
 posterior sampling), and callback states.
 
-Extension points for later work: ``callbacks`` with ``after_step(trainer, record)`` and optional
+Scale. ``accumulate=A`` splits each step's batch into A micro-batches whose gradients are summed
+(losses scaled by 1/A) before one optimizer step. Under ``torchrun`` (a process group of W ranks,
+see :mod:`minildm.distributed`) the data source's batch(step) is the **global** batch: rank r
+loads only its contiguous slice (``batch(step, part=(lo, hi))`` when the source supports it) and
+the task's modules are wrapped in ``DistributedDataParallel``, which averages the gradients over
+ranks; micro-batches before the last skip that all-reduce (``no_sync``). Rank 0 alone writes
+checkpoints and shows progress. A task with ``per_sample_rng = True`` gets ``batch["rng"]``, a
+:class:`BatchRandom` whose draws for sample i of the global batch do not depend on W or A, so a
+run on W processes with accumulation A equals a run on one process with the same global batch.
+
+Extension points: ``callbacks`` with ``after_step(trainer, record)`` and optional
 ``state_dict()/load_state_dict()`` (EMA lives there); :meth:`Trainer.optimizer_step` is the single
-place where one optimizer takes a step (gradient accumulation splits it into micro-batches,
-DDP wraps the task's modules before the Trainer is built).
+place where one optimizer takes a step.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import random
@@ -45,10 +55,11 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, load_module_state, minildm_version, save_checkpoint
+from .distributed import all_reduce_max, all_reduce_mean, barrier, dist_info, shard_bounds
 from .presets import autocast_dtype, get_device
 
 __all__ = ["Trainer", "DatasetBatches", "Callback", "move_to_device", "CHECKPOINT_NAME", "fit_on_dataset",
-           "SupervisedArtifact"]
+           "SupervisedArtifact", "BatchRandom", "slice_batch"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
@@ -122,9 +133,85 @@ class DatasetBatches:
             out.append(int(self.permutation(epoch)[pos]))
         return out
 
-    def batch(self, step: int) -> Any:
-        """The collated batch of step ``step``."""
-        return self.collate_fn([self.dataset[i] for i in self.indices(step)])
+    def batch(self, step: int, part: tuple[int, int] | None = None) -> Any:
+        """The collated batch of step ``step``; ``part=(lo, hi)``: only its samples lo … hi − 1
+        (one rank's slice of the global batch; the others are not loaded)."""
+        idx = self.indices(step)
+        if part is not None:
+            idx = idx[part[0]:part[1]]
+        return self.collate_fn([self.dataset[i] for i in idx])
+
+
+class BatchRandom:
+    """Random numbers per sample of the global batch, independent of how it is split.
+
+    Draw k of step s is one tensor of shape (``total``, ...) from a generator seeded by (seed, s, k);
+    the holder of samples [lo, hi) gets rows lo … hi − 1 of it. Every rank and micro-batch thus sees
+    the numbers a single process would have drawn for the same samples (diffusion timesteps, noise,
+    conditioning dropout), which makes data-parallel runs equal to one-process runs.
+    """
+
+    def __init__(self, seed: int, step: int, lo: int, hi: int, total: int, device: torch.device | str = "cpu") -> None:
+        if not 0 <= lo < hi <= total:
+            raise ValueError(f"need 0 <= lo < hi <= total, got lo={lo}, hi={hi}, total={total}")
+        self.seed, self.step, self.lo, self.hi, self.total = int(seed), int(step), lo, hi, total
+        self.device = torch.device(device)
+        self._draws = 0
+
+    def _generator(self) -> torch.Generator:
+        self._draws += 1
+        key = (self.seed * 1_000_003 + self.step * 7_919 + self._draws * 104_729 + 12_345) % (2**63)
+        return torch.Generator().manual_seed(key)
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        """N(0, I) of shape (hi − lo, *shape)."""
+        return torch.randn((self.total, *shape), generator=self._generator())[self.lo:self.hi].to(self.device)
+
+    def rand(self) -> torch.Tensor:
+        """U[0, 1) of shape (hi − lo,)."""
+        return torch.rand(self.total, generator=self._generator())[self.lo:self.hi].to(self.device)
+
+    def randint(self, high: int) -> torch.Tensor:
+        """Integers in [0, high) of shape (hi − lo,)."""
+        return torch.randint(0, high, (self.total,), generator=self._generator())[self.lo:self.hi].to(self.device)
+
+
+def batch_len(batch: Any) -> int:
+    """Number of samples of a batch (tensor, list, or dict of those: its first entry)."""
+    if isinstance(batch, Mapping):
+        return batch_len(next(iter(batch.values())))
+    if isinstance(batch, (torch.Tensor, list, tuple)):
+        return len(batch)
+    raise TypeError(f"cannot tell the size of a batch of type {type(batch).__name__}")
+
+
+def slice_batch(batch: Any, lo: int, hi: int) -> Any:
+    """Samples lo … hi − 1 of a batch (tensors, lists, and dicts of those, nested)."""
+    if isinstance(batch, Mapping):
+        return {k: slice_batch(v, lo, hi) for k, v in batch.items()}
+    if isinstance(batch, (torch.Tensor, list, tuple)):
+        return batch[lo:hi]
+    return batch
+
+
+def _accepts_part(data: Any) -> bool:
+    try:
+        return "part" in inspect.signature(data.batch).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class _TaskStep(nn.Module):
+    """The task's training step as a module (what DistributedDataParallel wraps): its children are
+    the task's modules (the same objects, so their state_dicts keep their names)."""
+
+    def __init__(self, task: Any, modules: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleDict(dict(modules))
+        object.__setattr__(self, "task", task)
+
+    def forward(self, batch: Any, step: int, name: str) -> Any:
+        return self.task.training_step(batch, step, name)
 
 
 def _default_collate() -> Callable[[list[Any]], Any]:
@@ -177,8 +264,11 @@ class Trainer:
         config: JSON-serialisable description of the run, stored in checkpoints; resuming with
             a different config raises ValueError.
         callbacks: objects with ``after_step(trainer, record)`` or functions ``f(trainer, record)``.
+        accumulate: micro-batches per step (gradient accumulation); each rank's slice of the batch
+            must split evenly into them.
 
-    Attributes: ``step`` (steps done), ``log`` (list of dicts with "step" and float losses),
+    Under ``torchrun`` (an initialised process group) the Trainer trains data-parallel with
+    DistributedDataParallel; see the module docstring. Attributes: ``step`` (steps done), ``log`` (list of dicts with "step" and float losses),
     ``optimizers``, ``scaler``, ``device``, ``dtype``.
     """
 
@@ -187,8 +277,9 @@ class Trainer:
                  checkpoint_every: int | None = None, grad_clip: float | None = None,
                  amp: bool = True, progress: bool = True, desc: str | None = None, log_every: int = 1,
                  config: Mapping[str, Any] | None = None,
-                 callbacks: Sequence[Callback | Callable[["Trainer", dict[str, Any]], None]] = ()) -> None:
-        for name, value, low in (("max_steps", max_steps, 0), ("log_every", log_every, 1)):
+                 callbacks: Sequence[Callback | Callable[["Trainer", dict[str, Any]], None]] = (),
+                 accumulate: int = 1) -> None:
+        for name, value, low in (("max_steps", max_steps, 0), ("log_every", log_every, 1), ("accumulate", accumulate, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         if checkpoint_every is not None:
@@ -218,10 +309,22 @@ class Trainer:
         self.log_every = log_every
         self.config: dict[str, Any] = dict(config or {})
         self.callbacks = list(callbacks)
+        self.accumulate = accumulate
+        self.dist = dist_info()
+        self.per_sample_rng = bool(getattr(task, "per_sample_rng", False))
 
         self.modules: dict[str, nn.Module] = dict(task.modules())
         for module in self.modules.values():
             module.to(self.device)
+        self._ddp: nn.Module | None = None
+        if self.dist.distributed:
+            if len(list(task.optimizer_names)) != 1:
+                raise ValueError("data-parallel training supports tasks with one optimizer (diffusion models, "
+                                 f"classifiers); {type(task).__name__} has {list(task.optimizer_names)}")
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(_TaskStep(task, self.modules), device_ids=ids)
         self.optimizers: dict[str, torch.optim.Optimizer] = dict(task.configure_optimizers())
         self.optimizer_names: list[str] = list(task.optimizer_names)
         if set(self.optimizer_names) != set(self.optimizers):
@@ -236,6 +339,7 @@ class Trainer:
         self.log: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
         self.elapsed_s = 0.0
+        self.last_step_s = float("nan")
         self._max_steps_from_checkpoint = False
         self._seed_rngs(self.seed)
 
@@ -260,52 +364,97 @@ class Trainer:
         return [p for group in optimizer.param_groups for p in group["params"]]
 
     # ---------------------------------------------------------------- one step
-    def optimizer_step(self, name: str, batch: Any, step: int) -> dict[str, float] | None:
-        """One update of optimizer ``name``: zero_grad, loss, backward, clip, step. Returns its logs.
+    def micro_batches(self, step: int) -> list[Any]:
+        """This rank's micro-batches of step ``step`` (one batch without DDP and accumulation)."""
+        if not (self.dist.distributed or self.accumulate > 1 or self.per_sample_rng):
+            return [self.data.batch(step)]
+        by_part = _accepts_part(self.data) and getattr(self.data, "batch_size", None) is not None
+        full = None if by_part else self.data.batch(step)
+        total = int(self.data.batch_size) if by_part else batch_len(full)
+        lo, hi = shard_bounds(total, self.dist.rank, self.dist.world_size)
+        if (hi - lo) % self.accumulate:
+            raise ValueError(f"{hi - lo} samples per process do not split into accumulate={self.accumulate} "
+                             "equal micro-batches: choose a batch size divisible by processes × accumulate")
+        m = (hi - lo) // self.accumulate
+        out = []
+        for k in range(self.accumulate):
+            a, b = lo + k * m, lo + (k + 1) * m
+            batch = self.data.batch(step, part=(a, b)) if by_part else slice_batch(full, a, b)
+            if self.per_sample_rng:
+                if not isinstance(batch, dict):
+                    raise TypeError("a task with per_sample_rng needs dict batches")
+                batch = {**batch, "rng": BatchRandom(self.seed, step, a, b, total, self.device)}
+            out.append(batch)
+        return out
 
-        A task may return None from ``training_step`` to skip an optimizer at a step (no
-        backward, no update); then this returns None.
+    def optimizer_step(self, name: str, batches: Any, step: int) -> dict[str, float] | None:
+        """One update of optimizer ``name``: zero_grad, then per micro-batch loss and backward
+        (gradients summed; DDP all-reduces them after the last), clip, step. Returns its logs.
+
+        ``batches``: a list of micro-batches (or one batch). A task may return None from
+        ``training_step`` to skip an optimizer at a step (no backward, no update); then this
+        returns None.
         """
+        if not isinstance(batches, list):
+            batches = [batches]
         optimizer = self.optimizers[name]
         optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            out = self.task.training_step(batch, step, name)
-        if out is None:  # the task skips this optimizer at this step (e.g. before disc_start)
-            return None
-        loss, logs = out
-        value = float(loss.detach().float().item())
-        logs = {k: _to_float(v) for k, v in (logs or {}).items()}
-        if not math.isfinite(value):
-            terms = ", ".join(f"{k}={v:.4g}" for k, v in logs.items()) or "no terms logged"
-            where = (f"the last checkpoint {str(self.last_checkpoint)!r} was left untouched"
-                     if self.last_checkpoint else "no checkpoint was written")
-            raise FloatingPointError(
-                f"non-finite loss {value} at step {step} (optimizer {name!r}; {terms}); {where}. "
-                "Try a lower learning rate, grad_clip=1.0, or amp=False.")
-        self.scaler.scale(loss).backward()
+        n = len(batches)
+        totals: dict[str, float] = {}
+        for k, batch in enumerate(batches):
+            sync = self._ddp is None or k == n - 1
+            with (nullcontext() if sync else self._ddp.no_sync()):
+                with self.autocast():
+                    if self._ddp is not None:
+                        out = self._ddp(batch, step, name)
+                    else:
+                        out = self.task.training_step(batch, step, name)
+                if out is None:  # the task skips this optimizer at this step (e.g. before disc_start)
+                    if k:
+                        raise RuntimeError(f"training_step skipped optimizer {name!r} on micro-batch {k} only")
+                    return None
+                loss, logs = out
+                value = float(loss.detach().float().item())
+                if self.dist.distributed:  # every rank sees a NaN anywhere, so all stop together
+                    value = all_reduce_mean(value, self.device)
+                logs = {k2: _to_float(v) for k2, v in (logs or {}).items()}
+                if not math.isfinite(value):
+                    terms = ", ".join(f"{k2}={v:.4g}" for k2, v in logs.items()) or "no terms logged"
+                    where = (f"the last checkpoint {str(self.last_checkpoint)!r} was left untouched"
+                             if self.last_checkpoint else "no checkpoint was written")
+                    raise FloatingPointError(
+                        f"non-finite loss {value} at step {step} (optimizer {name!r}; {terms}); {where}. "
+                        "Try a lower learning rate, grad_clip=1.0, or amp=False.")
+                self.scaler.scale(loss / n if n > 1 else loss).backward()
+            logs[f"loss/{name}"] = value
+            for k2, v in logs.items():
+                totals[k2] = totals.get(k2, 0.0) + v / n
         if self.grad_clip is not None:
             self.scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(self._params(optimizer), self.grad_clip)
         self.scaler.step(optimizer)
-        logs[f"loss/{name}"] = value
-        return logs
+        return totals
 
     def train_step(self) -> dict[str, Any]:
         """Run step ``self.step`` for every optimizer; returns the log record of the step."""
         step = self.step
+        started = time.perf_counter()
         for module in self.modules.values():
             module.train()
-        batch = move_to_device(self.data.batch(step), self.device)
+        batches = [move_to_device(b, self.device) for b in self.micro_batches(step)]
         record: dict[str, Any] = {"step": step}
         stepped = False
         for name in self.optimizer_names:
-            logs = self.optimizer_step(name, batch, step)
+            logs = self.optimizer_step(name, batches, step)
             if logs is not None:
                 record.update(logs)
                 stepped = True
         if stepped:
             self.scaler.update()
         self.step += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.last_step_s = time.perf_counter() - started  # wall time of this step (throughput)
         for cb in self.callbacks:
             (cb.after_step if hasattr(cb, "after_step") else cb)(self, record)
         return record
@@ -328,13 +477,16 @@ class Trainer:
             self.max_steps = max(self.max_steps, end)
         else:
             end = self.max_steps
-        bar = _progress_bar(total=end, initial=self.step, enabled=self.progress, desc=self.desc)
+        bar = _progress_bar(total=end, initial=self.step, enabled=self.progress and self.dist.rank == 0,
+                            desc=self.desc)
         shown = 0.0
         start = time.perf_counter()
         try:
             while self.step < end:
-                if time_budget_s is not None and time.perf_counter() - start >= time_budget_s:
-                    break
+                if time_budget_s is not None:
+                    over = time.perf_counter() - start >= time_budget_s
+                    if all_reduce_max(float(over), self.device) > 0:  # every rank stops at the same step
+                        break
                 with torch.enable_grad():  # also when called from an evaluation under no_grad
                     record = self.train_step()
                 record["time_s"] = self.elapsed_s + time.perf_counter() - start
@@ -392,7 +544,9 @@ class Trainer:
         path = Path(path) if path is not None else self.default_checkpoint_path()
         metadata = {"config": self.config, "minildm_version": minildm_version(),
                     "task": type(self.task).__name__, "step": self.step, "max_steps": self.max_steps}
-        save_checkpoint(path, self.state_dict(), metadata)
+        if self.dist.rank == 0:  # the ranks hold identical states; one writes, the others wait
+            save_checkpoint(path, self.state_dict(), metadata)
+        barrier()
         self.last_checkpoint = path
         return path
 

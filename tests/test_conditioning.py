@@ -85,7 +85,7 @@ def test_layout_embedder_bad_inputs():
     with pytest.raises(ValueError, match="divisible"):
         LayoutEmbedder(7, 8, embed_dim=10, heads=4)
     with pytest.raises(ValueError, match="unknown conditioner"):
-        build_conditioner({"type": "text"})
+        build_conditioner({"type": "audio"})
 
 
 def test_guidance_one_batched_forward_and_limits():

@@ -51,7 +51,8 @@ DATASET_NAMES = ("shapes", "fashion_mnist", "photos", "image_folder")
 SPLITS = ("train", "val", "test")
 
 _OPTIONS: dict[str, tuple[str, ...]] = {
-    "shapes": ("length", "seed", "channels", "label", "cache", "cache_mb", "start", "rank", "world_size"),
+    "shapes": ("length", "seed", "channels", "label", "cache", "cache_mb", "start", "rank", "world_size",
+               "holdout"),
     "fashion_mnist": ("root", "download", "channels", "length", "seed"),
     "photos": ("length", "seed", "channels", "flip", "split_by", "sources"),
     "image_folder": ("root", "captions", "channels", "val_fraction", "test_fraction", "length", "seed"),
@@ -67,7 +68,8 @@ def load_dataset(name: str, split: str = "train", image_size: int = 64, **option
     * shapes: ``length`` (default 10 000 train / 1 000 val / 1 000 test; ``None``
       gives an endless :class:`ShapesStream` that also takes ``start``, ``rank``,
       ``world_size``), ``seed``, ``channels``, ``label`` (one of :data:`LABEL_KINDS`),
-      ``cache``, ``cache_mb``. image_size 32..256.
+      ``cache``, ``cache_mb``, ``holdout`` ("colour shape" pairs the train split never shows).
+      image_size 32..256.
     * fashion_mnist: ``root`` (a folder with the IDX files or a torchvision root;
       default Debian's), ``download`` (torchvision, only when True), ``channels``,
       ``length`` (first n items), ``seed`` (caption phrasing). image_size 8..512.

@@ -31,6 +31,11 @@ Ground truth per image
   is used only where it is unambiguous (the boxes are separated along that axis
   and the centres are further apart along it than across it).
 
+Held-out combinations (option ``holdout``): a list of "colour shape" pairs (e.g. ``["red star"]``)
+that the **train** split never shows: train items whose scene has such an object are skipped
+(item i is the i-th accepted scene, still a pure function of the arguments). The val and test
+splits are unchanged, so they test whether a model composes attributes it saw only apart.
+
 Placement rules make attributes easy to check: colours within an image are all
 different, objects stay inside the image with a margin, and two boxes may overlap
 by at most 10 % of the smaller box's area.
@@ -711,8 +716,33 @@ def render_scene(objects: Sequence[Mapping[str, Any] | ShapeObject], image_size:
     return _make_item(render(scene, image_size), scene, caption, channels, label)
 
 
+def parse_holdout(holdout: Sequence[str] | None) -> frozenset[tuple[str, str]]:
+    """``["red star", ...]`` -> {("red", "star"), ...}; ValueError for unknown colours or shapes."""
+    out = set()
+    for pair in holdout or ():
+        words = str(pair).lower().split()
+        if len(words) != 2 or words[0] not in COLOUR_NAMES or words[1] not in SHAPE_NAMES:
+            raise ValueError(f"held-out combination {pair!r} must be 'colour shape' with a colour in "
+                             f"{', '.join(COLOUR_NAMES)} and a shape in {', '.join(SHAPE_NAMES)}")
+        out.add((words[0], words[1]))
+    return frozenset(out)
+
+
+def scene_has(scene: Scene, combinations: frozenset[tuple[str, str]]) -> bool:
+    """Whether any object of ``scene`` is one of the (colour, shape) ``combinations``."""
+    return any((o.colour, o.shape) in combinations for o in scene.objects)
+
+
 class _ShapesBase:
-    def _init_common(self, split: str, image_size: int, seed: int, channels: int, label: str) -> None:
+    holdout: frozenset[tuple[str, str]] = frozenset()
+
+    def _accepted(self, raw: int) -> bool:
+        """Whether raw index ``raw`` survives the held-out filter (always outside the train split)."""
+        return not (self.holdout and self.split == "train" and scene_has(self.scene(raw), self.holdout))
+
+    def _init_common(self, split: str, image_size: int, seed: int, channels: int, label: str,
+                     holdout: Sequence[str] | None = None) -> None:
+        self.holdout = parse_holdout(holdout)
         self.split = _check_split(split)
         self.image_size = check_image_size(image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, "shapes")
         self.seed = check_seed(seed)
@@ -740,8 +770,9 @@ class ShapesDataset(_ShapesBase, Dataset):
     """
 
     def __init__(self, split: str = "train", image_size: int = 64, length: int | None = None, seed: int = 0,
-                 channels: int = 3, label: str = "shape", cache: bool = True, cache_mb: int = 1024) -> None:
-        self._init_common(split, image_size, seed, channels, label)
+                 channels: int = 3, label: str = "shape", cache: bool = True, cache_mb: int = 1024,
+                 holdout: Sequence[str] | None = None) -> None:
+        self._init_common(split, image_size, seed, channels, label, holdout)
         if length is None:
             length = DEFAULT_LENGTHS[split]
         if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length <= 0:
@@ -750,6 +781,17 @@ class ShapesDataset(_ShapesBase, Dataset):
         self.cache = bool(cache)
         self._cache: dict[int, tuple[np.ndarray, Scene, str]] = {}
         self._cache_capacity = int(cache_mb * 2**20 // (3 * self.image_size**2)) if self.cache else 0
+        self._raw: list[int] | None = None
+        if self.holdout and self.split == "train":
+            self._raw, raw = [], 0
+            while len(self._raw) < self.length:
+                if self._accepted(raw):
+                    self._raw.append(raw)
+                raw += 1
+
+    def raw_index(self, index: int) -> int:
+        """The index in the unfiltered split of item ``index`` (the same unless ``holdout``)."""
+        return self._raw[index] if self._raw is not None else index
 
     def __len__(self) -> int:
         return self.length
@@ -764,17 +806,18 @@ class ShapesDataset(_ShapesBase, Dataset):
             raise IndexError(f"index {index} out of range for a dataset of length {self.length}")
         hit = self._cache.get(index)
         if hit is None:
-            hit = generate(self.split, index, self.image_size, self.seed)
+            hit = generate(self.split, self.raw_index(index), self.image_size, self.seed)
             if len(self._cache) < self._cache_capacity:
                 self._cache[index] = hit
         image, scene, caption = hit
         item = _make_item(image, scene, caption, self.channels, self.label_kind)
-        item["index"] = index
+        item["index"] = self.raw_index(index)
         return item
 
     def __repr__(self) -> str:
         return (f"ShapesDataset(split={self.split!r}, image_size={self.image_size}, length={self.length}, "
-                f"seed={self.seed}, channels={self.channels}, label={self.label_kind!r})")
+                f"seed={self.seed}, channels={self.channels}, label={self.label_kind!r}"
+                + (f", holdout={sorted(' '.join(p) for p in self.holdout)}" if self.holdout else "") + ")")
 
 
 class ShapesStream(_ShapesBase, IterableDataset):
@@ -785,12 +828,14 @@ class ShapesStream(_ShapesBase, IterableDataset):
     K = world_size * num_workers yields indices start + k, start + k + K, ...; the
     shards partition the indices. To resume exactly after ``n`` items were consumed
     in order (one process, ``num_workers=0``), pass ``start=start + n``. Each item
-    carries its ``"index"``.
+    carries its ``"index"``. With ``holdout``, train indices showing a held-out combination
+    are skipped (so resume from the index of the last item seen plus one).
     """
 
     def __init__(self, split: str = "train", image_size: int = 64, seed: int = 0, channels: int = 3,
-                 label: str = "shape", start: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        self._init_common(split, image_size, seed, channels, label)
+                 label: str = "shape", start: int = 0, rank: int = 0, world_size: int = 1,
+                 holdout: Sequence[str] | None = None) -> None:
+        self._init_common(split, image_size, seed, channels, label, holdout)
         for name, value, low in (("start", start, 0), ("rank", rank, 0), ("world_size", world_size, 1)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -808,7 +853,8 @@ class ShapesStream(_ShapesBase, IterableDataset):
         k, n = self.shard()
         index = self.start + k
         while True:
-            yield self._render_item(index)
+            if self._accepted(index):
+                yield self._render_item(index)
             index += n
 
     def __getitem__(self, index: int) -> dict[str, Any]:
