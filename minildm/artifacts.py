@@ -360,12 +360,14 @@ def _register_later() -> None:
     from .cond_train import cond_specs
     from .fid import FeatureNetSpec
     from .ldm_train import ldm_specs
+    from .t2i_train import t2i_specs
 
     ARTIFACTS.update(ablation_specs())
     ARTIFACTS.update(ldm_specs())
     ARTIFACTS.setdefault(FeatureNetSpec.name, FeatureNetSpec())
     ARTIFACTS.setdefault(CheckerSpec.name, CheckerSpec())
     ARTIFACTS.update(cond_specs())
+    ARTIFACTS.update(t2i_specs())
     _REGISTERED_LATER = True
 
 
@@ -492,27 +494,36 @@ def _partial_dir(path: Path) -> Path:
 
 def build_artifact(name: str, preset: str | Preset | None = None, *, steps: int | None = None,
                    device: str | torch.device | None = None, progress: bool = True, resume: bool = True,
-                   root: str | os.PathLike | None = None) -> Artifact:
+                   root: str | os.PathLike | None = None, options: Mapping[str, Any] | None = None) -> Artifact | None:
     """Train artifact ``name``, evaluate it on the val split and save it (replacing an old one).
 
     Periodic checkpoints go to ``<name>.partial/``; with ``resume`` an interrupted run continues
     from there (a checkpoint made with other settings raises ValueError: delete the folder or
-    pass ``resume=False``). The artifact directory appears atomically when everything is written.
+    pass ``resume=False``). The artifact directory appears atomically when everything is written,
+    with any ``samples/`` the training wrote. ``options``: run options passed to the spec's
+    ``train`` (e.g. ``accumulate``, ``precision``), which do not change the artifact's identity.
+    Under ``torchrun`` every rank trains; rank 0 alone evaluates and writes, the others return None.
     """
+    from .distributed import barrier, dist_info
+
     spec = _spec(name)
     _check_steps(steps)
     p = get_preset(preset)
     dev = get_device(device)
+    rank = dist_info().rank
     final = artifact_dir(name, p, root)
     partial = _partial_dir(final)
     if resume and partial.exists() and not _resumable(partial, spec.identity(p, steps)):
         resume = False
-    if not resume and partial.exists():
+    if not resume and partial.exists() and rank == 0:
         shutil.rmtree(partial)
+    barrier()
     token = _BUILD_ROOT.set(artifact_root(root))
     try:
         model, log, elapsed = spec.train(p, steps=steps, device=dev, out_dir=partial, resume=resume,
-                                         progress=progress)
+                                         progress=progress, **dict(options or {}))
+        if rank != 0:
+            return None
         metrics: dict[str, Any] = dict(spec.evaluate(model, p, dev))
     finally:
         _BUILD_ROOT.reset(token)
@@ -535,6 +546,8 @@ def build_artifact(name: str, preset: str | Preset | None = None, *, steps: int 
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "metrics.json", metrics)
         _write_json(tmp / "log.json", log)
+        if (partial / "samples").is_dir():
+            shutil.copytree(partial / "samples", tmp / "samples")
         _replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -36,7 +36,8 @@ from .nn.layers import Normalize
 from .train import SupervisedArtifact
 
 __all__ = ["CheckerConfig", "ContentChecker", "CheckerSpec", "object_maps", "checker_targets", "CheckerTask",
-           "box_iou", "position_name", "evaluate_checker", "score_class_samples", "score_layout_samples"]
+           "box_iou", "position_name", "evaluate_checker", "score_class_samples", "score_layout_samples",
+           "score_prompt_samples"]
 
 #: stride of the dense heads' grid
 STRIDE = 4
@@ -282,6 +283,47 @@ def score_layout_samples(checker: ContentChecker, images: Tensor,
     mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
     return {"found": mean(found), "iou": mean(ious), "centre_error": mean(errors), "acc_shape": mean(shapes),
             "acc_position": mean(positions), "all_correct": mean(image_ok), "n_objects": len(found)}
+
+
+@torch.no_grad()
+def score_prompt_samples(checker: ContentChecker, images: Tensor, requests: Sequence[Any]) -> dict[str, Any]:
+    """Compositional accuracy of ``images`` (B, 3, H, W) generated for ``requests`` (one
+    :class:`minildm.prompts.Request`, or list of object dicts with ``shape_id``, ``colour_id`` and
+    optional ``position``, per image), as read by the checker:
+
+    * ``acc_colour``: fraction of requested objects whose colour is present (at least 2 cells);
+    * ``acc_shape``: ... present with the requested shape (majority of that colour's cells);
+    * ``acc_position``: ... whose colour region's centre lies in the requested third (over the
+      objects with a position);
+    * ``acc_count``: fraction of images with the requested number of objects (count head);
+    * ``all_correct``: fraction of images right in every requested attribute;
+    * ``per_image``: the all-correct flag of each image (for grouping by kind).
+    """
+    if len(images) != len(requests):
+        raise ValueError(f"{len(images)} images for {len(requests)} requests")
+    pred = _predict(checker, images)
+    colour_ok, shape_ok, pos_ok, count_ok, per_image = [], [], [], [], []
+    for i, req in enumerate(requests):
+        objs = list(getattr(req, "objects", req))
+        ok = int(pred["count"][i]) + 1 == len(objs)
+        count_ok.append(ok)
+        for o in objs:
+            box = _colour_regions(pred["colour_map"][i:i + 1], torch.tensor([int(o["colour_id"])]))[0]
+            found = not torch.isnan(box).any()
+            cells = pred["shape_map"][i][pred["colour_map"][i] == int(o["colour_id"])]
+            right_shape = found and _majority(cells, -1) == int(o["shape_id"])
+            colour_ok.append(found)
+            shape_ok.append(right_shape)
+            ok &= right_shape
+            if o.get("position"):
+                right_pos = found and position_name(float(box[0] + box[2]) / 2,
+                                                    float(box[1] + box[3]) / 2) == o["position"]
+                pos_ok.append(right_pos)
+                ok &= right_pos
+        per_image.append(bool(ok))
+    mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
+    return {"acc_colour": mean(colour_ok), "acc_shape": mean(shape_ok), "acc_position": mean(pos_ok),
+            "acc_count": mean(count_ok), "all_correct": mean(per_image), "per_image": per_image}
 
 
 @torch.no_grad()

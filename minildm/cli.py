@@ -198,6 +198,62 @@ def _train_cond(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------ train-ldm
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument("--model", default="t2i-scratch-M",
+                        help="text-to-image artifact t2i-<scratch|minilm>-<size> (trained if missing)")
+    parser.add_argument("--scales", type=float, nargs="+", default=None, metavar="S",
+                        help="guidance scales (default: the preset's); 0 = unconditional, 1 = no guidance")
+    parser.add_argument("--n-per-kind", type=_positive_int, default=None,
+                        help="prompts per kind (single, position, two) and group (default: the preset's)")
+    parser.add_argument("--samples-per-prompt", type=_positive_int, default=None, help="default: the preset's")
+    parser.add_argument("--steps", type=_positive_int, default=None, help="DDIM steps (default: the preset's)")
+    parser.add_argument("--seed", type=int, default=1, help="sampling seed")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .artifacts import load_or_train
+    from .presets import get_preset
+    from .t2i_train import evaluate_t2i, parse_t2i_name
+
+    preset = get_preset(args.preset)
+    parse_t2i_name(args.model)
+    if args.scales is not None and any(not s >= 0 for s in args.scales):
+        raise ValueError(f"guidance scales must be >= 0, got {args.scales}")
+    progress = not args.no_progress
+    art = load_or_train(args.model, preset, device=args.device, progress=progress, root=args.out)
+    checker = load_or_train("checker", preset, device=args.device, progress=progress, root=args.out).model
+    features = load_or_train("feature-net", preset, device=args.device, progress=progress, root=args.out).model
+    rows = evaluate_t2i(art.model, checker, preset, scales=args.scales, n_per_kind=args.n_per_kind,
+                        samples_per_prompt=args.samples_per_prompt, steps=args.steps, seed=args.seed,
+                        feature_net=features, progress=progress)
+    print(f"{args.model} (preset {preset.name}): compositional accuracy read by the checker, "
+          f"seen vs held-out (colour, shape) pairs {', '.join(preset.t2i.holdout)}")
+    _print_t2i_eval(rows)
+    return 0
+
+
+def _scaling_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument("--encoder", choices=["scratch", "minilm"], default="scratch")
+    parser.add_argument("--sizes", nargs="+", default=None, help="model sizes (default: all of the preset's)")
+
+
+def _scaling(args: argparse.Namespace) -> int:
+    from .t2i_train import scaling_study
+
+    res = scaling_study(args.preset, sizes=args.sizes, encoder=args.encoder, device=args.device,
+                        progress=not args.no_progress, root=args.out)
+    print(f"scaling study ({res['preset']}, encoder {res['encoder']}): loss and seen-prompt accuracy vs compute")
+    print(f"{'size':<5} {'params':>9} {'step':>6} {'PFLOP':>9} {'val loss':>9} {'all-correct':>12}")
+    for m in res["models"]:
+        for c in m["curve"]:
+            print(f"{m['size']:<5} {m['params'] / 1e6:>8.2f}M {c['step']:>6} {c['compute'] / 1e15:>9.3f} "
+                  f"{c['loss']:>9.4f} {c.get('all_correct', float('nan')):>12.3f}")
+    print(f"saved to {res['path']}")
+    return 0
+
+
 def _train_ldm_arguments(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
     parser.add_argument("--f", type=_factor_arg, nargs="+", default=None, metavar="F",
@@ -208,6 +264,68 @@ def _train_ldm_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=_positive_int, default=None, metavar="SECONDS",
                         help="training time per model in seconds (default: the preset's)")
     parser.add_argument("--retrain", action="store_true", help="train again even where an artifact exists")
+    text = parser.add_argument_group("text-to-image (notebook 05; also under torchrun --nproc_per_node N)")
+    text.add_argument("--cond", choices=["none", "text"], default="none",
+                      help="none: the unconditional pixel-vs-latent experiment; text: a text-to-image LDM")
+    text.add_argument("--encoder", choices=["scratch", "minilm"], default="scratch",
+                      help="text encoder: a transformer trained from scratch (the paper) or frozen all-MiniLM-L6-v2")
+    text.add_argument("--size", default=None, help="model size of the preset's scaling study (default: its main size)")
+    text.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the preset's)")
+    text.add_argument("--accumulate", type=_positive_int, default=1,
+                      help="micro-batches per step (gradient accumulation); the global batch stays the preset's")
+    text.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+                      help="autocast dtype (auto: bf16 on recent GPUs, fp16 on older ones, fp32 on CPU)")
+    text.add_argument("--grad-checkpointing", action="store_true",
+                      help="recompute UNet activations in backward (less memory, ~30%% more compute)")
+    text.add_argument("--resume", action="store_true",
+                      help="continue an interrupted run from its checkpoint (<artifact>.partial/)")
+
+
+def _print_t2i_eval(rows: Sequence[dict]) -> None:
+    keys = ["acc_colour", "acc_shape", "acc_count", "acc_position", "all_correct"]
+    kinds = sorted({k for r in rows for k in r if k.startswith("all_correct_")})
+    print(f"{'group':<9} {'scale':>5} " + " ".join(f"{k.removeprefix('acc_'):>9}" for k in keys)
+          + " " + " ".join(f"{'ok-' + k.removeprefix('all_correct_'):>11}" for k in kinds) + f" {'FD-feat':>8}")
+    for r in rows:
+        fid = f"{r['fid']:>8.1f}" if "fid" in r else f"{'–':>8}"
+        print(f"{r['group']:<9} {r['scale']:>5g} " + " ".join(f"{r[k]:>9.3f}" for k in keys) + " "
+              + " ".join(f"{r.get(k, float('nan')):>11.3f}" for k in kinds) + f" {fid}")
+
+
+def _train_t2i(args: argparse.Namespace) -> int:
+    from .artifacts import build_artifact
+    from .distributed import cleanup, init_distributed
+    from .presets import get_preset
+    from .t2i_train import t2i_name
+
+    preset = get_preset(args.preset)
+    size = preset.t2i.get_size(args.size).name
+    info, device = init_distributed(args.device)
+    try:
+        art = build_artifact(t2i_name(args.encoder, size), preset, steps=args.steps, device=device,
+                             progress=not args.no_progress, resume=args.resume, root=args.out,
+                             options={"accumulate": args.accumulate, "precision": args.precision,
+                                      "grad_checkpointing": args.grad_checkpointing})
+    finally:
+        cleanup()
+    if art is None:  # ranks > 0
+        return 0
+    m = art.metrics
+    speed = [r["images_per_s"] for r in art.log if "images_per_s" in r]
+    mfu = [r["mfu"] for r in art.log if "mfu" in r]
+    print(f"{art.name} (preset {preset.name}): {m['unet_params'] / 1e6:.2f} M UNet + {m['cond_params'] / 1e6:.2f} M "
+          f"text encoder parameters, {m['steps']} steps on {m.get('world_size', 1)} process(es) in "
+          f"{m['train_time_s']:.0f} s")
+    if speed:
+        speed.sort()
+        print(f"throughput {speed[len(speed) // 2]:.1f} images/s (median), model FLOPs "
+              f"{m['flops_per_step'] / 1e9:.1f} GFLOP/step, MFU {sorted(mfu)[len(mfu) // 2]:.1%} of the "
+              f"{m['peak_source']}" if mfu else "")
+    print(f"compositional accuracy ({m['n_eval_per_kind']} prompts per kind, {m['samples_per_prompt']} samples "
+          f"each, DDIM-{m['eval_ddim_steps']}); best guidance scale {m['best_scale']:g}")
+    _print_t2i_eval(m["eval"])
+    print(f"saved to {art.path}")
+    return 0
 
 
 def _train_ldm(args: argparse.Namespace) -> int:
@@ -215,6 +333,10 @@ def _train_ldm(args: argparse.Namespace) -> int:
     from .ldm_train import FASHION_LDM, eval_curve, ldm_name
     from .presets import get_preset
 
+    if args.cond == "text":
+        if args.f or args.data != "shapes" or args.budget is not None:
+            raise ValueError("--f, --data and --budget belong to the unconditional experiment, not to --cond text")
+        return _train_t2i(args)
     preset = get_preset(args.preset)
     if args.data == "fashion_mnist":
         if args.f:
@@ -248,12 +370,16 @@ COMMANDS: dict[str, Command] = {
                         _train_ae_arguments, _train_ae),
     "ablate-f": Command("ablate-f", "train and measure the downsampling-factor ablation (notebook 02)",
                         _ablate_f_arguments, _ablate_f),
-    "train-ldm": Command("train-ldm", "train latent DDPMs on the first stages of notebook 02 (notebook 03)",
+    "train-ldm": Command("train-ldm", "train latent DDPMs: unconditional on the first stages of notebook 02 (notebook 03), or text-to-image with --cond text (notebook 05)",
                          _train_ldm_arguments, _train_ldm),
     "train-features": Command("train-features", "train the feature network of the FID-style score",
                               _train_features_arguments, _train_features),
     "train-checker": Command("train-checker", "train the content checker that scores conditional samples "
                              "(notebook 04)", _train_features_arguments, _train_checker),
+    "evaluate": Command("evaluate", "compositional accuracy of a text-to-image LDM on the fixed prompt set "
+                        "(notebook 05)", _evaluate_arguments, _evaluate),
+    "scaling-study": Command("scaling-study", "train text-to-image LDMs of several sizes and tabulate loss and "
+                             "accuracy against training compute (notebook 05)", _scaling_arguments, _scaling),
     "train-cond": Command("train-cond", "train the class-conditional and layout-to-image LDMs (notebook 04)",
                           _train_cond_arguments, _train_cond),
 }

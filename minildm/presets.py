@@ -175,6 +175,71 @@ class CondPreset:
 
 
 @dataclass(frozen=True)
+class T2ISize:
+    """One model size of the text-to-image scaling study: the UNet (``model_channels``,
+    ``channel_mult``, ``attention_resolutions``, ``transformer_depth``) and, for the encoder trained
+    from scratch, its width ``context_dim`` and ``text_depth`` (a frozen encoder has its own width)."""
+
+    name: str
+    model_channels: int
+    channel_mult: tuple[int, ...]
+    num_res_blocks: int
+    attention_resolutions: tuple[int, ...]
+    num_heads: int
+    transformer_depth: int
+    context_dim: int
+    text_depth: int
+
+
+@dataclass(frozen=True)
+class T2IPreset:
+    """The text-to-image LDMs of notebook 05 (``python -m minildm train-ldm --cond text``): on the
+    latents of ``ae-kl-f{f}``, captions of ``n_train`` train images without the ``holdout``
+    (colour, shape) pairs, ``sizes`` for the scaling study (``size`` is the default model),
+    prompts of at most ``max_length`` tokens. Evaluation: ``n_eval_per_kind`` prompts per kind
+    and group (seen / held-out), ``samples_per_prompt`` each, DDIM ``eval_ddim_steps``, at
+    ``guidance_scales``; the scaling curve is measured at ``curve_points`` evenly spaced steps on
+    ``curve_prompts`` prompts per kind at guidance ``curve_scale``."""
+
+    f: int
+    image_size: int
+    sizes: tuple[T2ISize, ...]
+    size: str
+    max_length: int
+    schedule: str
+    timesteps: int
+    batch_size: int
+    lr: float
+    ema_decay: float
+    p_uncond: float
+    steps: int
+    n_train: int
+    holdout: tuple[str, ...]
+    n_eval_per_kind: int
+    samples_per_prompt: int
+    eval_ddim_steps: int
+    guidance_scales: tuple[float, ...]
+    curve_points: int
+    curve_prompts: int
+    curve_scale: float
+    checkpoint_every: int
+
+    def get_size(self, name: str | None = None) -> T2ISize:
+        """The :class:`T2ISize` called ``name`` (default: ``size``); ValueError naming the choices."""
+        name = name or self.size
+        for s in self.sizes:
+            if s.name == name:
+                return s
+        raise ValueError(f"unknown model size {name!r}: choose one of {', '.join(s.name for s in self.sizes)}")
+
+
+#: (colour, shape) pairs the text-to-image models never see in training: one per shape, each with
+#: another colour, so that every colour and every shape is still seen with others
+T2I_HOLDOUT = ("red star", "orange circle", "yellow cross", "green square", "cyan hexagon", "blue triangle",
+               "purple diamond")
+
+
+@dataclass(frozen=True)
 class Preset:
     """All sizes of one preset. Sections are added as the notebooks grow."""
 
@@ -187,6 +252,7 @@ class Preset:
     ldm: LDMPreset
     checker: CheckerPreset
     cond: CondPreset
+    t2i: T2IPreset
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -224,6 +290,12 @@ _PRESETS: dict[str, Preset] = {
                         attention_resolutions=(1, 2), num_heads=2, context_dim=16, transformer_depth=1, layout_depth=1,
                         schedule="linear", timesteps=1000, batch_size=8, lr=1e-3, ema_decay=0.99, p_uncond=0.1,
                         steps=4, n_train=32, n_eval=8, eval_ddim_steps=4, guidance_scales=(1.0, 3.0)),
+        t2i=T2IPreset(f=4, image_size=64, size="M", max_length=48, schedule="linear", timesteps=1000,
+                      sizes=(T2ISize("S", 8, (1, 2), 1, (2,), 2, 1, 16, 1), T2ISize("M", 16, (1, 2), 1, (1, 2), 2, 1, 16, 1),
+                             T2ISize("L", 24, (1, 2), 1, (1, 2), 2, 1, 24, 1)),
+                      batch_size=8, lr=1e-3, ema_decay=0.99, p_uncond=0.1, steps=4, n_train=32, holdout=T2I_HOLDOUT,
+                      n_eval_per_kind=1, samples_per_prompt=1, eval_ddim_steps=4, guidance_scales=(1.0, 3.0),
+                      curve_points=2, curve_prompts=1, curve_scale=3.0, checkpoint_every=2),
     ),
     "cpu": Preset(
         name="cpu",
@@ -253,6 +325,14 @@ _PRESETS: dict[str, Preset] = {
                         layout_depth=2, schedule="linear", timesteps=1000, batch_size=32, lr=3e-4, ema_decay=0.999,
                         p_uncond=0.1, steps=2000, n_train=8000, n_eval=112, eval_ddim_steps=20,
                         guidance_scales=(0.0, 1.0, 2.0, 3.0, 5.0, 7.5)),
+        t2i=T2IPreset(f=4, image_size=64, size="M", max_length=48, schedule="linear", timesteps=1000,
+                      sizes=(T2ISize("S", 32, (1, 2, 2), 1, (2, 4), 4, 1, 64, 2),
+                             T2ISize("M", 64, (1, 2, 2), 1, (2, 4), 4, 1, 64, 2),
+                             T2ISize("L", 96, (1, 2, 2), 1, (2, 4), 4, 1, 96, 3)),
+                      batch_size=32, lr=3e-4, ema_decay=0.999, p_uncond=0.1, steps=2000, n_train=8000,
+                      holdout=T2I_HOLDOUT, n_eval_per_kind=16, samples_per_prompt=2, eval_ddim_steps=20,
+                      guidance_scales=(0.0, 1.0, 3.0, 5.0, 7.5), curve_points=4, curve_prompts=8, curve_scale=3.0,
+                      checkpoint_every=200),
     ),
     "gpu": Preset(
         name="gpu",
@@ -284,6 +364,14 @@ _PRESETS: dict[str, Preset] = {
                         layout_depth=4, schedule="linear", timesteps=1000, batch_size=64, lr=1e-4, ema_decay=0.9999,
                         p_uncond=0.1, steps=100000, n_train=50000, n_eval=1120, eval_ddim_steps=50,
                         guidance_scales=(0.0, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5)),
+        t2i=T2IPreset(f=4, image_size=128, size="M", max_length=48, schedule="linear", timesteps=1000,
+                      sizes=(T2ISize("S", 64, (1, 2, 2, 4), 2, (2, 4, 8), 4, 1, 128, 2),
+                             T2ISize("M", 128, (1, 2, 2, 4), 2, (2, 4, 8), 8, 1, 256, 4),
+                             T2ISize("L", 192, (1, 2, 3, 4), 2, (2, 4, 8), 8, 2, 384, 6)),
+                      batch_size=128, lr=1e-4, ema_decay=0.9999, p_uncond=0.1, steps=100000, n_train=200000,
+                      holdout=T2I_HOLDOUT, n_eval_per_kind=100, samples_per_prompt=4, eval_ddim_steps=50,
+                      guidance_scales=(0.0, 1.0, 2.0, 3.0, 5.0, 7.5), curve_points=10, curve_prompts=50,
+                      curve_scale=3.0, checkpoint_every=2000),
     ),
 }
 

@@ -202,6 +202,9 @@ class FrozenHFTextEmbedder(nn.Module):
 
     The pretrained model is frozen and kept out of ``state_dict()``: LDM checkpoints hold only
     what is trained, and the encoder is rebuilt from its source (``config()``) when one loads.
+    Its outputs are rounded to half precision (so that cached and fresh encodings are identical);
+    ``cache_size`` > 0 keeps that many prompts' encodings, which saves running the encoder again
+    for captions seen in earlier epochs.
     Shapes: B prompts -> context (B, max_length, hidden size), mask (B, max_length).
     """
 
@@ -215,6 +218,8 @@ class FrozenHFTextEmbedder(nn.Module):
         self.tokenizer, self.max_length, self.source, self.key = tokenizer, max_length, dict(source), key
         self.embed_dim = int(model.config.hidden_size)
         self.register_buffer("_device_tracker", torch.zeros(0), persistent=False)
+        self.cache_size = 0
+        self._cache: dict[str, tuple[Tensor, Tensor]] = {}
 
     @property
     def model(self) -> nn.Module:
@@ -249,16 +254,62 @@ class FrozenHFTextEmbedder(nn.Module):
         device = self._device_tracker.device
         input_ids, mask = input_ids.to(device), mask.to(device)
         h = self._model(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
-        return h.float() * mask[..., None], mask
+        return h.half().float() * mask[..., None], mask
 
-    def forward(self, prompts: str | Sequence[str], drop: Tensor | None = None,
+    def _encode_prompts(self, prompts: list[str], truncation: bool) -> Conditioning:
+        if self.cache_size <= 0:
+            tok = self._tokenize(prompts, truncation)
+            return self.encode_ids(tok["input_ids"], tok["mask"])
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if missing:
+            tok = self._tokenize(missing, truncation)
+            ctx, mask = self.encode_ids(tok["input_ids"], tok["mask"])
+            for p, c, m in zip(missing, ctx.half().cpu(), mask.cpu()):
+                if len(self._cache) < self.cache_size:
+                    self._cache[p] = (c, m)
+        if any(p not in self._cache for p in prompts):  # cache full: encode this batch directly
+            tok = self._tokenize(prompts, truncation)
+            return self.encode_ids(tok["input_ids"], tok["mask"])
+        device = self._device_tracker.device
+        return (torch.stack([self._cache[p][0] for p in prompts]).to(device).float(),
+                torch.stack([self._cache[p][1] for p in prompts]).to(device))
+
+    def forward(self, prompts: str | Sequence[str] | Mapping[str, Tensor], drop: Tensor | None = None,
                 truncation: bool = False) -> Conditioning:
+        """Encode ``prompts``; or pass their encodings ``{"context": (B, L, d), "mask": (B, L)}``
+        computed once beforehand (:meth:`precompute`: the encoder is frozen, so training need not
+        run it every step)."""
+        if isinstance(prompts, Mapping):
+            device = self._device_tracker.device
+            context, mask = prompts["context"].to(device).float(), prompts["mask"].to(device).bool()
+            if context.ndim != 3 or context.shape[1:] != (self.max_length, self.embed_dim) or mask.shape != context.shape[:2]:
+                raise ValueError(f"precomputed context must be (B, {self.max_length}, {self.embed_dim}) with a "
+                                 f"(B, {self.max_length}) mask, got {tuple(context.shape)}, {tuple(mask.shape)}")
+            drop = _check_drop(drop, len(context))
+            if drop is not None and bool(drop.any()):
+                null_ctx, null_mask = self.null(1)
+                d = drop.to(device)
+                context = torch.where(d[:, None, None], null_ctx, context)
+                mask = torch.where(d[:, None], null_mask, mask)
+            return context, mask
         prompts = check_prompts(prompts)
         drop = _check_drop(drop, len(prompts))
         if drop is not None:
             prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
-        tok = self._tokenize(prompts, truncation)
-        return self.encode_ids(tok["input_ids"], tok["mask"])
+        return self._encode_prompts(prompts, truncation)
+
+    @torch.no_grad()
+    def precompute(self, prompts: Sequence[str], batch_size: int = 256, truncation: bool = True,
+                   dtype: torch.dtype = torch.float16) -> dict[str, Tensor]:
+        """``{"context": (N, L, d) in ``dtype`` on the CPU, "mask": (N, L)}`` of ``prompts``."""
+        prompts = check_prompts(prompts)
+        ctx, masks = [], []
+        for i in range(0, len(prompts), batch_size):
+            tok = self._tokenize(prompts[i:i + batch_size], truncation)
+            c, m = self.encode_ids(tok["input_ids"], tok["mask"])
+            ctx.append(c.to("cpu", dtype))
+            masks.append(m.cpu())
+        return {"context": torch.cat(ctx), "mask": torch.cat(masks)}
 
     def null(self, batch_size: int) -> Conditioning:
         """∅ = the encoding of the empty prompt ``""``."""

@@ -62,6 +62,8 @@ __all__ = ["Trainer", "DatasetBatches", "Callback", "move_to_device", "CHECKPOIN
            "SupervisedArtifact", "BatchRandom", "slice_batch"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
+#: choices of ``Trainer(precision=...)``
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @runtime_checkable
@@ -266,6 +268,8 @@ class Trainer:
         callbacks: objects with ``after_step(trainer, record)`` or functions ``f(trainer, record)``.
         accumulate: micro-batches per step (gradient accumulation); each rank's slice of the batch
             must split evenly into them.
+        precision: autocast dtype when ``amp``: ``"auto"`` (:func:`minildm.presets.autocast_dtype`),
+            ``"bf16"``, ``"fp16"`` (with a GradScaler on CUDA) or ``"fp32"`` (no autocast).
 
     Under ``torchrun`` (an initialised process group) the Trainer trains data-parallel with
     DistributedDataParallel; see the module docstring. Attributes: ``step`` (steps done), ``log`` (list of dicts with "step" and float losses),
@@ -278,7 +282,7 @@ class Trainer:
                  amp: bool = True, progress: bool = True, desc: str | None = None, log_every: int = 1,
                  config: Mapping[str, Any] | None = None,
                  callbacks: Sequence[Callback | Callable[["Trainer", dict[str, Any]], None]] = (),
-                 accumulate: int = 1) -> None:
+                 accumulate: int = 1, precision: str = "auto") -> None:
         for name, value, low in (("max_steps", max_steps, 0), ("log_every", log_every, 1), ("accumulate", accumulate, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -331,7 +335,14 @@ class Trainer:
             raise ValueError(f"task.optimizer_names {self.optimizer_names} do not match "
                              f"configure_optimizers() keys {sorted(self.optimizers)}")
 
-        self.dtype = autocast_dtype(self.device) if amp else None
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if not amp or precision == "fp32":
+            self.dtype = None
+        elif precision == "auto":
+            self.dtype = autocast_dtype(self.device)
+        else:
+            self.dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         use_scaler = self.dtype == torch.float16 and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
 
@@ -490,7 +501,8 @@ class Trainer:
                 with torch.enable_grad():  # also when called from an evaluation under no_grad
                     record = self.train_step()
                 record["time_s"] = self.elapsed_s + time.perf_counter() - start
-                if record["step"] % self.log_every == 0 or self.step == self.max_steps:
+                if (record["step"] % self.log_every == 0 or self.step == self.max_steps
+                        or any(k.startswith("eval/") for k in record)):  # evaluations are always kept
                     self.log.append(record)
                 if self.checkpoint_every and self.step % self.checkpoint_every == 0 and self.step < end:
                     self.save()

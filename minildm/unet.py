@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
@@ -434,6 +435,20 @@ class UNetModel(nn.Module):
 
         self.out = nn.Sequential(Normalize(ch, groups, ADM_GROUPNORM_EPS), nn.SiLU(),
                                  zero_module(nn.Conv2d(ch, c.out_channels, 3, padding=1)))
+        self.use_checkpoint = False
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> "UNetModel":
+        """Gradient checkpointing (CompVis ``use_checkpoint``): in training, each block's activations
+        are recomputed during backward instead of stored, trading about a third more compute for
+        much less activation memory. Same outputs and gradients; not part of the weights' identity."""
+        self.use_checkpoint = bool(enabled)
+        return self
+
+    def _block(self, block: nn.Module, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None,
+               context_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, h, emb, context, context_mask, use_reentrant=False)
+        return block(h, emb, context, context_mask)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor | float | int,
                 context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -459,9 +474,9 @@ class UNetModel(nn.Module):
         hs = []
         h = x
         for block in self.input_blocks:
-            h = block(h, emb, context, context_mask)
+            h = self._block(block, h, emb, context, context_mask)
             hs.append(h)
-        h = self.middle_block(h, emb, context, context_mask)
+        h = self._block(self.middle_block, h, emb, context, context_mask)
         for block in self.output_blocks:
-            h = block(torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
+            h = self._block(block, torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
         return self.out(h)

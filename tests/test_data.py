@@ -489,3 +489,24 @@ def test_image_folder_empty_or_missing(tmp_path):
     _make_folder(tmp_path, n_per_class=1)
     with pytest.raises(ValueError):
         load_dataset("image_folder", "train", 32, root=tmp_path, val_fraction=0.6, test_fraction=0.5)
+
+
+def test_holdout_removes_combinations_from_train_only():
+    held = ["red star", "blue circle"]
+    pairs = {("red", "star"), ("blue", "circle")}
+    train = load_dataset("shapes", "train", 32, length=300, holdout=held)
+    assert len(train) == 300
+    assert not any((o["colour"], o["shape"]) in pairs for i in range(300) for o in train[i]["objects"])
+    plain = load_dataset("shapes", "train", 32, length=400)
+    kept = [i for i in range(400) if not any((o["colour"], o["shape"]) in pairs for o in plain[i]["objects"])]
+    assert [train[i]["index"] for i in range(len(kept[:300]))] == kept[:300]  # the accepted scenes, in order
+    assert torch.equal(train[5]["image"], plain[train[5]["index"]]["image"])
+    val = load_dataset("shapes", "val", 32, length=400, holdout=held)
+    assert any((o["colour"], o["shape"]) in pairs for i in range(400) for o in val[i]["objects"])
+    stream = load_dataset("shapes", "train", 32, length=None, holdout=held)
+    it = iter(stream)
+    assert [next(it)["index"] for _ in range(20)] == kept[:20]
+    with pytest.raises(ValueError, match="colour shape"):
+        load_dataset("shapes", "train", 32, length=4, holdout=["red"])
+    with pytest.raises(ValueError, match="colour shape"):
+        load_dataset("shapes", "train", 32, length=4, holdout=["golden star"])

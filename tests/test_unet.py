@@ -147,3 +147,24 @@ def test_config_validation_and_round_trip():
         UNetConfig(model_channels=0)
     with pytest.raises(ValueError, match="channel_mult"):
         UNetConfig(channel_mult=())
+
+
+def test_gradient_checkpointing_gives_the_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    unet = UNetModel(in_channels=3, out_channels=3, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                     attention_resolutions=(2,), num_heads=2, num_groups=4, context_dim=8)
+    for p in unet.parameters():
+        p.data.normal_(0, 0.05)
+    x, t, ctx = torch.randn(2, 3, 8, 8), torch.tensor([3, 700]), torch.randn(2, 5, 8)
+
+    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        unet.zero_grad()
+        out = unet(x, t, context=ctx)
+        out.square().mean().backward()
+        return out.detach(), [p.grad.clone() for p in unet.parameters()]
+
+    plain, grads = run()
+    unet.set_gradient_checkpointing(True)
+    ckpt, grads_ckpt = run()
+    assert torch.allclose(plain, ckpt, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, grads_ckpt))

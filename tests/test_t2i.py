@@ -1,0 +1,105 @@
+"""Text-to-image LDMs (smoke preset): training with exact resume after a kill, generation,
+evaluation, the scaling study and their commands."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from minildm import train as train_module
+from minildm.artifacts import build_artifact, load_artifact
+from minildm.cli import main
+from minildm.presets import get_preset
+from minildm.t2i_train import T2ISpec, curve, evaluate_t2i, generate, parse_t2i_name, scaling_study, t2i_name
+
+PRESET = get_preset("smoke")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("t2i")
+    build_artifact("t2i-scratch-M", PRESET, root=root, progress=False)
+    return root
+
+
+def test_artifact_has_evaluation_curve_and_sample_grids(root):
+    art = load_artifact("t2i-scratch-M", PRESET, root=root)
+    m = art.metrics
+    assert {r["group"] for r in m["eval"]} == {"seen", "held_out"}
+    assert {r["scale"] for r in m["eval"]} == set(PRESET.t2i.guidance_scales)
+    assert m["flops_per_step"] > 0 and 0 < m["peak_flops"] and m["holdout"] == list(PRESET.t2i.holdout)
+    points = curve(art.log)
+    assert [p["step"] for p in points] == [2, 4]
+    assert points[1]["compute"] == 2 * points[0]["compute"] > 0
+    assert all("all_correct" in p and p["loss"] > 0 for p in points)
+    assert sorted(p.name for p in (art.path / "samples").glob("*.png")) == ["step_000002.png", "step_000004.png"]
+    assert all("images_per_s" in r for r in art.log)
+    assert m["command"] == "python -m minildm train-ldm --cond text --encoder scratch --size M --preset smoke"
+
+
+def test_training_resumes_exactly_after_a_kill(root, tmp_path, monkeypatch):
+    spec = T2ISpec("scratch", "M")
+    from minildm.artifacts import _BUILD_ROOT
+
+    token = _BUILD_ROOT.set(root)  # reuse the first stage and checker built by the fixture
+    try:
+        straight, log, _ = spec.train(PRESET, steps=None, device="cpu", out_dir=tmp_path / "a", resume=False,
+                                      progress=False)
+        original = train_module.Trainer.train_step
+
+        def killed(self):
+            if self.step == 3:
+                raise KeyboardInterrupt("killed")
+            return original(self)
+
+        monkeypatch.setattr(train_module.Trainer, "train_step", killed)
+        with pytest.raises(KeyboardInterrupt):
+            spec.train(PRESET, steps=None, device="cpu", out_dir=tmp_path / "b", resume=False, progress=False)
+        monkeypatch.setattr(train_module.Trainer, "train_step", original)
+        resumed, log_b, _ = spec.train(PRESET, steps=None, device="cpu", out_dir=tmp_path / "b", resume=True,
+                                       progress=False)
+    finally:
+        _BUILD_ROOT.reset(token)
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    drop = ("time_s", "images_per_s", "mfu")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in log] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in log_b]
+
+
+def test_generate_and_evaluate_reject_bad_input(root):
+    ldm = load_artifact("t2i-scratch-M", PRESET, root=root).model
+    images = generate(ldm, ["a red star", "two shapes: a blue circle and a green square"], steps=2)
+    assert images.shape == (2, 3, 64, 64) and torch.isfinite(images).all()
+    with pytest.raises(ValueError, match="prompt list is empty"):
+        generate(ldm, [])
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        generate(ldm, [""])
+    with pytest.raises(ValueError, match="guidance_scale must be"):
+        generate(ldm, ["a red star"], guidance_scale=-1.0)
+    with pytest.raises(ValueError, match="more than max_length"):
+        generate(ldm, [" ".join(["a red star and"] * 20)])
+    checker = load_artifact("checker", PRESET, root=root).model
+    with pytest.raises(ValueError, match=">= 0"):
+        evaluate_t2i(ldm, checker, PRESET, scales=[-1.0])
+    rows = evaluate_t2i(ldm, checker, PRESET, scales=[1.0], steps=2, groups=("seen",))
+    assert len(rows) == 1 and 0.0 <= rows[0]["all_correct"] <= 1.0 and "all_correct_two" in rows[0]
+
+
+def test_names_and_commands(root, capsys, tmp_path):
+    assert t2i_name("minilm", "L") == "t2i-minilm-L" and parse_t2i_name("t2i-scratch-S") == ("scratch", "S")
+    with pytest.raises(ValueError):
+        t2i_name("bert", "M")
+    with pytest.raises(ValueError):
+        parse_t2i_name("ldm-class")
+    assert main(["evaluate", "--preset", "smoke", "--out", str(root), "--scales", "1", "--steps", "2",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "held_out" in out and "all_correct" in out
+    assert main(["evaluate", "--preset", "smoke", "--out", str(root), "--scales", "-2"]) == 2
+    res = scaling_study(PRESET, sizes=["M"], root=root, progress=False, out=tmp_path / "scaling.json")
+    saved = json.loads((tmp_path / "scaling.json").read_text())
+    assert saved["models"][0]["size"] == "M" and len(saved["models"][0]["curve"]) == 2
+    assert saved["command"].startswith("python -m minildm scaling-study --preset smoke") and res["path"]
+    assert main(["train-ldm", "--cond", "text", "--preset", "smoke", "--size", "XL", "--out", str(root)]) == 2
