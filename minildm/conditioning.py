@@ -235,6 +235,6 @@ def build_conditioner(config: Mapping[str, Any]) -> nn.Module:
         if source.get("kind") == "minilm":
             return frozen_minilm(**kwargs)
         if source.get("kind") == "clip":
-            return frozen_clip(source["path"], **kwargs)
+            return frozen_clip(source["path"], tokenizer_path=source.get("tokenizer_path"), **kwargs)
         raise ValueError(f"unknown pretrained text encoder {source!r}: choose minilm or clip")
     raise ValueError(f"unknown conditioner type {kind!r}: choose 'class', 'layout', 'text' or 'hf-text'")

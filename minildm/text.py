@@ -190,6 +190,11 @@ class TransformerTextEmbedder(nn.Module):
             tok = {k: torch.where(drop[:, None], null[k], v) for k, v in tok.items()}
         return self.encode_ids(tok["input_ids"], tok["mask"])
 
+    def token_names(self, prompt: str) -> list[str]:
+        """The valid tokens of ``prompt``'s context, in order (for attention maps)."""
+        ids = self.tokenizer.encode(prompt)["input_ids"][0]
+        return [self.tokenizer.itos[int(i)] for i in ids if int(i) != self.tokenizer.pad_id]
+
     def null(self, batch_size: int) -> Conditioning:
         """∅ = the empty caption ``[BOS] [EOS]``: (B, L, embed_dim), (B, L)."""
         tok = self.tokenizer.encode([""] * batch_size)
@@ -311,6 +316,12 @@ class FrozenHFTextEmbedder(nn.Module):
             masks.append(m.cpu())
         return {"context": torch.cat(ctx), "mask": torch.cat(masks)}
 
+    def token_names(self, prompt: str) -> list[str]:
+        """The valid tokens of ``prompt``'s context, in order (word pieces; for attention maps)."""
+        tok = self._tokenize([prompt], truncation=False)
+        ids = tok["input_ids"][0][tok["mask"][0]]
+        return list(self.tokenizer.convert_ids_to_tokens(ids.tolist()))
+
     def null(self, batch_size: int) -> Conditioning:
         """∅ = the encoding of the empty prompt ``""``."""
         tok = self._tokenize([""] * batch_size, truncation=True)
@@ -341,17 +352,23 @@ def frozen_minilm(max_length: int = 32, key: str = "caption") -> FrozenHFTextEmb
     return FrozenHFTextEmbedder(model, tokenizer, max_length, {"kind": "minilm"}, key)
 
 
-def frozen_clip(path: str, max_length: int = 77, key: str = "caption") -> FrozenHFTextEmbedder:
+def frozen_clip(path: str, max_length: int = 77, key: str = "caption",
+                tokenizer_path: str | None = None) -> FrozenHFTextEmbedder:
     """CLIP's text tower (Stable Diffusion v1 uses ViT-L/14's) from ``path``, a local folder or a
-    name already in the Hugging Face cache; never downloads. ValueError when it is not there."""
+    name already in the Hugging Face cache, with its tokenizer from ``tokenizer_path`` (default:
+    ``path``; in a Stable Diffusion folder ``<sd>/text_encoder`` and ``<sd>/tokenizer``). Never
+    downloads; ValueError when the files are not there."""
     transformers = _transformers()
     try:
         model = transformers.CLIPTextModel.from_pretrained(path, local_files_only=True)
-        tokenizer = transformers.CLIPTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = transformers.CLIPTokenizer.from_pretrained(tokenizer_path or path, local_files_only=True)
     except OSError as e:
         raise ValueError(f"no CLIP text model at {path!r} (nothing is downloaded): give a folder with its "
                          "config, weights and tokenizer files, e.g. one saved by save_pretrained") from e
-    return FrozenHFTextEmbedder(model, tokenizer, max_length, {"kind": "clip", "path": str(path)}, key)
+    source = {"kind": "clip", "path": str(path)}
+    if tokenizer_path:
+        source["tokenizer_path"] = str(tokenizer_path)
+    return FrozenHFTextEmbedder(model, tokenizer, max_length, source, key)
 
 
 def caption_corpus(n: int, split: str = "train", seed: int = 0) -> list[str]:

@@ -100,3 +100,16 @@ def test_frozen_minilm_offline():
     assert torch.equal(enc(prompts)[0], ctx) and torch.equal(enc(prompts[::-1])[0], ctx.flip(0))
     rebuilt = build_conditioner(enc.config())
     assert torch.equal(rebuilt(prompts)[0], ctx)
+
+
+def test_token_names(tokenizer):
+    enc = TransformerTextEmbedder(tokenizer, 16, depth=1, heads=2)
+    assert enc.token_names("A red star, left") == ["[BOS]", "a", "red", "star", ",", "left", "[EOS]"]
+
+
+def test_frozen_clip_needs_local_weights(tmp_path):
+    pytest.importorskip("transformers")
+    from minildm.text import frozen_clip
+
+    with pytest.raises(ValueError, match="nothing is downloaded"):
+        frozen_clip(str(tmp_path / "no-such-clip"))
