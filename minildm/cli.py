@@ -233,6 +233,39 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument("--model", default="t2i-scratch-M", help="text-to-image artifact (trained if missing)")
+    parser.add_argument("--prompt", nargs="+", required=True, help="one or more prompts (quote each)")
+    parser.add_argument("--n", type=_positive_int, default=4, help="samples per prompt")
+    parser.add_argument("--scale", type=float, default=3.0, help="guidance scale (>= 0)")
+    parser.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default="samples.png", help="image grid to write (one row per prompt)")
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from torchvision.utils import save_image
+
+    from .artifacts import load_or_train
+    from .presets import get_preset
+    from .t2i_train import generate, parse_t2i_name
+    from .text import check_prompts
+
+    preset = get_preset(args.preset)
+    parse_t2i_name(args.model)
+    prompts = check_prompts(args.prompt)
+    if not args.scale >= 0:
+        raise ValueError(f"--scale must be >= 0, got {args.scale}")
+    art = load_or_train(args.model, preset, device=args.device, progress=not args.no_progress, root=args.out)
+    images = generate(art.model, [p for p in prompts for _ in range(args.n)], guidance_scale=args.scale,
+                      steps=args.steps, seed=args.seed, progress=not args.no_progress)
+    save_image((images + 1) / 2, args.output, nrow=args.n, padding=1)
+    print(f"{len(images)} samples of {args.model} ({preset.name}) for {len(prompts)} prompt(s), s = {args.scale:g}, "
+          f"DDIM-{args.steps}: {args.output}")
+    return 0
+
+
 def _scaling_arguments(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
     parser.add_argument("--encoder", choices=["scratch", "minilm"], default="scratch")
@@ -378,6 +411,8 @@ COMMANDS: dict[str, Command] = {
                              "(notebook 04)", _train_features_arguments, _train_checker),
     "evaluate": Command("evaluate", "compositional accuracy of a text-to-image LDM on the fixed prompt set "
                         "(notebook 05)", _evaluate_arguments, _evaluate),
+    "sample": Command("sample", "draw images from prompts with a text-to-image LDM (notebook 05)",
+                      _sample_arguments, _sample),
     "scaling-study": Command("scaling-study", "train text-to-image LDMs of several sizes and tabulate loss and "
                              "accuracy against training compute (notebook 05)", _scaling_arguments, _scaling),
     "train-cond": Command("train-cond", "train the class-conditional and layout-to-image LDMs (notebook 04)",

@@ -103,3 +103,9 @@ def test_names_and_commands(root, capsys, tmp_path):
     assert saved["models"][0]["size"] == "M" and len(saved["models"][0]["curve"]) == 2
     assert saved["command"].startswith("python -m minildm scaling-study --preset smoke") and res["path"]
     assert main(["train-ldm", "--cond", "text", "--preset", "smoke", "--size", "XL", "--out", str(root)]) == 2
+    grid = tmp_path / "grid.png"
+    assert main(["sample", "--preset", "smoke", "--out", str(root), "--prompt", "a red star", "a blue disc", "--n", "2",
+                 "--steps", "2", "--output", str(grid), "--no-progress"]) == 0
+    assert grid.stat().st_size > 0 and "4 samples" in capsys.readouterr().out
+    assert main(["sample", "--preset", "smoke", "--out", str(root), "--prompt", "", "--output", str(grid)]) == 2
+    assert main(["sample", "--preset", "smoke", "--out", str(root), "--prompt", "a red star", "--scale", "-1"]) == 2
