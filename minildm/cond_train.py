@@ -163,6 +163,7 @@ class CondLDMSpec:
                       "diffusion": {"schedule": cp.schedule, "num_timesteps": cp.timesteps, "parameterization": "eps"}},
             "recipe": {"kind": f"ldm-{self.kind}", "first_stage": ablation_name(cp.f), "batch_size": cp.batch_size,
                        "lr": cp.lr, "ema_decay": cp.ema_decay, "p_uncond": cp.p_uncond, "n_train": cp.n_train,
+                       **({"snr_gamma": cp.snr_gamma} if cp.snr_gamma is not None else {}),
                        "seed": preset.seed, "steps": steps if steps is not None else cp.steps,
                        "data": {"name": "shapes", "split": "train", "image_size": cp.image_size,
                                 "label": "shape_colour"}},
@@ -199,7 +200,8 @@ class CondLDMSpec:
                                     cond=conditions_from_items(self.kind, items))
         trained = nn.ModuleDict({"unet": ldm.model, "cond_stage": ldm.cond_stage_model})
         ema = EMA(trained, decay=r["ema_decay"])
-        trainer = Trainer(LatentDiffusionTask(ldm, r["lr"], p_uncond=r["p_uncond"]), data, device=dev,
+        trainer = Trainer(LatentDiffusionTask(ldm, r["lr"], p_uncond=r["p_uncond"], snr_gamma=r.get("snr_gamma")),
+                          data, device=dev,
                           max_steps=r["steps"], seed=r["seed"], out_dir=out_dir,
                           checkpoint_every=max(100, r["steps"] // 10) if out_dir is not None else None,
                           grad_clip=1.0, progress=progress, desc=f"{self.name} ({preset.name})", log_every=10,

@@ -205,11 +205,21 @@ class GaussianDiffusion:
         return self.get_v(x0, noise, t)
 
     # -- training ---------------------------------------------------------------------------
+    def snr(self, t: Tensor) -> Tensor:
+        """Signal-to-noise ratio SNR(t) = ᾱ_t / (1 − ᾱ_t) at timesteps t (float32, on t's device)."""
+        a = self.alphas_cumprod.to(t.device)[t]
+        return (a / (1 - a)).float()
+
     def training_losses(self, model: ModelFn, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None,
-                        generator: torch.Generator | None = None, **model_kwargs: Any) -> Tensor:
+                        generator: torch.Generator | None = None, snr_gamma: float | None = None,
+                        **model_kwargs: Any) -> Tensor:
         """Per-example simple loss ‖target − model(x_t, t)‖² averaged over (C, H, W) -> (B,) (paper Eq. 2).
 
         ``t`` defaults to uniform random timesteps and ``noise`` to N(0, I), drawn from ``generator``.
+        ``snr_gamma`` = γ weights each example by min-SNR-γ (Hang et al., ICCV 2023), expressed for
+        the parameterisation: min(SNR, γ) / SNR for ε, min(SNR, γ) / (SNR + 1) for v, min(SNR, γ)
+        for x₀. It caps the weight of the low-noise timesteps, whose gradients conflict with the
+        rest, and makes training converge several times faster; None: the simple loss.
         """
         b = x0.shape[0]
         if t is None:
@@ -224,8 +234,16 @@ class GaussianDiffusion:
         out = model(x_t, t, **model_kwargs)
         if out.shape != x0.shape:
             raise ValueError(f"the model returned {tuple(out.shape)} for inputs {tuple(x0.shape)}")
-        return F.mse_loss(out.float(), self.target(x0, noise, t).float(), reduction="none").mean(
+        loss = F.mse_loss(out.float(), self.target(x0, noise, t).float(), reduction="none").mean(
             dim=tuple(range(1, x0.ndim)))
+        if snr_gamma is not None:
+            if not snr_gamma > 0:
+                raise ValueError(f"snr_gamma must be > 0 or None, got {snr_gamma!r}")
+            snr = self.snr(t)
+            clipped = snr.clamp(max=float(snr_gamma))
+            weight = {"eps": clipped / snr, "v": clipped / (snr + 1), "x0": clipped}[self.parameterization]
+            loss = loss * weight
+        return loss
 
     # -- DDPM sampling ---------------------------------------------------------------------
     def p_mean_variance(self, model: ModelFn, x_t: Tensor, t: Tensor, clip_denoised: bool = False,

@@ -148,7 +148,8 @@ class CheckerPreset:
 class CondPreset:
     """The conditional LDMs of notebook 04 (``python -m minildm train-cond``): a UNet with
     cross-attention (``context_dim``, ``transformer_depth``) on the latents of ``ae-kl-f{f}``,
-    trained for ``steps`` with conditioning dropout ``p_uncond``, then evaluated by the content
+    trained for ``steps`` with conditioning dropout ``p_uncond`` (and min-SNR-``snr_gamma`` loss
+    weighting unless None), then evaluated by the content
     checker on ``n_eval`` samples (DDIM, ``eval_ddim_steps``) per guidance scale in ``guidance_scales``."""
 
     f: int
@@ -172,6 +173,7 @@ class CondPreset:
     n_eval: int
     eval_ddim_steps: int
     guidance_scales: tuple[float, ...]
+    snr_gamma: float | None = None
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,7 @@ class T2IPreset:
     curve_prompts: int
     curve_scale: float
     checkpoint_every: int
+    snr_gamma: float | None = None
 
     def get_size(self, name: str | None = None) -> T2ISize:
         """The :class:`T2ISize` called ``name`` (default: ``size``); ValueError naming the choices."""

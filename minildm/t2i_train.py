@@ -316,6 +316,7 @@ class T2ISpec:
                       "diffusion": {"schedule": tp.schedule, "num_timesteps": tp.timesteps, "parameterization": "eps"}},
             "recipe": {"kind": "t2i", "encoder": self.encoder, "size": self.size, "first_stage": ablation_name(tp.f),
                        "batch_size": tp.batch_size, "lr": tp.lr, "ema_decay": tp.ema_decay, "p_uncond": tp.p_uncond,
+                       "snr_gamma": tp.snr_gamma,
                        "n_train": tp.n_train, "holdout": list(tp.holdout), "seed": preset.seed,
                        "steps": steps if steps is not None else tp.steps, "curve_points": tp.curve_points,
                        "data": {"name": "shapes", "split": "train", "image_size": tp.image_size}},
@@ -371,7 +372,8 @@ class T2ISpec:
         data = DatasetBatches(train_set, r["batch_size"], seed=r["seed"], collate_fn=_CaptionCollate())
         trained = nn.ModuleDict({"unet": ldm.model, "cond_stage": ldm.cond_stage_model})
         ema = EMA(trained, decay=r["ema_decay"])
-        task = LatentDiffusionTask(ldm, r["lr"], p_uncond=r["p_uncond"], per_sample_rng=True)
+        task = LatentDiffusionTask(ldm, r["lr"], p_uncond=r["p_uncond"], per_sample_rng=True,
+                                   snr_gamma=r.get("snr_gamma"))
 
         # model FLOPs of one optimizer step (global batch), counted on one sample
         probe = {**data.batch(0, part=(0, 1))}

@@ -212,14 +212,16 @@ class LatentDiffusionTask:
     resuming is exact. With ``per_sample_rng`` they come from the batch's
     :class:`~minildm.train.BatchRandom` instead (one draw per sample of the global batch), which
     makes data-parallel and accumulated runs equal to a single-process run with the same global
-    batch. AdamW on the UNet's and the conditioner's parameters.
+    batch. ``snr_gamma``: min-SNR-γ loss weighting (see
+    :meth:`~minildm.diffusion.GaussianDiffusion.training_losses`). AdamW on the UNet's and the
+    conditioner's parameters.
     """
 
     optimizer_names = ("unet",)
     progress_keys = ("train/loss",)
 
     def __init__(self, ldm: nn.Module, lr: float, weight_decay: float = 0.0, p_uncond: float = 0.1,
-                 per_sample_rng: bool = False) -> None:
+                 per_sample_rng: bool = False, snr_gamma: float | None = None) -> None:
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
             raise ValueError(f"lr must be a number > 0, got {lr!r}")
         if not isinstance(p_uncond, (int, float)) or isinstance(p_uncond, bool) or not 0.0 <= p_uncond <= 1.0:
@@ -229,6 +231,9 @@ class LatentDiffusionTask:
         self.weight_decay = float(weight_decay)
         self.p_uncond = float(p_uncond)
         self.per_sample_rng = bool(per_sample_rng)
+        if snr_gamma is not None and not (isinstance(snr_gamma, (int, float)) and snr_gamma > 0):
+            raise ValueError(f"snr_gamma must be a number > 0 or None, got {snr_gamma!r}")
+        self.snr_gamma = snr_gamma
 
     def modules(self) -> dict[str, nn.Module]:
         mods = {"unet": self.ldm.model}
@@ -256,6 +261,8 @@ class LatentDiffusionTask:
                 kwargs["context_mask"] = mask
         elif batch.get("context") is not None:
             kwargs["context"] = batch["context"]
+        if self.snr_gamma is not None:
+            kwargs["snr_gamma"] = self.snr_gamma
         loss = self.ldm.loss(z, **kwargs)
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(f"the diffusion loss is {loss.detach().item()} at step {step}; lower the learning "

@@ -120,3 +120,19 @@ def test_guidance():
     assert torch.allclose(out, torch.full_like(out, 3.0))  # 0 + 3 · (1 − 0)
     with pytest.raises(ValueError, match=">= 0"):
         guided_model(model, -1.0)
+
+
+def test_min_snr_weighting():
+    d = GaussianDiffusion("linear", 100)
+    x0 = torch.randn(4, 3, 8, 8)
+    noise = torch.randn_like(x0)
+    t = torch.tensor([0, 10, 50, 99])
+    model = lambda x, tt: torch.zeros_like(x)  # noqa: E731
+    plain = d.training_losses(model, x0, t=t, noise=noise)
+    weighted = d.training_losses(model, x0, t=t, noise=noise, snr_gamma=5.0)
+    snr = d.snr(t)
+    assert snr[0] > 5 > snr[-1]  # the weight is capped at small t only
+    assert torch.allclose(weighted, plain * torch.clamp(snr, max=5.0) / snr)
+    assert torch.allclose(weighted[-1], plain[-1])
+    with pytest.raises(ValueError, match="snr_gamma"):
+        d.training_losses(model, x0, t=t, noise=noise, snr_gamma=0.0)
