@@ -402,3 +402,38 @@ def test_fit_trains_inside_a_no_grad_block():
     with torch.no_grad():
         trainer.fit()
     assert trainer.step == 3 and any(not torch.equal(a, b) for a, b in zip(before, params(task)))
+
+
+def test_precision_choices_and_bf16_autocast():
+    _, _, trainer = make(precision="fp32")
+    assert trainer.dtype is None
+    _, _, trainer = make(precision="bf16")
+    assert trainer.dtype == torch.bfloat16
+    seen = []
+
+    class Probe(RegressionTask):
+        def training_step(self, batch, step, name):
+            seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+            return super().training_step(batch, step, name)
+
+    trainer = Trainer(Probe(), DatasetBatches(Items(), 4, collate_fn=stack), device="cpu", max_steps=1,
+                      progress=False, precision="bf16")
+    trainer.fit()
+    assert seen and all(d == torch.bfloat16 for d in seen)
+    with pytest.raises(ValueError, match="unknown precision"):
+        make(precision="fp8")
+
+
+def test_dataset_batches_parts_load_only_their_slice():
+    loaded = []
+
+    class Logged(Items):
+        def __getitem__(self, i):
+            loaded.append(i)
+            return super().__getitem__(i)
+
+    data = DatasetBatches(Logged(), batch_size=4, seed=3, collate_fn=stack)
+    full = data.batch(2)
+    loaded.clear()
+    part = data.batch(2, part=(1, 3))
+    assert len(loaded) == 2 and torch.equal(part["x"], full["x"][1:3])
