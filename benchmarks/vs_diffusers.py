@@ -10,8 +10,8 @@ implementations alone. Measured for each pair, at the text-to-image preset's siz
 * UNet training step: forward with a text context, ε-MSE, backward, AdamW step (images/s);
 * UNet sampling: one guided denoising step, i.e. a forward on a doubled batch (images/s);
 * autoencoder: encode and decode of a batch (images/s);
-* peak memory of the training step (CUDA: the allocator's peak; CPU: the peak resident set of a
-  fresh subprocess, reported as its increase over the process after the models are built).
+* memory of the training step (CUDA: the allocator's peak; CPU: the bytes autograd saves for
+  backward plus weights, gradients and Adam moments, the same count for both).
 
 Prints minildm / diffusers ratios (> 1: minildm is faster). Not a test: numbers depend on the
 machine; run both in one process, one after the other, alternating, so that both see the same
@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from contextlib import nullcontext
 
@@ -131,7 +129,11 @@ def measure(preset_name: str, size: str, device_name: str | None, repeats: int, 
             t_ours.append(_time(ours, device, max(1, repeats // 3)))
             t_theirs.append(_time(theirs, device, max(1, repeats // 3)))
         rows[name] = {"minildm_s": min(t_ours), "diffusers_s": min(t_theirs)}
-    if device.type == "cuda":
+    if device.type != "cuda":
+        rows["unet_train_memory"] = {"minildm_mb": _saved_bytes(minildm_fwd, unet, z, t, ctx),
+                                     "diffusers_mb": _saved_bytes(diffusers_fwd, d_unet, z, t, ctx),
+                                     "method": "autograd-saved activations + weights, gradients, Adam moments"}
+    else:
         for label, step in (("minildm", pairs["unet_train"][0]), ("diffusers", pairs["unet_train"][1])):
             torch.cuda.reset_peak_memory_stats(device)
             step()
@@ -142,26 +144,21 @@ def measure(preset_name: str, size: str, device_name: str | None, repeats: int, 
             "unet_params": sum(p.numel() for p in unet.parameters()), "rows": rows}
 
 
-def _cpu_peak(preset: str, size: str, which: str) -> float:
-    """Peak RSS increase (MB) of one UNet training step of ``which`` in a fresh process (CPU)."""
-    code = f"""
-import resource, torch, torch.nn.functional as F, sys
-sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r})
-from vs_diffusers import build
-unet, d_unet, ae, d_ae, b, latent, ctx_shape, size = build({preset!r}, {size!r}, torch.device('cpu'))
-del ae, d_ae
-model = unet if {which!r} == 'minildm' else d_unet
-other = d_unet if {which!r} == 'minildm' else unet
-del other
-opt = torch.optim.AdamW(model.parameters(), 1e-4)
-z = torch.randn(b, *latent); ctx = torch.randn(*ctx_shape); t = torch.randint(0, 1000, (b,))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-out = model(z, t, context=ctx) if {which!r} == 'minildm' else model(z, t, encoder_hidden_states=ctx).sample
-F.mse_loss(out, z).backward(); opt.step()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+def _saved_bytes(fwd, model, z, t, ctx) -> float:
+    """MB of a training step's memory without an allocator to ask (CPU): the tensors autograd saves
+    for backward plus weights, gradients and the two Adam moments."""
+    total = 0
+
+    def pack(x):
+        nonlocal total
+        total += x.numel() * x.element_size()
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        loss = F.mse_loss(fwd(z, t, ctx).float(), z)
+    del loss
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return (total + 4 * params) / 2**20
 
 
 def main() -> None:
@@ -174,9 +171,6 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
     res = measure(args.preset, args.size, args.device, args.repeats, args.precision)
-    if res["device"] == "cpu":
-        res["rows"]["unet_train_memory"] = {f"{w}_mb": _cpu_peak(args.preset, args.size, w)
-                                            for w in ("minildm", "diffusers")}
     b = res["batch"]
     print(f"minildm vs diffusers on {res['device']} ({res['precision']}), preset {args.preset} size {args.size}: "
           f"UNet {res['unet_params'] / 1e6:.2f} M params, batch {b}, latent {'×'.join(map(str, res['latent']))}, "
