@@ -524,7 +524,10 @@ def build_artifact(name: str, preset: str | Preset | None = None, *, steps: int 
                                          progress=progress, **dict(options or {}))
         if rank != 0:
             return None
-        metrics: dict[str, Any] = dict(spec.evaluate(model, p, dev))
+        from .distributed import local_only
+
+        with local_only():  # rank 0 alone (anything it trains for the evaluation is not data-parallel)
+            metrics: dict[str, Any] = dict(spec.evaluate(model, p, dev))
     finally:
         _BUILD_ROOT.reset(token)
     identity = spec.identity(p, steps)

@@ -18,14 +18,30 @@ process and the helpers here are no-ops.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "init_distributed", "dist_info", "is_main", "barrier", "all_reduce_mean", "all_reduce_max",
-           "shard_bounds", "cleanup"]
+           "shard_bounds", "cleanup", "local_only"]
+
+_LOCAL: contextvars.ContextVar[bool] = contextvars.ContextVar("minildm_local_only", default=False)
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """Within this block the process acts alone (rank 0 of 1), even inside a process group: e.g.
+    rank 0 building an artifact the job depends on while the other ranks wait at a barrier."""
+    token = _LOCAL.set(True)
+    try:
+        yield
+    finally:
+        _LOCAL.reset(token)
 
 
 @dataclass(frozen=True)
@@ -43,7 +59,7 @@ class DistInfo:
 
 def dist_info() -> DistInfo:
     """The process group's :class:`DistInfo` (rank 0 of 1 when none is initialised)."""
-    if dist.is_available() and dist.is_initialized():
+    if dist.is_available() and dist.is_initialized() and not _LOCAL.get():
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     return DistInfo()
 

@@ -334,12 +334,13 @@ class T2ISpec:
         """The first stage and the checker: built by rank 0 first, then loaded by every rank."""
         from .ablation import ablation_name
         from .artifacts import load_artifact, load_or_train
-        from .distributed import barrier, is_main
+        from .distributed import barrier, is_main, local_only
 
         names = (ablation_name(preset.t2i.f), "checker")
         if is_main():
-            for name in names:
-                load_or_train(name, preset, device=device, progress=progress)
+            with local_only():  # trained by rank 0 alone, not data-parallel
+                for name in names:
+                    load_or_train(name, preset, device=device, progress=progress)
         barrier()
         return tuple(load_artifact(name, preset, device=device).model for name in names)  # type: ignore[return-value]
 

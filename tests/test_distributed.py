@@ -118,3 +118,11 @@ def test_accumulate_must_divide_the_batch():
                       progress=False, accumulate=4)
     with pytest.raises(ValueError, match="accumulate=4"):
         trainer.fit()
+
+
+def test_local_only_makes_a_rank_act_alone():
+    from minildm.distributed import local_only
+
+    with local_only():
+        assert dist_info() == DistInfo(0, 1, 0)
+    assert dist_info() == DistInfo(0, 1, 0)  # no process group here either
