@@ -352,7 +352,7 @@ class T2ISpec:
         from .ema import EMA
         from .tasks import LatentDiffusionTask
         from .throughput import Throughput, count_flops, peak_flops
-        from .train import CHECKPOINT_NAME, DatasetBatches, Trainer
+        from .train import CHECKPOINT_NAME, BatchRandom, DatasetBatches, Trainer, move_to_device
 
         identity = self.identity(preset, steps)
         r = identity["recipe"]
@@ -377,10 +377,7 @@ class T2ISpec:
                                    snr_gamma=r.get("snr_gamma"))
 
         # model FLOPs of one optimizer step (global batch), counted on one sample
-        probe = {**data.batch(0, part=(0, 1))}
-        from .train import BatchRandom, move_to_device
-
-        probe = move_to_device(probe, dev)
+        probe = move_to_device(data.batch(0, part=(0, 1)), dev)
         probe["rng"] = BatchRandom(0, 0, 0, 1, 1, dev)
         flops_per_sample = count_flops(lambda: task.training_step(probe, 0, "unet")[0])
         ldm.model.zero_grad(set_to_none=True)
