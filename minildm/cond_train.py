@@ -164,6 +164,8 @@ class CondLDMSpec:
             "recipe": {"kind": f"ldm-{self.kind}", "first_stage": ablation_name(cp.f), "batch_size": cp.batch_size,
                        "lr": cp.lr, "ema_decay": cp.ema_decay, "p_uncond": cp.p_uncond, "n_train": cp.n_train,
                        **({"snr_gamma": cp.snr_gamma} if cp.snr_gamma is not None else {}),
+                       **({"warmup_steps": cp.warmup_steps} if cp.warmup_steps else {}),
+                       **({"min_lr_ratio": cp.min_lr_ratio} if cp.min_lr_ratio is not None else {}),
                        "seed": preset.seed, "steps": steps if steps is not None else cp.steps,
                        "data": {"name": "shapes", "split": "train", "image_size": cp.image_size,
                                 "label": "shape_colour"}},
@@ -200,7 +202,11 @@ class CondLDMSpec:
                                     cond=conditions_from_items(self.kind, items))
         trained = nn.ModuleDict({"unet": ldm.model, "cond_stage": ldm.cond_stage_model})
         ema = EMA(trained, decay=r["ema_decay"])
-        trainer = Trainer(LatentDiffusionTask(ldm, r["lr"], p_uncond=r["p_uncond"], snr_gamma=r.get("snr_gamma")),
+        decay = r["steps"] if r.get("min_lr_ratio") is not None and r["steps"] > r.get("warmup_steps", 0) else None
+        task = LatentDiffusionTask(ldm, r["lr"], p_uncond=r["p_uncond"], snr_gamma=r.get("snr_gamma"),
+                                   warmup_steps=r.get("warmup_steps", 0), decay_steps=decay,
+                                   min_lr_ratio=r.get("min_lr_ratio") or 0.0)
+        trainer = Trainer(task,
                           data, device=dev,
                           max_steps=r["steps"], seed=r["seed"], out_dir=out_dir,
                           checkpoint_every=max(100, r["steps"] // 10) if out_dir is not None else None,

@@ -149,7 +149,8 @@ class CondPreset:
     """The conditional LDMs of notebook 04 (``python -m minildm train-cond``): a UNet with
     cross-attention (``context_dim``, ``transformer_depth``) on the latents of ``ae-kl-f{f}``,
     trained for ``steps`` with conditioning dropout ``p_uncond`` (and min-SNR-``snr_gamma`` loss
-    weighting unless None), then evaluated by the content
+    weighting unless None; ``warmup_steps`` of linear lr warm-up; a cosine lr decay to
+    ``min_lr_ratio`` · lr by the last step unless None), then evaluated by the content
     checker on ``n_eval`` samples (DDIM, ``eval_ddim_steps``) per guidance scale in ``guidance_scales``."""
 
     f: int
@@ -174,6 +175,8 @@ class CondPreset:
     eval_ddim_steps: int
     guidance_scales: tuple[float, ...]
     snr_gamma: float | None = None
+    warmup_steps: int = 0
+    min_lr_ratio: float | None = None
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,14 @@ is skipped entirely before ``disc_start`` (its loss is multiplied by 0 there any
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["AutoencoderTask"]
+__all__ = ["AutoencoderTask", "LatentDiffusionTask", "lr_at"]
 
 
 def _is_vq(model: nn.Module) -> bool:
@@ -200,6 +201,26 @@ class FeatureNetTask:
         return loss, logs
 
 
+def lr_at(lr: float, step: int, warmup_steps: int = 0, decay_steps: int | None = None,
+          min_lr_ratio: float = 0.1) -> float:
+    """Learning rate at ``step`` (0-based): ``lr · min(1, (step+1)/warmup_steps)`` during warm-up,
+    then, with ``decay_steps``, a cosine from ``lr`` down to ``min_lr_ratio · lr`` over the steps
+    up to ``decay_steps`` (constant after it)."""
+    if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+    if decay_steps is not None and (not isinstance(decay_steps, int) or isinstance(decay_steps, bool)
+                                    or decay_steps <= warmup_steps):
+        raise ValueError(f"decay_steps must be an integer > warmup_steps ({warmup_steps}) or None, got {decay_steps!r}")
+    if not 0.0 <= float(min_lr_ratio) <= 1.0:
+        raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}")
+    if warmup_steps and step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if decay_steps is None:
+        return lr
+    progress = min(1.0, (step - warmup_steps) / (decay_steps - warmup_steps))
+    return lr * (min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
 class LatentDiffusionTask:
     """Train the UNet (and the conditioner τ_θ, if any) of a :class:`~minildm.ldm.LatentDiffusion`
     with the simple loss (paper Eq. 2), ‖ε − ε_θ(z_t, t, τ_θ(y))‖².
@@ -214,16 +235,22 @@ class LatentDiffusionTask:
     makes data-parallel and accumulated runs equal to a single-process run with the same global
     batch. ``snr_gamma``: min-SNR-γ loss weighting (see
     :meth:`~minildm.diffusion.GaussianDiffusion.training_losses`). AdamW on the UNet's and the
-    conditioner's parameters.
+    conditioner's parameters, at the learning rate of :func:`lr_at` (``warmup_steps`` of linear
+    warm-up as in the CompVis configs, then a cosine decay to ``min_lr_ratio`` · lr over
+    ``decay_steps`` if given, else constant).
     """
 
     optimizer_names = ("unet",)
     progress_keys = ("train/loss",)
 
     def __init__(self, ldm: nn.Module, lr: float, weight_decay: float = 0.0, p_uncond: float = 0.1,
-                 per_sample_rng: bool = False, snr_gamma: float | None = None) -> None:
+                 per_sample_rng: bool = False, snr_gamma: float | None = None, warmup_steps: int = 0,
+                 decay_steps: int | None = None, min_lr_ratio: float = 0.1) -> None:
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
             raise ValueError(f"lr must be a number > 0, got {lr!r}")
+        lr_at(lr, 0, warmup_steps, decay_steps, min_lr_ratio)  # validates the schedule
+        self.warmup_steps, self.decay_steps, self.min_lr_ratio = int(warmup_steps), decay_steps, float(min_lr_ratio)
+        self._optimizer: torch.optim.Optimizer | None = None
         if not isinstance(p_uncond, (int, float)) or isinstance(p_uncond, bool) or not 0.0 <= p_uncond <= 1.0:
             raise ValueError(f"p_uncond must be a probability in [0, 1], got {p_uncond!r}")
         self.ldm = ldm
@@ -243,9 +270,14 @@ class LatentDiffusionTask:
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         params = [p for m in self.modules().values() for p in m.parameters()]
-        return {"unet": torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)}
+        self._optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        return {"unet": self._optimizer}
 
     def training_step(self, batch: Any, step: int, name: str) -> tuple[torch.Tensor, dict[str, Any]]:
+        lr = lr_at(self.lr, step, self.warmup_steps, self.decay_steps, self.min_lr_ratio)
+        if self._optimizer is not None:  # a function of the step alone, so resuming is exact
+            for group in self._optimizer.param_groups:
+                group["lr"] = lr
         z = batch["latent"] if "latent" in batch else self.ldm.encode_first_stage(batch["image"])
         kwargs: dict[str, Any] = {}
         rng = batch.get("rng")

@@ -10,7 +10,7 @@ from minildm.diffusion import GaussianDiffusion
 from minildm.ema import EMA
 from minildm.ldm import LatentDiffusion
 from minildm.ldm_train import LatentBatches, eval_curve
-from minildm.tasks import LatentDiffusionTask
+from minildm.tasks import LatentDiffusionTask, lr_at
 from minildm.train import Trainer
 from minildm.unet import UNetModel
 
@@ -33,21 +33,45 @@ def test_latent_batches_are_deterministic():
         LatentBatches(torch.zeros(3, 8), 2)
 
 
-def _trainer(out_dir, steps):
+def _trainer(out_dir, steps, **schedule):
     ldm = _pixel_ldm()
     data = LatentBatches(torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0)), 4, seed=0)
     ema = EMA(ldm.model, decay=0.99)
-    trainer = Trainer(LatentDiffusionTask(ldm, lr=1e-3), data, device="cpu", max_steps=steps, out_dir=out_dir,
+    trainer = Trainer(LatentDiffusionTask(ldm, lr=1e-3, **schedule), data, device="cpu", max_steps=steps, out_dir=out_dir,
                       checkpoint_every=None, grad_clip=1.0, progress=False, callbacks=[ema])
     return trainer, ema, ldm
 
 
-def test_exact_resume_with_ema(tmp_path):
-    straight, ema_s, ldm_s = _trainer(tmp_path / "a", 6)
+def test_lr_schedule_warmup_then_cosine():
+    assert [lr_at(1.0, s, warmup_steps=4) for s in (0, 1, 3, 10)] == [0.25, 0.5, 1.0, 1.0]
+    assert lr_at(1.0, 4, 4, decay_steps=14, min_lr_ratio=0.1) == pytest.approx(1.0)
+    assert lr_at(1.0, 9, 4, decay_steps=14, min_lr_ratio=0.1) == pytest.approx(0.55)
+    assert lr_at(1.0, 14, 4, decay_steps=14, min_lr_ratio=0.1) == pytest.approx(0.1)
+    assert lr_at(1.0, 99, 4, decay_steps=14, min_lr_ratio=0.1) == pytest.approx(0.1)
+    assert lr_at(2e-3, 7) == 2e-3
+    with pytest.raises(ValueError, match="warmup_steps"):
+        lr_at(1.0, 0, warmup_steps=-1)
+    with pytest.raises(ValueError, match="decay_steps"):
+        lr_at(1.0, 0, warmup_steps=5, decay_steps=5)
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        lr_at(1.0, 0, decay_steps=5, min_lr_ratio=1.5)
+    with pytest.raises(ValueError, match="decay_steps"):
+        LatentDiffusionTask(_pixel_ldm(), lr=1e-3, decay_steps=0)
+
+
+def test_the_schedule_sets_the_optimizer_lr(tmp_path):
+    trainer, _, _ = _trainer(tmp_path, 3, warmup_steps=4)
+    trainer.fit()
+    assert trainer.optimizers["unet"].param_groups[0]["lr"] == pytest.approx(1e-3 * 3 / 4)
+
+
+@pytest.mark.parametrize("schedule", [{}, {"warmup_steps": 2, "decay_steps": 5, "min_lr_ratio": 0.2}])
+def test_exact_resume_with_ema(tmp_path, schedule):
+    straight, ema_s, ldm_s = _trainer(tmp_path / "a", 6, **schedule)
     straight.fit()
-    first, _, _ = _trainer(tmp_path / "b", 3)
+    first, _, _ = _trainer(tmp_path / "b", 3, **schedule)
     first.fit()
-    resumed, ema_r, ldm_r = _trainer(tmp_path / "b", 6)
+    resumed, ema_r, ldm_r = _trainer(tmp_path / "b", 6, **schedule)
     resumed.resume(tmp_path / "b" / "checkpoint.safetensors")
     resumed.max_steps = 6
     resumed.fit()
