@@ -204,7 +204,9 @@ class T2IPreset:
     prompts of at most ``max_length`` tokens. Evaluation: ``n_eval_per_kind`` prompts per kind
     and group (seen / held-out), ``samples_per_prompt`` each, DDIM ``eval_ddim_steps``, at
     ``guidance_scales``; the scaling curve is measured at ``curve_points`` evenly spaced steps on
-    ``curve_prompts`` prompts per kind at guidance ``curve_scale``."""
+    ``curve_prompts`` prompts per kind at guidance ``curve_scale``. Training: AdamW at ``lr`` with
+    ``warmup_steps`` of warm-up and, unless ``min_lr_ratio`` is None, a cosine decay to
+    ``min_lr_ratio`` · lr by the last step; min-SNR-``snr_gamma`` weighting unless None."""
 
     f: int
     image_size: int
@@ -229,6 +231,8 @@ class T2IPreset:
     curve_scale: float
     checkpoint_every: int
     snr_gamma: float | None = None
+    warmup_steps: int = 0
+    min_lr_ratio: float | None = None
 
     def get_size(self, name: str | None = None) -> T2ISize:
         """The :class:`T2ISize` called ``name`` (default: ``size``); ValueError naming the choices."""
@@ -330,7 +334,8 @@ _PRESETS: dict[str, Preset] = {
                         attention_resolutions=(2, 4), num_heads=4, context_dim=64, transformer_depth=1,
                         layout_depth=2, schedule="linear", timesteps=1000, batch_size=32, lr=1e-3, ema_decay=0.999,
                         p_uncond=0.1, steps=4000, n_train=8000, n_eval=112, eval_ddim_steps=20,
-                        guidance_scales=(0.0, 1.0, 2.0, 3.0, 5.0, 7.5), snr_gamma=5.0),
+                        guidance_scales=(0.0, 1.0, 2.0, 3.0, 5.0, 7.5), snr_gamma=5.0, warmup_steps=200,
+                        min_lr_ratio=0.1),
         t2i=T2IPreset(f=4, image_size=64, size="M", max_length=48, schedule="linear", timesteps=1000,
                       sizes=(T2ISize("S", 32, (1, 2, 2), 1, (2, 4), 4, 1, 64, 2),
                              T2ISize("M", 64, (1, 2, 2), 1, (2, 4), 4, 1, 64, 2),

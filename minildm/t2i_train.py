@@ -316,7 +316,7 @@ class T2ISpec:
                       "diffusion": {"schedule": tp.schedule, "num_timesteps": tp.timesteps, "parameterization": "eps"}},
             "recipe": {"kind": "t2i", "encoder": self.encoder, "size": self.size, "first_stage": ablation_name(tp.f),
                        "batch_size": tp.batch_size, "lr": tp.lr, "ema_decay": tp.ema_decay, "p_uncond": tp.p_uncond,
-                       "snr_gamma": tp.snr_gamma,
+                       "snr_gamma": tp.snr_gamma, "warmup_steps": tp.warmup_steps, "min_lr_ratio": tp.min_lr_ratio,
                        "n_train": tp.n_train, "holdout": list(tp.holdout), "seed": preset.seed,
                        "steps": steps if steps is not None else tp.steps, "curve_points": tp.curve_points,
                        "data": {"name": "shapes", "split": "train", "image_size": tp.image_size}},
@@ -373,8 +373,10 @@ class T2ISpec:
         data = DatasetBatches(train_set, r["batch_size"], seed=r["seed"], collate_fn=_CaptionCollate())
         trained = nn.ModuleDict({"unet": ldm.model, "cond_stage": ldm.cond_stage_model})
         ema = EMA(trained, decay=r["ema_decay"])
+        decay = r["steps"] if r.get("min_lr_ratio") is not None and r["steps"] > r.get("warmup_steps", 0) else None
         task = LatentDiffusionTask(ldm, r["lr"], p_uncond=r["p_uncond"], per_sample_rng=True,
-                                   snr_gamma=r.get("snr_gamma"))
+                                   snr_gamma=r.get("snr_gamma"), warmup_steps=r.get("warmup_steps", 0),
+                                   decay_steps=decay, min_lr_ratio=r.get("min_lr_ratio") or 0.0)
 
         # model FLOPs of one optimizer step (global batch), counted on one sample
         probe = move_to_device(data.batch(0, part=(0, 1)), dev)
