@@ -355,6 +355,25 @@ def evaluate_checker(checker: ContentChecker, dataset: Any, n: int, batch_size: 
     return out
 
 
+@torch.no_grad()
+def reconstruction_ceiling(checker: ContentChecker, first_stage: nn.Module, dataset: Any, n: int,
+                           batch_size: int = 64) -> dict[str, float]:
+    """:func:`evaluate_checker` on first-stage reconstructions x̃ = D(E(x)) of ``n`` real images.
+
+    A latent diffusion model draws only what its decoder D can draw, so these scores are the
+    practical ceiling of what the checker can credit to samples of any LDM on this first stage:
+    if a shape is lost in reconstruction, no amount of diffusion training or guidance brings it
+    back. ``first_stage`` has ``encode_latent`` (B, 3, H, W) -> z and ``decode_latent``."""
+    items = [dict(dataset[i]) for i in range(n)]
+    device = next(first_stage.parameters(), torch.empty(0)).device
+    images = torch.stack([it["image"] for it in items])
+    recon = torch.cat([first_stage.decode_latent(first_stage.encode_latent(images[i:i + batch_size].to(device)))
+                       .clamp(-1, 1).cpu() for i in range(0, n, batch_size)])
+    for it, x in zip(items, recon):
+        it["image"] = x
+    return evaluate_checker(checker, items, n, batch_size)
+
+
 # ------------------------------------------------------------------------------------------ artifact
 
 class CheckerSpec(SupervisedArtifact):

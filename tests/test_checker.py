@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minildm.checker import (CheckerTask, ContentChecker, box_iou, checker_targets, object_maps, position_name,
-                             score_class_samples, score_layout_samples)
+from minildm.checker import (CheckerTask, ContentChecker, box_iou, checker_targets, evaluate_checker, object_maps,
+                             position_name, reconstruction_ceiling, score_class_samples, score_layout_samples)
 from minildm.data import load_dataset
 from minildm.data.shapes import COLOUR_NAMES, SHAPE_NAMES
 
@@ -78,6 +78,45 @@ def test_scores_with_a_perfect_checker_and_with_wrong_requests():
     assert bad["iou"] < good["iou"] - 0.2 and bad["centre_error"] > good["centre_error"]
     with pytest.raises(ValueError, match="12 images for 11 layouts"):
         score_layout_samples(oracle, images, layouts[:11])
+
+
+class SharpOracle(Oracle):
+    """The oracle, but blind to flat images: it answers class 0 everywhere for them."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        flat = x.flatten(2).std(2).amax(1) < 0.05
+        for k, v in out.items():
+            blind = torch.zeros_like(v)
+            blind[:, 0] = 1.0
+            out[k] = torch.where(flat.view(-1, *[1] * (v.ndim - 1)), blind, v)
+        return out
+
+
+class Flatten(nn.Module):
+    """A first stage that loses everything: D(E(x)) is the image's mean colour."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def encode_latent(self, x):
+        return x.mean((2, 3), keepdim=True)
+
+    def decode_latent(self, z):
+        return z.expand(-1, -1, 64, 64)
+
+
+def test_reconstruction_ceiling():
+    from minildm.autoencoder import IdentityConfig, IdentityFirstStage
+
+    items = _items(12)
+    checker = SharpOracle(items)
+    real = evaluate_checker(checker, items, 12)
+    assert reconstruction_ceiling(checker, IdentityFirstStage(IdentityConfig(3, 64)), items, 12) == real
+    lost = reconstruction_ceiling(checker, Flatten(), items, 12)
+    assert real["acc_colour"] == 1.0 and lost["acc_colour"] < 0.5 and lost["layout_iou"] < real["layout_iou"]
+    assert torch.equal(items[0]["image"], _items(1)[0]["image"])  # the dataset's items are untouched
 
 
 def test_checker_shapes_learns_and_rejects_bad_input():
