@@ -184,7 +184,7 @@ class CondLDMSpec:
         from .artifacts import _trainer_config, load_or_train
         from .ema import EMA
         from .ldm_train import LatentBatches
-        from .tasks import LatentDiffusionTask
+        from .tasks import LatentDiffusionTask, lr_schedule
         from .train import CHECKPOINT_NAME, Trainer
 
         identity = self.identity(preset, steps)
@@ -202,10 +202,7 @@ class CondLDMSpec:
                                     cond=conditions_from_items(self.kind, items))
         trained = nn.ModuleDict({"unet": ldm.model, "cond_stage": ldm.cond_stage_model})
         ema = EMA(trained, decay=r["ema_decay"])
-        decay = r["steps"] if r.get("min_lr_ratio") is not None and r["steps"] > r.get("warmup_steps", 0) else None
-        task = LatentDiffusionTask(ldm, r["lr"], p_uncond=r["p_uncond"], snr_gamma=r.get("snr_gamma"),
-                                   warmup_steps=r.get("warmup_steps", 0), decay_steps=decay,
-                                   min_lr_ratio=r.get("min_lr_ratio") or 0.0)
+        task = LatentDiffusionTask(ldm, r["lr"], p_uncond=r["p_uncond"], snr_gamma=r.get("snr_gamma"), **lr_schedule(r))
         trainer = Trainer(task,
                           data, device=dev,
                           max_steps=r["steps"], seed=r["seed"], out_dir=out_dir,

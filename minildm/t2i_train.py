@@ -350,7 +350,7 @@ class T2ISpec:
         from .artifacts import _trainer_config
         from .distributed import dist_info
         from .ema import EMA
-        from .tasks import LatentDiffusionTask
+        from .tasks import LatentDiffusionTask, lr_schedule
         from .throughput import Throughput, count_flops, peak_flops
         from .train import CHECKPOINT_NAME, BatchRandom, DatasetBatches, Trainer, move_to_device
 
@@ -373,10 +373,8 @@ class T2ISpec:
         data = DatasetBatches(train_set, r["batch_size"], seed=r["seed"], collate_fn=_CaptionCollate())
         trained = nn.ModuleDict({"unet": ldm.model, "cond_stage": ldm.cond_stage_model})
         ema = EMA(trained, decay=r["ema_decay"])
-        decay = r["steps"] if r.get("min_lr_ratio") is not None and r["steps"] > r.get("warmup_steps", 0) else None
         task = LatentDiffusionTask(ldm, r["lr"], p_uncond=r["p_uncond"], per_sample_rng=True,
-                                   snr_gamma=r.get("snr_gamma"), warmup_steps=r.get("warmup_steps", 0),
-                                   decay_steps=decay, min_lr_ratio=r.get("min_lr_ratio") or 0.0)
+                                   snr_gamma=r.get("snr_gamma"), **lr_schedule(r))
 
         # model FLOPs of one optimizer step (global batch), counted on one sample
         probe = move_to_device(data.batch(0, part=(0, 1)), dev)

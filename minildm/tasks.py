@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["AutoencoderTask", "LatentDiffusionTask", "lr_at"]
+__all__ = ["AutoencoderTask", "LatentDiffusionTask", "lr_at", "lr_schedule"]
 
 
 def _is_vq(model: nn.Module) -> bool:
@@ -219,6 +219,15 @@ def lr_at(lr: float, step: int, warmup_steps: int = 0, decay_steps: int | None =
         return lr
     progress = min(1.0, (step - warmup_steps) / (decay_steps - warmup_steps))
     return lr * (min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def lr_schedule(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`LatentDiffusionTask` schedule arguments of a training recipe: its ``warmup_steps``
+    and, when it has a ``min_lr_ratio``, a cosine decay over all its ``steps``."""
+    warmup = int(recipe.get("warmup_steps") or 0)
+    ratio = recipe.get("min_lr_ratio")
+    decay = recipe["steps"] if ratio is not None and recipe["steps"] > warmup else None
+    return {"warmup_steps": warmup, "decay_steps": decay, "min_lr_ratio": ratio or 0.0}
 
 
 class LatentDiffusionTask:

@@ -116,3 +116,11 @@ def test_fashion_ldm(tmp_path, capsys):
     ae = load_artifact("ae-kl-fashion", "smoke", root=root)
     assert ae.config["recipe"]["data"]["name"] == "fashion_mnist" and ae.config["recipe"]["data"]["image_size"] == 32
     assert main(["train-ldm", "--preset", "smoke", "--data", "fashion_mnist", "--f", "4", "--out", str(root)]) == 2
+
+
+def test_lr_schedule_from_a_recipe():
+    from minildm.tasks import lr_schedule
+
+    assert lr_schedule({"steps": 10}) == {"warmup_steps": 0, "decay_steps": None, "min_lr_ratio": 0.0}
+    assert lr_schedule({"steps": 10, "warmup_steps": 2, "min_lr_ratio": 0.1}) == {
+        "warmup_steps": 2, "decay_steps": 10, "min_lr_ratio": 0.1}
