@@ -349,7 +349,7 @@ _PRESETS: dict[str, Preset] = {
         cond=CondPreset(f=4, image_size=64, model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1,
                         attention_resolutions=(2, 4), num_heads=4, context_dim=64, transformer_depth=1,
                         layout_depth=2, schedule="linear", timesteps=1000, batch_size=32, lr=1e-3, ema_decay=0.999,
-                        p_uncond=0.1, steps=4000, n_train=8000, n_eval=112, eval_ddim_steps=20,
+                        p_uncond=0.1, steps=3000, n_train=8000, n_eval=112, eval_ddim_steps=20,
                         guidance_scales=(0.0, 1.0, 2.0, 3.0, 5.0, 7.5), snr_gamma=5.0, warmup_steps=200,
                         min_lr_ratio=0.1),
         t2i=T2IPreset(f=4, image_size=64, size="M", max_length=48, schedule="linear", timesteps=1000,
