@@ -359,12 +359,10 @@ def _register_later() -> None:
     from .checker import CheckerSpec
     from .cond_train import cond_specs
     from .fid import FeatureNetSpec
-    from .first_stage import ConditionalFirstStageSpec
     from .ldm_train import ldm_specs
     from .t2i_train import t2i_specs
 
     ARTIFACTS.update(ablation_specs())
-    ARTIFACTS.setdefault(ConditionalFirstStageSpec.name, ConditionalFirstStageSpec())
     ARTIFACTS.update(ldm_specs())
     ARTIFACTS.setdefault(FeatureNetSpec.name, FeatureNetSpec())
     ARTIFACTS.setdefault(CheckerSpec.name, CheckerSpec())

@@ -14,10 +14,6 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .presets import Preset
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
@@ -175,9 +171,6 @@ def _train_cond_arguments(parser: argparse.ArgumentParser) -> None:
     _train_features_arguments(parser)
     parser.add_argument("--cond", choices=["class", "layout"], nargs="+", default=["class", "layout"],
                         help="which conditional model(s): class-conditional, layout-to-image (default: both)")
-    parser.add_argument("--first-stage-only", action="store_true",
-                        help="build only their first stage (ae-kl-f4-cond where the preset defines it) and "
-                             "print its reconstruction metrics")
 
 
 def _train_cond(args: argparse.Namespace) -> int:
@@ -186,8 +179,6 @@ def _train_cond(args: argparse.Namespace) -> int:
     from .presets import get_preset
 
     preset = get_preset(args.preset)
-    if args.first_stage_only:
-        return _train_cond_first_stage(args, preset)
     for kind in args.cond:
         name = cond_name(kind)
         if args.steps is not None or args.resume or not artifact_dir(name, preset, args.out).is_dir():
@@ -203,22 +194,6 @@ def _train_cond(args: argparse.Namespace) -> int:
         for row in m["sweep"]:
             print(f"{row['scale']:5g}  " + " ".join(f"{row[k]:>12.3f}" for k in keys))
         print(f"saved to {art.path}")
-    return 0
-
-
-def _train_cond_first_stage(args: argparse.Namespace, preset: Preset) -> int:
-    from .artifacts import artifact_dir, build_artifact, format_metrics, load_artifact
-    from .first_stage import conditional_first_stage
-
-    name = conditional_first_stage(preset, preset.cond.f)
-    if args.steps is not None or args.resume or not artifact_dir(name, preset, args.out).is_dir():
-        art = build_artifact(name, preset, steps=args.steps, device=args.device, progress=not args.no_progress,
-                             resume=args.resume, root=args.out)
-    else:
-        art = load_artifact(name, preset, device=args.device, root=args.out)
-    print(f"{name} (preset {preset.name}): first stage of the conditional models")
-    print(format_metrics(art.metrics))
-    print(f"saved to {art.path}")
     return 0
 
 

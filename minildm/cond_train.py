@@ -1,7 +1,7 @@
 """The conditional latent diffusion models of notebook 04: class-conditional and layout-to-image.
 
-Both are LDMs on an f = 4 first stage (``ae-kl-f4-cond``, :mod:`minildm.first_stage`) whose
-UNet reads the condition through cross-attention (paper Sec. 3.3, Eq. 3): τ_θ is a :class:`~minildm.conditioning.ClassEmbedder`
+Both are LDMs on the f = 4 first stage of notebook 02 whose UNet reads the condition through
+cross-attention (paper Sec. 3.3, Eq. 3): τ_θ is a :class:`~minildm.conditioning.ClassEmbedder`
 over the 56 (shape, colour) classes of the main object (artifact ``ldm-class``) or a
 :class:`~minildm.conditioning.LayoutEmbedder` over the objects' boxes, shapes and colours
 (artifact ``ldm-layout``). τ_θ and ε_θ are trained together, with conditioning dropout so that
@@ -145,12 +145,12 @@ class CondLDMSpec:
                             else "layout-to-image LDM (boxes with shape and colour)")
 
     def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
-        from .first_stage import conditional_first_stage
+        from .ablation import ablation_name
         from .artifacts import _spec
         from .unet import UNetConfig
 
         cp = preset.cond
-        fs = _spec(conditional_first_stage(preset, cp.f)).identity(preset)
+        fs = _spec(ablation_name(cp.f)).identity(preset)
         c = int(fs["model"].get("embed_dim") or fs["model"].get("in_channels"))
         unet = UNetConfig(in_channels=c, out_channels=c, model_channels=cp.model_channels,
                           channel_mult=cp.channel_mult, num_res_blocks=cp.num_res_blocks,
@@ -161,9 +161,8 @@ class CondLDMSpec:
             "model": {"f": cp.f, "image_size": cp.image_size, "first_stage": fs, "unet": unet,
                       "cond_stage": _conditioner_config(self.kind, preset),
                       "diffusion": {"schedule": cp.schedule, "num_timesteps": cp.timesteps, "parameterization": "eps"}},
-            "recipe": {"kind": f"ldm-{self.kind}", "first_stage": conditional_first_stage(preset, cp.f),
-                       "batch_size": cp.batch_size, "lr": cp.lr, "ema_decay": cp.ema_decay, "p_uncond": cp.p_uncond,
-                       "n_train": cp.n_train,
+            "recipe": {"kind": f"ldm-{self.kind}", "first_stage": ablation_name(cp.f), "batch_size": cp.batch_size,
+                       "lr": cp.lr, "ema_decay": cp.ema_decay, "p_uncond": cp.p_uncond, "n_train": cp.n_train,
                        **({"snr_gamma": cp.snr_gamma} if cp.snr_gamma is not None else {}),
                        **({"warmup_steps": cp.warmup_steps} if cp.warmup_steps else {}),
                        **({"min_lr_ratio": cp.min_lr_ratio} if cp.min_lr_ratio is not None else {}),

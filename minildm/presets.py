@@ -180,19 +180,6 @@ class CondPreset:
 
 
 @dataclass(frozen=True)
-class CondFirstStagePreset:
-    """The first stage of the conditional and text-to-image LDMs (artifact ``ae-kl-f4-cond``,
-    :mod:`minildm.first_stage`): the ablation's f = ``f`` autoencoder and recipe, but ``ch`` wide
-    with ``z_channels`` latent channels, trained for ``steps`` at learning rate ``lr``."""
-
-    f: int
-    ch: int
-    z_channels: int
-    steps: int
-    lr: float
-
-
-@dataclass(frozen=True)
 class T2ISize:
     """One model size of the text-to-image scaling study: the UNet (``model_channels``,
     ``channel_mult``, ``attention_resolutions``, ``transformer_depth``) and, for the encoder trained
@@ -276,8 +263,6 @@ class Preset:
     checker: CheckerPreset
     cond: CondPreset
     t2i: T2IPreset
-    #: the conditional models' own first stage; None: they use the ablation's ``ae-kl-f{f}``
-    cond_first_stage: CondFirstStagePreset | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -321,7 +306,6 @@ _PRESETS: dict[str, Preset] = {
                       batch_size=8, lr=1e-3, ema_decay=0.99, p_uncond=0.1, steps=4, n_train=32, holdout=T2I_HOLDOUT,
                       n_eval_per_kind=1, samples_per_prompt=1, eval_ddim_steps=4, guidance_scales=(1.0, 3.0),
                       curve_points=2, curve_prompts=1, curve_scale=3.0, checkpoint_every=2),
-        cond_first_stage=CondFirstStagePreset(f=4, ch=16, z_channels=4, steps=4, lr=2e-3),
     ),
     "cpu": Preset(
         name="cpu",
@@ -349,7 +333,7 @@ _PRESETS: dict[str, Preset] = {
         cond=CondPreset(f=4, image_size=64, model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1,
                         attention_resolutions=(2, 4), num_heads=4, context_dim=64, transformer_depth=1,
                         layout_depth=2, schedule="linear", timesteps=1000, batch_size=32, lr=1e-3, ema_decay=0.999,
-                        p_uncond=0.1, steps=3000, n_train=8000, n_eval=112, eval_ddim_steps=20,
+                        p_uncond=0.1, steps=4000, n_train=8000, n_eval=112, eval_ddim_steps=20,
                         guidance_scales=(0.0, 1.0, 2.0, 3.0, 5.0, 7.5), snr_gamma=5.0, warmup_steps=200,
                         min_lr_ratio=0.1),
         t2i=T2IPreset(f=4, image_size=64, size="M", max_length=48, schedule="linear", timesteps=1000,
@@ -360,7 +344,6 @@ _PRESETS: dict[str, Preset] = {
                       holdout=T2I_HOLDOUT, n_eval_per_kind=16, samples_per_prompt=2, eval_ddim_steps=20,
                       guidance_scales=(0.0, 1.0, 3.0, 5.0, 7.5), curve_points=4, curve_prompts=8, curve_scale=3.0,
                       checkpoint_every=200),
-        cond_first_stage=CondFirstStagePreset(f=4, ch=16, z_channels=4, steps=2500, lr=8e-4),
     ),
     "gpu": Preset(
         name="gpu",
