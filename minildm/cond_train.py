@@ -155,8 +155,7 @@ class CondLDMSpec:
         unet = UNetConfig(in_channels=c, out_channels=c, model_channels=cp.model_channels,
                           channel_mult=cp.channel_mult, num_res_blocks=cp.num_res_blocks,
                           attention_resolutions=cp.attention_resolutions, num_heads=cp.num_heads,
-                          context_dim=cp.context_dim, transformer_depth=cp.transformer_depth,
-                          query_pos_freqs=cp.query_pos_freqs if self.kind == "layout" else 0).to_dict()
+                          context_dim=cp.context_dim, transformer_depth=cp.transformer_depth).to_dict()
         return {
             "model_class": "LatentDiffusion",
             "model": {"f": cp.f, "image_size": cp.image_size, "first_stage": fs, "unet": unet,

@@ -28,13 +28,12 @@ All have the same interface: ``conditioner(y, drop=None) -> (context, mask)``, w
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-
-from .nn.layers import fourier_features
 
 __all__ = ["ClassEmbedder", "LayoutEmbedder", "layout_from_objects", "Conditioning", "build_conditioner"]
 
@@ -112,6 +111,13 @@ def layout_from_objects(objects: Sequence[Sequence[Mapping[str, Any]]], max_obje
             shape[i, j], colour[i, j], valid[i, j] = int(o["shape_id"]), int(o["colour_id"]), True
     return {k: v.to(device) for k, v in
             {"boxes": boxes, "shape": shape, "colour": colour, "valid": valid}.items()}
+
+
+def fourier_features(x: Tensor, n_freqs: int) -> Tensor:
+    """[sin(2^k π x), cos(2^k π x)] for k < n_freqs, per coordinate: (..., D) -> (..., 2 · n_freqs · D)."""
+    freqs = (2.0 ** torch.arange(n_freqs, device=x.device, dtype=x.dtype)) * math.pi
+    angles = x[..., None] * freqs
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
 
 
 class LayoutEmbedder(nn.Module):

@@ -151,9 +151,7 @@ class CondPreset:
     trained for ``steps`` with conditioning dropout ``p_uncond`` (and min-SNR-``snr_gamma`` loss
     weighting unless None; ``warmup_steps`` of linear lr warm-up; a cosine lr decay to
     ``min_lr_ratio`` · lr by the last step unless None), then evaluated by the content
-    checker on ``n_eval`` samples (DDIM, ``eval_ddim_steps``) per guidance scale in ``guidance_scales``.
-    ``query_pos_freqs`` > 0 gives the layout model's cross-attention queries their image positions
-    (:class:`minildm.unet.SpatialTransformer`); the class model has no positions to match."""
+    checker on ``n_eval`` samples (DDIM, ``eval_ddim_steps``) per guidance scale in ``guidance_scales``."""
 
     f: int
     image_size: int
@@ -179,7 +177,6 @@ class CondPreset:
     snr_gamma: float | None = None
     warmup_steps: int = 0
     min_lr_ratio: float | None = None
-    query_pos_freqs: int = 0
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .nn.layers import DEFAULT_NUM_GROUPS, Normalize, fourier_features
+from .nn.layers import DEFAULT_NUM_GROUPS, Normalize
 
 #: GroupNorm eps of the ADM blocks (ResBlock, AttentionBlock, output head): CompVis' ``GroupNorm32``
 #: keeps PyTorch's default, unlike the autoencoder and the SpatialTransformer (1e-6)
@@ -284,13 +284,6 @@ class BasicTransformerBlock(nn.Module):
         return x + self.ff(self.norm3(x))
 
 
-def pixel_centres(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
-    """Centres (x, y) of an h × w grid's cells in [0, 1] coordinates, row-major: (h·w, 2)."""
-    ys = (torch.arange(h, device=like.device, dtype=like.dtype) + 0.5) / h
-    xs = (torch.arange(w, device=like.device, dtype=like.dtype) + 0.5) / w
-    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(h * w, 2)
-
-
 class SpatialTransformer(nn.Module):
     """Transformer over image positions that reads a context (CompVis ``SpatialTransformer``).
 
@@ -298,25 +291,15 @@ class SpatialTransformer(nn.Module):
     :class:`BasicTransformerBlock`, un-flatten, zero-initialised ``proj_out``, residual: at
     initialisation the block is the identity. Shapes: x (B, C, H, W), context (B, L, context_dim)
     -> (B, C, H, W).
-
-    ``pos_freqs`` > 0 (not in CompVis; off by default) adds to every image token, after
-    ``proj_in``, a learned projection ``pos_proj`` (zero-initialised) of the Fourier features of its
-    centre (x, y), normalised to [0, 1] like the boxes of :class:`~minildm.conditioning.LayoutEmbedder`.
-    A convolutional UNet otherwise knows where a pixel is only through the zero padding at the
-    border, so a query can match a box token "at x = 0.3" only after long training; with the
-    positions written into the queries, Q Kᵀ can compare the two coordinates directly.
     """
 
     def __init__(self, in_channels: int, n_heads: int, d_head: int, context_dim: int, depth: int = 1,
-                 dropout: float = 0.0, num_groups: int = DEFAULT_NUM_GROUPS, pos_freqs: int = 0) -> None:
+                 dropout: float = 0.0, num_groups: int = DEFAULT_NUM_GROUPS) -> None:
         super().__init__()
         inner = n_heads * d_head
         self.context_dim = context_dim
-        self.pos_freqs = pos_freqs
         self.norm = Normalize(in_channels, num_groups)
         self.proj_in = nn.Conv2d(in_channels, inner, 1)
-        if pos_freqs:
-            self.pos_proj = zero_module(nn.Linear(2 * 2 * pos_freqs, inner))
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner, n_heads, d_head, context_dim, dropout) for _ in range(depth))
         self.proj_out = zero_module(nn.Conv2d(inner, in_channels, 1))
@@ -327,8 +310,6 @@ class SpatialTransformer(nn.Module):
             raise ValueError("this UNet has cross-attention (context_dim set): pass context=(B, L, context_dim)")
         b, c, h, w = x.shape
         y = rearrange(self.proj_in(self.norm(x)), "b c h w -> b (h w) c")
-        if self.pos_freqs:
-            y = y + self.pos_proj(fourier_features(pixel_centres(h, w, y), self.pos_freqs))
         for block in self.transformer_blocks:
             y = block(y, context, mask)
         return x + self.proj_out(rearrange(y, "b (h w) c -> b c h w", h=h, w=w))
@@ -351,9 +332,6 @@ class UNetConfig:
     context_dim: int | None = None
     transformer_depth: int = 1
     num_groups: int = DEFAULT_NUM_GROUPS
-    #: Fourier bands of the image positions added to the cross-attention queries (0: none, as in
-    #: CompVis; see :class:`SpatialTransformer`)
-    query_pos_freqs: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -370,11 +348,6 @@ class UNetConfig:
                              f"got {self.attention_resolutions!r}")
         if self.context_dim is not None and self.context_dim < 1:
             raise ValueError(f"context_dim must be a positive int or None, got {self.context_dim!r}")
-        if not isinstance(self.query_pos_freqs, int) or isinstance(self.query_pos_freqs, bool) \
-                or self.query_pos_freqs < 0:
-            raise ValueError(f"query_pos_freqs must be an int >= 0, got {self.query_pos_freqs!r}")
-        if self.query_pos_freqs and self.context_dim is None:
-            raise ValueError("query_pos_freqs adds positions to cross-attention queries: it needs context_dim")
 
     @property
     def downsampling(self) -> int:
@@ -386,8 +359,6 @@ class UNetConfig:
         d["attention_resolutions"] = list(self.attention_resolutions)
         d["channel_mult"] = list(self.channel_mult)
         d.pop("extra")
-        if not d["query_pos_freqs"]:  # the CompVis layout: configs written before the option read the same
-            d.pop("query_pos_freqs")
         return d
 
     @classmethod
@@ -425,7 +396,7 @@ class UNetModel(nn.Module):
             if c.context_dim is None:
                 return AttentionBlock(channels, heads, -1, groups)
             return SpatialTransformer(channels, heads, channels // heads, c.context_dim, c.transformer_depth,
-                                      c.dropout, groups, c.query_pos_freqs)
+                                      c.dropout, groups)
 
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(c.in_channels, ch, 3, padding=1))])
         skip_channels = [ch]

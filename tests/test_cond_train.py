@@ -25,22 +25,6 @@ def test_class_labels_and_names():
         cond_name("text")
 
 
-def test_query_positions_go_to_the_layout_model_only():
-    from dataclasses import replace
-
-    from minildm.cond_train import build_cond_ldm, cond_specs
-    from minildm.presets import get_preset
-    from minildm.unet import SpatialTransformer
-
-    smoke = get_preset("smoke")
-    assert "query_pos_freqs" not in cond_specs()["ldm-layout"].identity(smoke)["model"]["unet"]
-    p = replace(smoke, cond=replace(smoke.cond, query_pos_freqs=4))
-    layout, cls = (cond_specs()[k].identity(p) for k in ("ldm-layout", "ldm-class"))
-    assert layout["model"]["unet"]["query_pos_freqs"] == 4 and "query_pos_freqs" not in cls["model"]["unet"]
-    blocks = [m for m in build_cond_ldm(layout).modules() if isinstance(m, SpatialTransformer)]
-    assert blocks and all(m.pos_freqs == 4 for m in blocks)
-
-
 def test_latent_batches_carry_their_conditions():
     ds = load_dataset("shapes", "train", 32, length=10, label="shape_colour")
     items = [ds[i] for i in range(10)]

@@ -109,44 +109,6 @@ def test_spatial_transformer_identity_at_init_and_uses_context():
     assert not torch.allclose(st(x, ctx), st(x, torch.randn(2, 3, 6)))
 
 
-def test_query_positions_start_as_identity_and_tell_positions_apart():
-    torch.manual_seed(0)
-    st = SpatialTransformer(8, n_heads=2, d_head=4, context_dim=6, num_groups=4, pos_freqs=3)
-    assert st.pos_proj.in_features == 12
-    flat = torch.zeros(1, 8, 4, 4) + torch.randn(1, 8, 1, 1)  # the same features at every pixel
-    ctx = torch.randn(1, 2, 6)
-    assert torch.equal(st(flat, ctx), flat)  # zero-initialised pos_proj and proj_out: the identity
-    _randomize(st)
-    out = st(flat, ctx)
-    assert out[0, :, 0, 0].sub(out[0, :, 3, 2]).abs().max() > 1e-3  # positions now differ
-    plain = SpatialTransformer(8, n_heads=2, d_head=4, context_dim=6, num_groups=4)
-    _randomize(plain)
-    out = plain(flat, ctx)
-    assert torch.allclose(out[0, :, 0, 0], out[0, :, 3, 2], atol=1e-5)  # without: only content counts
-
-
-def test_pixel_centres_are_row_major_xy():
-    from minildm.unet import pixel_centres
-
-    c = pixel_centres(2, 4, torch.zeros(()))
-    assert c.shape == (8, 2)
-    assert torch.allclose(c[1], torch.tensor([0.375, 0.25])) and torch.allclose(c[4], torch.tensor([0.125, 0.75]))
-
-
-def test_unet_with_query_positions_round_trips_and_defaults_to_compvis():
-    c = UNetConfig(**{**SMALL, "context_dim": 6, "query_pos_freqs": 4})
-    assert UNetConfig.from_dict(c.to_dict()) == c
-    assert "query_pos_freqs" not in UNetConfig(**SMALL).to_dict()  # older configs read the same
-    model = UNetModel(c)
-    blocks = [m for m in model.modules() if isinstance(m, SpatialTransformer)]
-    assert blocks and all(m.pos_freqs == 4 for m in blocks)
-    assert model(torch.randn(2, 3, 8, 8), 1, context=torch.randn(2, 5, 6)).shape == (2, 3, 8, 8)
-    with pytest.raises(ValueError, match="needs context_dim"):
-        UNetConfig(**{**SMALL, "query_pos_freqs": 4})
-    with pytest.raises(ValueError, match="query_pos_freqs"):
-        UNetConfig(**{**SMALL, "context_dim": 6, "query_pos_freqs": -1})
-
-
 def test_unet_with_context():
     model = UNetModel(**{**SMALL, "context_dim": 6})
     _randomize(model)

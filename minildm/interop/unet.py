@@ -156,15 +156,12 @@ def diffusers_unet_config(config: UNetConfig, sample_size: int | None = None) ->
     """Keyword arguments of diffusers' ``UNet2DConditionModel`` for a minildm :class:`UNetConfig`.
 
     Raises ValueError where diffusers cannot express the model: no cross-attention
-    (``context_dim`` None), positions added to the queries (``query_pos_freqs``), or channel counts
-    that ``num_groups`` does not divide (minildm then uses fewer groups, diffusers cannot).
+    (``context_dim`` None) or channel counts that ``num_groups`` does not divide (minildm then
+    uses fewer groups, diffusers cannot).
     """
     if config.context_dim is None:
         raise ValueError("only UNets with cross-attention (context_dim set) convert to diffusers' "
                          "UNet2DConditionModel, which has no plain self-attention block")
-    if config.query_pos_freqs:
-        raise ValueError("diffusers' UNet2DConditionModel has no positions added to the attention queries: "
-                         "only models with query_pos_freqs=0 convert")
     chans = [config.model_channels * m for m in config.channel_mult]
     if any(c % config.num_groups for c in chans) or config.model_channels % config.num_groups:
         raise ValueError(f"diffusers needs every channel count divisible by num_groups={config.num_groups}, "

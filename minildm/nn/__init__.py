@@ -1,6 +1,6 @@
 """Shared neural-network layers (CompVis ``ldm/modules/diffusionmodules/model.py`` design).
 
-* :mod:`minildm.nn.layers` – ``Normalize`` (GroupNorm), ``nonlinearity`` (SiLU), ``fourier_features``
+* :mod:`minildm.nn.layers` – ``Normalize`` (GroupNorm), ``nonlinearity`` (SiLU)
 * :mod:`minildm.nn.blocks` – ``ResnetBlock``, ``Downsample``, ``Upsample``
 * :mod:`minildm.nn.attention` – ``AttnBlock`` (single-head spatial self-attention)
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .attention import AttnBlock
 from .blocks import Downsample, ResnetBlock, Upsample
-from .layers import DEFAULT_NUM_GROUPS, GROUPNORM_EPS, Normalize, fourier_features, group_count, nonlinearity
+from .layers import DEFAULT_NUM_GROUPS, GROUPNORM_EPS, Normalize, group_count, nonlinearity
 
 __all__ = [
     "AttnBlock",
@@ -18,7 +18,6 @@ __all__ = [
     "Normalize",
     "ResnetBlock",
     "Upsample",
-    "fourier_features",
     "group_count",
     "nonlinearity",
 ]

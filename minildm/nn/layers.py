@@ -7,8 +7,6 @@
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,14 +60,3 @@ def Normalize(in_channels: int, num_groups: int = DEFAULT_NUM_GROUPS,  # noqa: N
 def nonlinearity(x: torch.Tensor) -> torch.Tensor:
     """Swish / SiLU: ``x · sigmoid(x)`` (element-wise, any shape)."""
     return F.silu(x)
-
-
-def fourier_features(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
-    """[sin(2^k π x), cos(2^k π x)] for k < n_freqs, per coordinate: (..., D) -> (..., 2 · n_freqs · D).
-
-    Used for the layout boxes of :class:`minildm.conditioning.LayoutEmbedder` and the image
-    positions of :class:`minildm.unet.SpatialTransformer` (``query_pos_freqs``), so that a box and
-    the pixels inside it are described in the same coordinates (normalised to [0, 1])."""
-    freqs = (2.0 ** torch.arange(n_freqs, device=x.device, dtype=x.dtype)) * math.pi
-    angles = x[..., None] * freqs
-    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
