@@ -66,6 +66,7 @@ __all__ = [
     "load_artifact",
     "build_artifact",
     "load_or_train",
+    "reevaluate_artifact",
     "autoencoder_recipe",
     "build_autoencoder",
     "train_autoencoder",
@@ -606,6 +607,34 @@ def load_or_train(name: str, preset: str | Preset | None = None, *, device: str 
     if not retrain and artifact_dir(name, p, root).is_dir():
         return load_artifact(name, p, device=device, root=root)
     return build_artifact(name, p, device=device, progress=progress, resume=not retrain, root=root)
+
+
+def reevaluate_artifact(name: str, preset: str | Preset | None = None, *,
+                        device: str | torch.device | None = None, root: str | os.PathLike | None = None,
+                        steps: int | None = None) -> Artifact:
+    """Evaluate the cached artifact ``name`` again with the evaluation settings ``preset`` gives now
+    (e.g. more samples or other guidance scales; the weights are not touched) and rewrite its
+    ``metrics.json`` atomically. What training recorded (``train_time_s``, ``params``, ``steps``,
+    ``device``, ``command``) is kept; ``evaluated_by`` records this evaluation's command. The
+    artifact must match ``preset`` (and ``steps``, if it was trained with another step count; see
+    :func:`load_artifact`)."""
+    spec = _spec(name)
+    p = get_preset(preset)
+    dev = get_device(device)
+    art = load_artifact(name, p, device=dev, root=root, steps=steps)
+    token = _BUILD_ROOT.set(artifact_root(root))
+    try:
+        metrics: dict[str, Any] = dict(spec.evaluate(art.model, p, dev))
+    finally:
+        _BUILD_ROOT.reset(token)
+    kept = ("train_time_s", "params", "steps", "preset", "device", "command")
+    metrics.update({k: art.metrics[k] for k in kept if k in art.metrics})
+    metrics["evaluated_by"] = (f"python -m minildm reevaluate {name} --preset {p.name}"
+                               + (f" --steps {steps}" if steps is not None else ""))
+    tmp = art.path / ".metrics.json.tmp"
+    _write_json(tmp, metrics)
+    os.replace(tmp, art.path / "metrics.json")
+    return Artifact(name=name, model=art.model, config=art.config, metrics=metrics, log=art.log, path=art.path)
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:

@@ -398,6 +398,29 @@ def _train_ldm(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------- reevaluate
+def _reevaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument("name", help="name of a cached artifact, e.g. ldm-class")
+    parser.add_argument("--steps", type=_positive_int, default=None,
+                        help="the training steps it was built with, if not the preset's")
+
+
+def _reevaluate(args: argparse.Namespace) -> int:
+    from .artifacts import reevaluate_artifact
+    from .presets import get_preset
+
+    preset = get_preset(args.preset)
+    art = reevaluate_artifact(args.name, preset, device=args.device, root=args.out, steps=args.steps)
+    scalars = {k: v for k, v in art.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    print(f"{args.name} (preset {preset.name}) evaluated again: "
+          + ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+    for row in art.metrics.get("sweep", []):
+        print("  " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
+    print(f"metrics written to {art.path / 'metrics.json'}")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "train-ae": Command("train-ae", "train a first-stage autoencoder (notebook 01) and cache it as an artifact",
                         _train_ae_arguments, _train_ae),
@@ -415,6 +438,8 @@ COMMANDS: dict[str, Command] = {
                       _sample_arguments, _sample),
     "scaling-study": Command("scaling-study", "train text-to-image LDMs of several sizes and tabulate loss and "
                              "accuracy against training compute (notebook 05)", _scaling_arguments, _scaling),
+    "reevaluate": Command("reevaluate", "evaluate a cached artifact again with the preset's current evaluation "
+                          "settings and rewrite its metrics (the weights are kept)", _reevaluate_arguments, _reevaluate),
     "train-cond": Command("train-cond", "train the class-conditional and layout-to-image LDMs (notebook 04)",
                           _train_cond_arguments, _train_cond),
 }

@@ -188,3 +188,36 @@ def test_train_autoencoder_resumes_exactly(tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="different config"):  # another recipe cannot resume this run
         train_autoencoder("l2", "kl", p, steps=3, device="cpu", out_dir=tmp_path, resume=True, progress=False)
+
+
+def test_reevaluate_rewrites_metrics_and_keeps_training_facts(tmp_path, trained, monkeypatch):
+    import shutil
+
+    from minildm.artifacts import reevaluate_artifact
+
+    root = tmp_path / "copy"
+    shutil.copytree(trained[0], root)
+    path = root / "smoke" / "ae-kl-l2"
+    before = json.loads((path / "metrics.json").read_text())
+    weights = (path / "model.safetensors").read_bytes()
+    # the evaluation sees the preset given now: a different number of validation images
+    preset = SMOKE2.with_ae(n_eval=4)
+    art = reevaluate_artifact("ae-kl-l2", preset, device="cpu", root=root)
+    after = json.loads((path / "metrics.json").read_text())
+    assert after == art.metrics and after["n"] == 4 != before["n"]
+    for k in ("train_time_s", "params", "steps", "command"):
+        assert after[k] == before[k]
+    assert after["evaluated_by"] == "python -m minildm reevaluate ae-kl-l2 --preset smoke"
+    assert (path / "model.safetensors").read_bytes() == weights
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "log.json", "metrics.json", "model.safetensors"]
+
+    # an evaluation that fails leaves the old metrics in place
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation failed")
+
+    monkeypatch.setattr(AutoencoderSpec, "evaluate", broken)
+    with pytest.raises(RuntimeError):
+        reevaluate_artifact("ae-kl-l2", preset, device="cpu", root=root)
+    assert json.loads((path / "metrics.json").read_text()) == after
+    with pytest.raises(ValueError, match="not found"):
+        reevaluate_artifact("ae-kl-l2", preset, device="cpu", root=tmp_path / "empty")

@@ -28,6 +28,17 @@ def test_train_ae_end_to_end(tmp_path, capsys):
     config = json.loads((path / "config.json").read_text())
     assert config["recipe"]["disc_weight"] > 0 and config["model_class"] == "AutoencoderKL"
 
+    # evaluate the cached artifact again: same weights, same figures, the training facts kept
+    assert main(["reevaluate", "ae-kl-l1-lpips-gan", "--preset", "smoke", "--steps", "2", "--out", str(tmp_path),
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    again = json.loads((path / "metrics.json").read_text())
+    assert f"metrics written to {path / 'metrics.json'}" in out and f"psnr {again['psnr']:.4g}" in out
+    assert again["psnr"] == pytest.approx(metrics["psnr"], abs=1e-4) and again["command"] == metrics["command"]
+    assert again["evaluated_by"] == "python -m minildm reevaluate ae-kl-l1-lpips-gan --preset smoke --steps 2"
+    assert main(["reevaluate", "ae-vq-l2", "--preset", "smoke", "--out", str(tmp_path), "--device", "cpu"]) == 2
+    assert "not found" in capsys.readouterr().err
+
 
 def test_help_via_python_dash_m():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
