@@ -108,6 +108,29 @@ class LatentBatches:
         z = torch.cat([ldm.encode_first_stage(b.to(device)).cpu() for b in images.split(encode_batch)])
         return cls(z, batch_size, seed, cond)
 
+    @classmethod
+    @torch.no_grad()
+    def encode_dataset(cls, ldm: nn.Module, dataset: Any, batch_size: int, seed: int = 0, cond_key: str | None = None,
+                       encode_batch: int = 64, progress: bool = False, desc: str = "encoding latents") -> "LatentBatches":
+        """Encode every item's ``"image"`` of a map-style ``dataset`` once, ``encode_batch`` images at a
+        time (they are never all in memory, only the latents are); ``cond_key``: the item entry
+        kept as each latent's condition (e.g. ``"caption"``). Training on these latents equals
+        encoding each batch again at every step (E is frozen and z is the posterior's mode), and
+        saves the first stage's forward pass and the data rendering at every step."""
+        from tqdm.auto import tqdm
+
+        n = len(dataset)
+        if n < 1:
+            raise ValueError("encode_dataset: the dataset is empty")
+        device = ldm.scale_factor.device
+        latents, cond = [], []
+        for start in tqdm(range(0, n, encode_batch), desc=desc, disable=not progress, leave=False):
+            items = [dataset[i] for i in range(start, min(start + encode_batch, n))]
+            latents.append(ldm.encode_first_stage(torch.stack([it["image"] for it in items]).to(device)).cpu())
+            if cond_key is not None:
+                cond += [it[cond_key] for it in items]
+        return cls(torch.cat(latents), batch_size, seed, cond if cond_key is not None else None)
+
     def __len__(self) -> int:
         return len(self._order)
 

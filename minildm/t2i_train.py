@@ -94,13 +94,6 @@ def _dataset(preset: Preset, split: str = "train", n: int | None = None) -> Any:
     return load_dataset("shapes", split, tp.image_size, length=n or tp.n_train, seed=preset.seed, holdout=holdout)
 
 
-class _CaptionCollate:
-    """Collate shapes items into ``{"image": (B, 3, H, W), "cond": [captions]}``."""
-
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"image": torch.stack([it["image"] for it in items]), "cond": [it["caption"] for it in items]}
-
-
 # ------------------------------------------------------------------------------------------ sampling
 
 @torch.no_grad()
@@ -352,7 +345,8 @@ class T2ISpec:
         from .ema import EMA
         from .tasks import LatentDiffusionTask, lr_schedule
         from .throughput import Throughput, count_flops, peak_flops
-        from .train import CHECKPOINT_NAME, BatchRandom, DatasetBatches, Trainer, move_to_device
+        from .ldm_train import LatentBatches
+        from .train import CHECKPOINT_NAME, BatchRandom, Trainer, move_to_device
 
         identity = self.identity(preset, steps)
         r = identity["recipe"]
@@ -370,7 +364,8 @@ class T2ISpec:
             ldm.cond_stage_model.cache_size = min(r["n_train"], 20_000) + 16
         train_set = _dataset(preset)
         ldm.compute_scale_factor(torch.stack([train_set[i]["image"] for i in range(min(1024, len(train_set)))]))
-        data = DatasetBatches(train_set, r["batch_size"], seed=r["seed"], collate_fn=_CaptionCollate())
+        data = LatentBatches.encode_dataset(ldm, train_set, r["batch_size"], seed=r["seed"], cond_key="caption",
+                                            progress=progress and info.rank == 0)
         trained = nn.ModuleDict({"unet": ldm.model, "cond_stage": ldm.cond_stage_model})
         ema = EMA(trained, decay=r["ema_decay"])
         task = LatentDiffusionTask(ldm, r["lr"], p_uncond=r["p_uncond"], per_sample_rng=True,

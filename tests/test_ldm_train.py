@@ -33,6 +33,26 @@ def test_latent_batches_are_deterministic():
         LatentBatches(torch.zeros(3, 8), 2)
 
 
+def test_encode_dataset_streams_items_and_keeps_their_conditions():
+    ldm = _pixel_ldm()
+    images = torch.rand(10, 3, 8, 8) * 2 - 1
+    dataset = [{"image": images[i], "caption": f"caption {i}"} for i in range(10)]
+    a = LatentBatches.encode_dataset(ldm, dataset, batch_size=4, seed=1, cond_key="caption", encode_batch=3)
+    b = LatentBatches.encode(ldm, images, batch_size=4, seed=1)
+    assert torch.allclose(a.latents, b.latents, atol=1e-6) and a.latents.shape == (10, 3, 8, 8)
+    for step in range(4):
+        full = a.batch(step)
+        assert torch.equal(full["latent"], b.batch(step)["latent"])
+        # each latent travels with its own item's condition, also in one rank's slice
+        for z, caption in zip(full["latent"], full["cond"]):
+            assert torch.equal(z, a.latents[int(caption.split()[1])])
+        part = a.batch(step, part=(1, 3))
+        assert part["cond"] == full["cond"][1:3] and torch.equal(part["latent"], full["latent"][1:3])
+    assert "cond" not in LatentBatches.encode_dataset(ldm, dataset, batch_size=4).batch(0)
+    with pytest.raises(ValueError, match="empty"):
+        LatentBatches.encode_dataset(ldm, [], batch_size=4)
+
+
 def _trainer(out_dir, steps, **schedule):
     ldm = _pixel_ldm()
     data = LatentBatches(torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0)), 4, seed=0)
