@@ -166,7 +166,7 @@ class CondLDMSpec:
                        **({"snr_gamma": cp.snr_gamma} if cp.snr_gamma is not None else {}),
                        **({"warmup_steps": cp.warmup_steps} if cp.warmup_steps else {}),
                        **({"min_lr_ratio": cp.min_lr_ratio} if cp.min_lr_ratio is not None else {}),
-                       "seed": preset.seed, "steps": steps if steps is not None else cp.steps,
+                       "seed": preset.seed, "steps": steps if steps is not None else cp.steps_for(self.kind),
                        "data": {"name": "shapes", "split": "train", "image_size": cp.image_size,
                                 "label": "shape_colour"}},
             "preset": preset.name,

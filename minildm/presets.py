@@ -148,8 +148,8 @@ class CheckerPreset:
 class CondPreset:
     """The conditional LDMs of notebook 04 (``python -m minildm train-cond``): a UNet with
     cross-attention (``context_dim``, ``transformer_depth``) on the latents of ``ae-kl-f{f}``,
-    trained for ``steps`` with conditioning dropout ``p_uncond`` (and min-SNR-``snr_gamma`` loss
-    weighting unless None; ``warmup_steps`` of linear lr warm-up; a cosine lr decay to
+    trained for ``steps`` (the layout model for ``layout_steps``, if given) with conditioning
+    dropout ``p_uncond`` (and min-SNR-``snr_gamma`` loss weighting unless None; ``warmup_steps`` of linear lr warm-up; a cosine lr decay to
     ``min_lr_ratio`` · lr by the last step unless None), then evaluated by the content
     checker on ``n_eval`` samples (DDIM, ``eval_ddim_steps``) per guidance scale in ``guidance_scales``."""
 
@@ -177,6 +177,11 @@ class CondPreset:
     snr_gamma: float | None = None
     warmup_steps: int = 0
     min_lr_ratio: float | None = None
+    layout_steps: int | None = None
+
+    def steps_for(self, kind: str) -> int:
+        """Training steps of the ``kind`` ("class" or "layout") model."""
+        return self.layout_steps if kind == "layout" and self.layout_steps is not None else self.steps
 
 
 @dataclass(frozen=True)
@@ -333,9 +338,9 @@ _PRESETS: dict[str, Preset] = {
         cond=CondPreset(f=4, image_size=64, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
                         attention_resolutions=(2, 4), num_heads=4, context_dim=64, transformer_depth=1,
                         layout_depth=2, schedule="linear", timesteps=1000, batch_size=32, lr=1e-3, ema_decay=0.999,
-                        p_uncond=0.1, steps=10000, n_train=8000, n_eval=224, eval_ddim_steps=20,
+                        p_uncond=0.1, steps=16000, n_train=8000, n_eval=224, eval_ddim_steps=20,
                         guidance_scales=(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5), snr_gamma=5.0, warmup_steps=200,
-                        min_lr_ratio=0.1),
+                        min_lr_ratio=0.1, layout_steps=10000),
         t2i=T2IPreset(f=4, image_size=64, size="M", max_length=48, schedule="linear", timesteps=1000,
                       sizes=(T2ISize("S", 16, (1, 2, 2), 1, (2, 4), 2, 1, 32, 2),
                              T2ISize("M", 32, (1, 2, 2), 1, (2, 4), 4, 1, 64, 2),

@@ -58,3 +58,18 @@ def test_autocast_dtype_and_seed():
     presets.seed_everything(5)
     assert torch.equal(a, torch.rand(3))
     assert torch.equal(b, torch.rand(3, generator=torch.Generator().manual_seed(5)))
+
+
+def test_cond_steps_per_kind():
+    from dataclasses import replace
+
+    from minildm.cond_train import cond_specs
+
+    cp = presets.get_preset("smoke").cond
+    assert cp.layout_steps is None and cp.steps_for("class") == cp.steps_for("layout") == cp.steps
+    p = replace(presets.get_preset("smoke"), cond=replace(cp, steps=7, layout_steps=3))
+    assert (p.cond.steps_for("class"), p.cond.steps_for("layout")) == (7, 3)
+    specs = cond_specs()
+    assert specs["ldm-class"].identity(p)["recipe"]["steps"] == 7
+    assert specs["ldm-layout"].identity(p)["recipe"]["steps"] == 3
+    assert specs["ldm-layout"].identity(p, steps=5)["recipe"]["steps"] == 5
