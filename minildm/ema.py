@@ -50,12 +50,16 @@ class EMA:
     def update(self, model: nn.Module | None = None) -> None:
         """One EMA step towards the current weights of ``model`` (default: the tracked model)."""
         d = self.current_decay()
+        shadows, params = [], []
         for k, p in (model or self.model).named_parameters():
             if k in self.shadow:
                 s = self.shadow[k]
                 if s.device != p.device:  # follow the model to its device (the Trainer moves it)
                     s = self.shadow[k] = s.to(p.device)
-                s.sub_((1.0 - d) * (s - p.detach().to(s.dtype)))
+                shadows.append(s)
+                params.append(p.detach().to(s.dtype))
+        if shadows:  # s <- s - (1 - d)(s - p), one fused kernel per device and dtype
+            torch._foreach_lerp_(shadows, params, 1.0 - d)
         self.num_updates += 1
 
     def after_step(self, trainer: Any, record: dict[str, Any]) -> None:

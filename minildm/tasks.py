@@ -279,7 +279,8 @@ class LatentDiffusionTask:
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         params = [p for m in self.modules().values() for p in m.parameters()]
-        self._optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        self._optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay,
+                                            foreach=True)  # one multi-tensor kernel, also on CPU
         return {"unet": self._optimizer}
 
     def training_step(self, batch: Any, step: int, name: str) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -43,3 +43,20 @@ def test_average_parameters_restores_and_state_round_trip():
     assert other.num_updates == 1 and torch.equal(other.shadow["weight"], ema.shadow["weight"])
     with pytest.raises(ValueError, match="does not match"):
         EMA(nn.Linear(3, 3, bias=False)).load_state_dict(ema.state_dict())
+
+
+def test_fused_update_matches_per_tensor_rule():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    ema = EMA(model, decay=0.95, use_warmup=False)
+    reference = {k: v.clone() for k, v in ema.shadow.items()}
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update()
+        for k, p in model.named_parameters():
+            reference[k] = reference[k] - 0.05 * (reference[k] - p.detach())
+    assert set(ema.shadow) == set(reference)
+    for k in reference:
+        torch.testing.assert_close(ema.shadow[k], reference[k])
