@@ -350,6 +350,7 @@ class Trainer:
         self.log: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
         self.elapsed_s = 0.0
+        self._fit_start: float | None = None  # perf_counter() at the start of the running fit()
         self.last_step_s = float("nan")
         self._max_steps_from_checkpoint = False
         self._seed_rngs(self.seed)
@@ -491,7 +492,7 @@ class Trainer:
         bar = _progress_bar(total=end, initial=self.step, enabled=self.progress and self.dist.rank == 0,
                             desc=self.desc)
         shown = 0.0
-        start = time.perf_counter()
+        start = self._fit_start = time.perf_counter()
         try:
             while self.step < end:
                 if time_budget_s is not None:
@@ -514,6 +515,7 @@ class Trainer:
                         shown = now
         finally:
             self.elapsed_s += time.perf_counter() - start
+            self._fit_start = None
             if bar is not None:
                 bar.close()
         if self.out_dir is not None and end > 0 and self.step > 0:
@@ -526,6 +528,10 @@ class Trainer:
         return {k.removeprefix("loss/"): f"{record[k]:.4g}" for k in keys}
 
     # ---------------------------------------------------------------- checkpoints
+    def training_time_s(self) -> float:
+        """Seconds spent in :meth:`fit` so far, over resumes, including the running call."""
+        return self.elapsed_s + (time.perf_counter() - self._fit_start if self._fit_start is not None else 0.0)
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: modules, optimizers, scaler, step, log, RNGs."""
         rng: dict[str, Any] = {
@@ -542,7 +548,7 @@ class Trainer:
         return {
             "step": self.step,
             "seed": self.seed,
-            "elapsed_s": self.elapsed_s,
+            "elapsed_s": self.training_time_s(),
             "modules": {k: m.state_dict() for k, m in self.modules.items()},
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "scaler": self.scaler.state_dict(),

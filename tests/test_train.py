@@ -123,6 +123,27 @@ def test_resume_is_bit_identical(tmp_path):
                 assert torch.equal(torch.as_tensor(v), torch.as_tensor(s3[k][key]))
 
 
+def test_periodic_checkpoint_records_the_training_time_so_far(tmp_path):
+    """A run killed after a periodic checkpoint resumes with the time it had spent, not zero."""
+    import time
+
+    class Slow:
+        def after_step(self, trainer, record):
+            time.sleep(0.02)
+
+    _, _, t = make(tmp_path, max_steps=6, checkpoint_every=3, callbacks=[Slow()])
+    saved = []
+    original_save = t.save
+    t.save = lambda *a, **k: saved.append(t.state_dict()["elapsed_s"]) or original_save(*a, **k)
+    t.fit()
+    assert saved[0] >= 3 * 0.02  # the checkpoint at step 3, written inside fit()
+    assert saved[-1] >= 6 * 0.02 and t.training_time_s() == t.elapsed_s
+    resumed = Trainer.from_checkpoint(tmp_path / "checkpoint.safetensors", RegressionTask(),
+                                      DatasetBatches(Items(), 4, seed=5, collate_fn=stack), device="cpu",
+                                      progress=False)
+    assert resumed.elapsed_s == pytest.approx(saved[-1])
+
+
 def test_resume_without_restoring_rng_would_differ(tmp_path):
     """Guard that the exact-resume test is sensitive: dropout depends on the RNG state."""
     straight, _, t1 = make(max_steps=4)
