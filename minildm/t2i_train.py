@@ -421,7 +421,7 @@ class T2ISpec:
                 "checker": {k: v for k, v in checker_art.metrics.items() if k.startswith("acc_")}}
 
 
-def t2i_specs(preset_sizes: Sequence[str] = ("S", "M", "L")) -> dict[str, T2ISpec]:
+def t2i_specs(preset_sizes: Sequence[str] = ("XS", "S", "M", "L")) -> dict[str, T2ISpec]:
     """Specs ``t2i-{encoder}-{size}`` for the artifact registry."""
     return {t2i_name(e, s): T2ISpec(e, s) for e in TEXT_ENCODERS for s in preset_sizes}
 
