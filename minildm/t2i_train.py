@@ -33,7 +33,7 @@ from torch import nn
 
 from .presets import Preset, get_device, get_preset, seed_everything
 
-__all__ = ["TEXT_ENCODERS", "t2i_name", "parse_t2i_name", "T2ISpec", "t2i_specs", "build_t2i_ldm",
+__all__ = ["TEXT_ENCODERS", "t2i_name", "parse_t2i_name", "T2ISpec", "t2i_specs", "build_t2i_ldm", "reference_scores",
            "evaluate_t2i", "EvalCurve", "ValidationGrid", "scaling_study", "generate", "VALIDATION_PROMPTS"]
 
 #: text encoders of notebook 05: trained from scratch with the UNet (the paper), frozen pretrained (SD)
@@ -162,6 +162,50 @@ def evaluate_t2i(ldm: nn.Module, checker: nn.Module, preset: Preset | str | None
                 row[f"all_correct_{kind}"] = sum(hits) / len(hits)
             if real_features is not None:
                 row["fid"] = fid_from_features(real_features, extract_features(feature_net, images))
+            rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def reference_scores(checker: nn.Module, first_stage: nn.Module | None = None, preset: Preset | str | None = None, *,
+                     n_per_kind: int | None = None, groups: Sequence[str] = ("seen", "held_out"),
+                     batch_size: int = 64) -> list[dict[str, Any]]:
+    """The evaluation's ceilings: the prompt set of :func:`evaluate_t2i` scored on the **real**
+    validation scene each prompt was written from (``meta["scene"]``: a right answer, so this
+    measures the checker) and, with a ``first_stage`` (anything with ``encode_latent`` and
+    ``decode_latent``, e.g. ``ldm.first_stage_model``), on its reconstruction D(E(x)): a latent
+    model draws only what the decoder can draw, so no training or guidance scores above that row
+    by more than chance. Rows ``{"group", "source": "real" | "reconstructed", "acc_*",
+    "all_correct", "all_correct_<kind>", "n"}``."""
+    from .checker import score_prompt_samples
+    from .data import load_dataset
+    from .prompts import prompt_set
+
+    p = get_preset(preset)
+    tp = p.t2i
+    sets = prompt_set(n_per_kind or tp.n_eval_per_kind, tp.holdout, seed=p.seed)
+    device = next(checker.parameters()).device
+    rows = []
+    for group in groups:
+        requests = sets[group]
+        if not requests:
+            continue
+        ds = load_dataset("shapes", "val", tp.image_size, length=max(r.meta["scene"] for r in requests) + 1,
+                          seed=p.seed, cache=False)
+        images = torch.stack([ds[r.meta["scene"]]["image"] for r in requests])
+        sources = {"real": images}
+        if first_stage is not None:
+            fs_device = next(first_stage.parameters(), torch.empty(0)).device
+            sources["reconstructed"] = torch.cat([
+                first_stage.decode_latent(first_stage.encode_latent(images[i:i + batch_size].to(fs_device)))
+                .clamp(-1, 1).cpu() for i in range(0, len(images), batch_size)])
+        for source, x in sources.items():
+            score = score_prompt_samples(checker, x.to(device), requests)
+            per_image = score.pop("per_image")
+            row: dict[str, Any] = {"group": group, "source": source, **score, "n": len(requests)}
+            for kind in sorted({r.kind for r in requests}):
+                hits = [ok for ok, r in zip(per_image, requests) if r.kind == kind]
+                row[f"all_correct_{kind}"] = sum(hits) / len(hits)
             rows.append(row)
     return rows
 
@@ -409,7 +453,9 @@ class T2ISpec:
         feature_net = load_or_train("feature-net", preset, device=device).model
         rows = evaluate_t2i(model, checker_art.model, preset, feature_net=feature_net)
         run = dict(getattr(self, "last_run", {}))
-        return {"eval": rows, "best_scale": best_scale(rows), "n_eval_per_kind": preset.t2i.n_eval_per_kind,
+        return {"eval": rows, "best_scale": best_scale(rows),
+                "reference": reference_scores(checker_art.model, model.first_stage_model, preset),
+                "n_eval_per_kind": preset.t2i.n_eval_per_kind,
                 "samples_per_prompt": preset.t2i.samples_per_prompt, "eval_ddim_steps": preset.t2i.eval_ddim_steps,
                 "holdout": list(preset.t2i.holdout), "latent_shape": list(model.latent_shape),
                 "scale_factor": float(model.scale_factor),

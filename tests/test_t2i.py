@@ -109,3 +109,22 @@ def test_names_and_commands(root, capsys, tmp_path):
     assert grid.stat().st_size > 0 and "4 samples" in capsys.readouterr().out
     assert main(["sample", "--preset", "smoke", "--out", str(root), "--prompt", "", "--output", str(grid)]) == 2
     assert main(["sample", "--preset", "smoke", "--out", str(root), "--prompt", "a red star", "--scale", "-1"]) == 2
+
+
+def test_reference_scores_real_and_reconstructed(root):
+    from minildm.autoencoder import IdentityConfig, IdentityFirstStage
+    from minildm.t2i_train import reference_scores
+
+    art = load_artifact("t2i-scratch-M", PRESET, root=root)
+    ref = art.metrics["reference"]
+    assert [(r["group"], r["source"]) for r in ref] == [("seen", "real"), ("seen", "reconstructed"),
+                                                         ("held_out", "real"), ("held_out", "reconstructed")]
+    n = 3 * PRESET.t2i.n_eval_per_kind
+    assert all(r["n"] == n and 0.0 <= r["all_correct"] <= 1.0 and "all_correct_two" in r for r in ref)
+    checker = load_artifact("checker", PRESET, root=root).model
+    rows = reference_scores(checker, IdentityFirstStage(IdentityConfig(3, PRESET.t2i.image_size)), PRESET,
+                            groups=("seen",))
+    real, recon = rows
+    assert (real["source"], recon["source"]) == ("real", "reconstructed")
+    assert {k: v for k, v in real.items() if k != "source"} == {k: v for k, v in recon.items() if k != "source"}
+    assert [r["source"] for r in reference_scores(checker, None, PRESET, groups=("held_out",))] == ["real"]
