@@ -360,10 +360,12 @@ def _register_later() -> None:
     from .checker import CheckerSpec
     from .cond_train import cond_specs
     from .fid import FeatureNetSpec
+    from .first_stage import first_stage_specs
     from .ldm_train import ldm_specs
     from .t2i_train import t2i_specs
 
     ARTIFACTS.update(ablation_specs())
+    ARTIFACTS.update(first_stage_specs())
     ARTIFACTS.update(ldm_specs())
     ARTIFACTS.setdefault(FeatureNetSpec.name, FeatureNetSpec())
     ARTIFACTS.setdefault(CheckerSpec.name, CheckerSpec())

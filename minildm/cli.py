@@ -88,6 +88,39 @@ def _train_ae(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ train-first-stage
+def _train_first_stage_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument("--f", type=_factor_arg, default=None, metavar="F",
+                        help="downsampling factor (default: the one of the preset's conditional LDMs)")
+    parser.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the preset's)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from its checkpoint (<artifact>.partial/)")
+
+
+def _train_first_stage(args: argparse.Namespace) -> int:
+    from .artifacts import build_artifact, format_metrics
+    from .first_stage import FACTORS, first_stage_name
+    from .presets import get_preset
+
+    preset = get_preset(args.preset)
+    f = args.f or preset.cond.f
+    if f not in FACTORS:
+        raise ValueError(f"f={f}: the first stage has factors {' '.join(map(str, FACTORS))}")
+    artifact = build_artifact(first_stage_name(f), preset, steps=args.steps, device=args.device,
+                              progress=not args.no_progress, resume=args.resume, root=args.out)
+    ceiling = artifact.metrics.pop("ceiling", {})
+    print(f"{artifact.name} (preset {preset.name}): reconstruction of {artifact.metrics.get('n', '?')} "
+          "shapes val images")
+    print(format_metrics(artifact.metrics))
+    if ceiling:
+        keys = ("acc_shape", "acc_colour", "acc_count", "acc_position")
+        print("checker on the reconstructions: " + ", ".join(f"{k.removeprefix('acc_')} {ceiling[k]:.1%}" for k in keys))
+    print(f"saved to {artifact.path}")
+    print(f"rebuild with: {artifact.command}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------ ablate-f
 def _factor_arg(value: str) -> int:
     from .autoencoder import check_downsampling_factor
@@ -426,6 +459,8 @@ COMMANDS: dict[str, Command] = {
                         _train_ae_arguments, _train_ae),
     "ablate-f": Command("ablate-f", "train and measure the downsampling-factor ablation (notebook 02)",
                         _ablate_f_arguments, _ablate_f),
+    "train-first-stage": Command("train-first-stage", "train the first stage kl-f4 of the conditional LDMs "
+                                 "(notebooks 04 and 05)", _train_first_stage_arguments, _train_first_stage),
     "train-ldm": Command("train-ldm", "train latent DDPMs: unconditional on the first stages of notebook 02 (notebook 03), or text-to-image with --cond text (notebook 05)",
                          _train_ldm_arguments, _train_ldm),
     "train-features": Command("train-features", "train the feature network of the FID-style score",

@@ -64,14 +64,14 @@ def conditions_from_items(kind: str, items: Sequence[Mapping[str, Any]]) -> Any:
 
 def build_cond_ldm(identity: Mapping[str, Any]) -> nn.Module:
     """An (untrained) conditional :class:`~minildm.ldm.LatentDiffusion` from its identity."""
-    from .ablation import AblationSpec
     from .conditioning import build_conditioner
+    from .first_stage import FirstStageSpec
     from .diffusion import GaussianDiffusion
     from .ldm import LatentDiffusion
     from .unet import UNetConfig, UNetModel
 
     m = identity["model"]
-    first_stage = AblationSpec(int(m["f"])).build_model(m["first_stage"])
+    first_stage = FirstStageSpec(int(m["f"])).build_model(m["first_stage"])
     d = m["diffusion"]
     diffusion = GaussianDiffusion(d["schedule"], d["num_timesteps"], d["parameterization"])
     return LatentDiffusion(first_stage, UNetModel(UNetConfig.from_dict(m["unet"])), diffusion, m["image_size"],
@@ -145,12 +145,12 @@ class CondLDMSpec:
                             else "layout-to-image LDM (boxes with shape and colour)")
 
     def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
-        from .ablation import ablation_name
+        from .first_stage import first_stage_name
         from .artifacts import _spec
         from .unet import UNetConfig
 
         cp = preset.cond
-        fs = _spec(ablation_name(cp.f)).identity(preset)
+        fs = _spec(first_stage_name(cp.f)).identity(preset)
         c = int(fs["model"].get("embed_dim") or fs["model"].get("in_channels"))
         unet = UNetConfig(in_channels=c, out_channels=c, model_channels=cp.model_channels,
                           channel_mult=cp.channel_mult, num_res_blocks=cp.num_res_blocks,
@@ -161,7 +161,7 @@ class CondLDMSpec:
             "model": {"f": cp.f, "image_size": cp.image_size, "first_stage": fs, "unet": unet,
                       "cond_stage": _conditioner_config(self.kind, preset),
                       "diffusion": {"schedule": cp.schedule, "num_timesteps": cp.timesteps, "parameterization": "eps"}},
-            "recipe": {"kind": f"ldm-{self.kind}", "first_stage": ablation_name(cp.f), "batch_size": cp.batch_size,
+            "recipe": {"kind": f"ldm-{self.kind}", "first_stage": first_stage_name(cp.f), "batch_size": cp.batch_size,
                        "lr": cp.lr, "ema_decay": cp.ema_decay, "p_uncond": cp.p_uncond, "n_train": cp.n_train,
                        **({"snr_gamma": cp.snr_gamma} if cp.snr_gamma is not None else {}),
                        **({"warmup_steps": cp.warmup_steps} if cp.warmup_steps else {}),

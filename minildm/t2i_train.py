@@ -333,13 +333,13 @@ class T2ISpec:
         self.description = f"text-to-image LDM, size {size}, text encoder: {enc}"
 
     def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
-        from .ablation import ablation_name
+        from .first_stage import first_stage_name
         from .artifacts import _spec
         from .unet import UNetConfig
 
         tp = preset.t2i
         size = tp.get_size(self.size)
-        fs = _spec(ablation_name(tp.f)).identity(preset)
+        fs = _spec(first_stage_name(tp.f)).identity(preset)
         c = int(fs["model"].get("embed_dim") or fs["model"].get("in_channels"))
         cond = _conditioner_config(self.encoder, size, tp)
         context_dim = size.context_dim if self.encoder == "scratch" else 384
@@ -351,7 +351,7 @@ class T2ISpec:
             "model_class": "LatentDiffusion",
             "model": {"f": tp.f, "image_size": tp.image_size, "first_stage": fs, "unet": unet, "cond_stage": cond,
                       "diffusion": {"schedule": tp.schedule, "num_timesteps": tp.timesteps, "parameterization": "eps"}},
-            "recipe": {"kind": "t2i", "encoder": self.encoder, "size": self.size, "first_stage": ablation_name(tp.f),
+            "recipe": {"kind": "t2i", "encoder": self.encoder, "size": self.size, "first_stage": first_stage_name(tp.f),
                        "batch_size": tp.batch_size, "lr": tp.lr, "ema_decay": tp.ema_decay, "p_uncond": tp.p_uncond,
                        "snr_gamma": tp.snr_gamma, "warmup_steps": tp.warmup_steps, "min_lr_ratio": tp.min_lr_ratio,
                        "n_train": tp.n_train, "holdout": list(tp.holdout), "seed": preset.seed,
@@ -369,11 +369,11 @@ class T2ISpec:
 
     def _dependencies(self, preset: Preset, device: torch.device, progress: bool) -> tuple[nn.Module, nn.Module]:
         """The first stage and the checker: built by rank 0 first, then loaded by every rank."""
-        from .ablation import ablation_name
+        from .first_stage import first_stage_name
         from .artifacts import load_artifact, load_or_train
         from .distributed import barrier, is_main, local_only
 
-        names = (ablation_name(preset.t2i.f), "checker")
+        names = (first_stage_name(preset.t2i.f), "checker")
         if is_main():
             with local_only():  # trained by rank 0 alone, not data-parallel
                 for name in names:

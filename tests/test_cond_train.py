@@ -58,7 +58,7 @@ def test_train_cond_smoke_artifacts_sweep_and_sampling(tmp_path, capsys):
     lay = load_artifact("ldm-layout", "smoke", root=tmp_path)
     assert {"found", "iou", "centre_error", "all_correct"} <= set(lay.metrics["sweep"][0])
     assert lay.config["model"]["cond_stage"]["type"] == "layout"
-    assert (tmp_path / "smoke" / "checker").is_dir() and (tmp_path / "smoke" / "ae-kl-f4").is_dir()
+    assert (tmp_path / "smoke" / "checker").is_dir() and (tmp_path / "smoke" / "kl-f4").is_dir()
     # cached: a second call loads instead of training, and prints the same table
     assert main(["train-cond", "--preset", "smoke", "--cond", "class", "--out", str(tmp_path)]) == 0
     assert "ldm-class (preset smoke)" in capsys.readouterr().out
