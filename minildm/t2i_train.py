@@ -119,6 +119,20 @@ def generate(ldm: nn.Module, prompts: Sequence[str], *, guidance_scale: float = 
 
 # ------------------------------------------------------------------------------------------ evaluation
 
+def _score_row(checker: nn.Module, images: torch.Tensor, requests: Sequence[Any], **labels: Any) -> dict[str, Any]:
+    """One evaluation row: ``labels``, the checker's scores of ``images`` for ``requests``
+    (:func:`~minildm.checker.score_prompt_samples`), ``all_correct_<kind>`` per prompt kind, ``n``."""
+    from .checker import score_prompt_samples
+
+    score = score_prompt_samples(checker, images, requests)
+    per_image = score.pop("per_image")
+    row: dict[str, Any] = {**labels, **score, "n": len(requests)}
+    for kind in sorted({r.kind for r in requests}):
+        hits = [ok for ok, r in zip(per_image, requests) if r.kind == kind]
+        row[f"all_correct_{kind}"] = sum(hits) / len(hits)
+    return row
+
+
 @torch.no_grad()
 def evaluate_t2i(ldm: nn.Module, checker: nn.Module, preset: Preset | str | None = None, *,
                  scales: Sequence[float] | None = None, n_per_kind: int | None = None,
@@ -131,7 +145,6 @@ def evaluate_t2i(ldm: nn.Module, checker: nn.Module, preset: Preset | str | None
     "all_correct", "all_correct_<kind>" for each kind, "n", and "fid"}`` (FID-style score of
     the group's samples against real validation images, with ``feature_net``).
     """
-    from .checker import score_prompt_samples
     from .fid import extract_features, fid_from_features
     from .prompts import prompt_set
 
@@ -154,12 +167,7 @@ def evaluate_t2i(ldm: nn.Module, checker: nn.Module, preset: Preset | str | None
         for s in scales:
             images = generate(ldm, [r.prompt for r in requests], guidance_scale=s, steps=steps or tp.eval_ddim_steps,
                               seed=seed, progress=progress)
-            score = score_prompt_samples(checker, images, requests)
-            per_image = score.pop("per_image")
-            row: dict[str, Any] = {"group": group, "scale": float(s), **score, "n": len(requests)}
-            for kind in sorted({r.kind for r in requests}):
-                hits = [ok for ok, r in zip(per_image, requests) if r.kind == kind]
-                row[f"all_correct_{kind}"] = sum(hits) / len(hits)
+            row = _score_row(checker, images, requests, group=group, scale=float(s))
             if real_features is not None:
                 row["fid"] = fid_from_features(real_features, extract_features(feature_net, images))
             rows.append(row)
@@ -177,7 +185,6 @@ def reference_scores(checker: nn.Module, first_stage: nn.Module | None = None, p
     model draws only what the decoder can draw, so no training or guidance scores above that row
     by more than chance. Rows ``{"group", "source": "real" | "reconstructed", "acc_*",
     "all_correct", "all_correct_<kind>", "n"}``."""
-    from .checker import score_prompt_samples
     from .data import load_dataset
     from .prompts import prompt_set
 
@@ -199,14 +206,8 @@ def reference_scores(checker: nn.Module, first_stage: nn.Module | None = None, p
             sources["reconstructed"] = torch.cat([
                 first_stage.decode_latent(first_stage.encode_latent(images[i:i + batch_size].to(fs_device)))
                 .clamp(-1, 1).cpu() for i in range(0, len(images), batch_size)])
-        for source, x in sources.items():
-            score = score_prompt_samples(checker, x.to(device), requests)
-            per_image = score.pop("per_image")
-            row: dict[str, Any] = {"group": group, "source": source, **score, "n": len(requests)}
-            for kind in sorted({r.kind for r in requests}):
-                hits = [ok for ok, r in zip(per_image, requests) if r.kind == kind]
-                row[f"all_correct_{kind}"] = sum(hits) / len(hits)
-            rows.append(row)
+        rows += [_score_row(checker, x.to(device), requests, group=group, source=source)
+                 for source, x in sources.items()]
     return rows
 
 
