@@ -33,8 +33,8 @@ from torch import nn
 
 from .presets import Preset, get_device, get_preset, seed_everything
 
-__all__ = ["TEXT_ENCODERS", "t2i_name", "parse_t2i_name", "T2ISpec", "t2i_specs", "build_t2i_ldm", "reference_scores",
-           "evaluate_t2i", "EvalCurve", "ValidationGrid", "scaling_study", "generate", "VALIDATION_PROMPTS"]
+__all__ = ["TEXT_ENCODERS", "t2i_name", "parse_t2i_name", "T2ISpec", "t2i_specs", "build_t2i_ldm",
+           "reference_scores", "evaluate_t2i", "EvalCurve", "ValidationGrid", "scaling_study", "generate", "VALIDATION_PROMPTS"]
 
 #: text encoders of notebook 05: trained from scratch with the UNet (the paper), frozen pretrained (SD)
 TEXT_ENCODERS = ("scratch", "minilm")
