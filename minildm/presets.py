@@ -371,7 +371,7 @@ _PRESETS: dict[str, Preset] = {
                       guidance_scales=(0.0, 1.0, 3.0, 5.0, 7.5), curve_points=4, curve_prompts=8, curve_scale=5.0,
                       checkpoint_every=500, snr_gamma=5.0, warmup_steps=200, min_lr_ratio=0.1),
         # four latent channels, a larger step size and 4x the ablation's steps: the checker reads the right
-        # shape in 89 % of its reconstructions at 2,500 steps (the ablation's ae-kl-f4: 73 %)
+        # shape in 92.6 % of its validation reconstructions (the ablation's ae-kl-f4: 73 %), PSNR 24.4 dB
         first_stage=FirstStagePreset(variant="l1-lpips", image_size=64, z_channels=4, steps=4000, batch_size=8,
                                      lr=8e-4),
     ),
