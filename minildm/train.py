@@ -501,7 +501,7 @@ class Trainer:
                         break
                 with torch.enable_grad():  # also when called from an evaluation under no_grad
                     record = self.train_step()
-                record["time_s"] = self.elapsed_s + time.perf_counter() - start
+                record["time_s"] = self.training_time_s()
                 if (record["step"] % self.log_every == 0 or self.step == self.max_steps
                         or any(k.startswith("eval/") for k in record)):  # evaluations are always kept
                     self.log.append(record)
