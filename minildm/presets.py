@@ -164,10 +164,11 @@ class CheckerPreset:
 @dataclass(frozen=True)
 class CondPreset:
     """The conditional LDMs of notebook 04 (``python -m minildm train-cond``): a UNet with
-    cross-attention (``context_dim``, ``transformer_depth``) on the latents of ``ae-kl-f{f}``,
-    trained for ``steps`` (the layout model for ``layout_steps``, if given) with conditioning
-    dropout ``p_uncond`` (and min-SNR-``snr_gamma`` loss weighting unless None; ``warmup_steps`` of linear lr warm-up; a cosine lr decay to
-    ``min_lr_ratio`` · lr by the last step unless None), then evaluated by the content
+    cross-attention (``context_dim``, ``transformer_depth``) on the latents of ``kl-f{f}``
+    (:class:`FirstStagePreset`), predicting ``parameterization`` (ε, x_0 or v), trained for ``steps``
+    (the layout model for ``layout_steps``, if given) with conditioning dropout ``p_uncond``,
+    min-SNR-``snr_gamma`` loss weighting unless None, ``warmup_steps`` of linear lr warm-up and a cosine
+    lr decay to ``min_lr_ratio`` · lr by the last step unless None; then evaluated by the content
     checker on ``n_eval`` samples (DDIM, ``eval_ddim_steps``) per guidance scale in ``guidance_scales``."""
 
     f: int
@@ -195,6 +196,7 @@ class CondPreset:
     warmup_steps: int = 0
     min_lr_ratio: float | None = None
     layout_steps: int | None = None
+    parameterization: str = "eps"
 
     def steps_for(self, kind: str) -> int:
         """Training steps of the ``kind`` ("class" or "layout") model."""
@@ -221,14 +223,15 @@ class T2ISize:
 @dataclass(frozen=True)
 class T2IPreset:
     """The text-to-image LDMs of notebook 05 (``python -m minildm train-ldm --cond text``): on the
-    latents of ``ae-kl-f{f}``, captions of ``n_train`` train images without the ``holdout``
-    (colour, shape) pairs, ``sizes`` for the scaling study (``size`` is the default model),
+    latents of ``kl-f{f}`` (:class:`FirstStagePreset`), captions of ``n_train`` train images without
+    the ``holdout`` (colour, shape) pairs, ``sizes`` for the scaling study (``size`` is the default model),
     prompts of at most ``max_length`` tokens. Evaluation: ``n_eval_per_kind`` prompts per kind
     and group (seen / held-out), ``samples_per_prompt`` each, DDIM ``eval_ddim_steps``, at
     ``guidance_scales``; the scaling curve is measured at ``curve_points`` evenly spaced steps on
     ``curve_prompts`` prompts per kind at guidance ``curve_scale``. Training: AdamW at ``lr`` with
     ``warmup_steps`` of warm-up and, unless ``min_lr_ratio`` is None, a cosine decay to
-    ``min_lr_ratio`` · lr by the last step; min-SNR-``snr_gamma`` weighting unless None."""
+    ``min_lr_ratio`` · lr by the last step; min-SNR-``snr_gamma`` weighting unless None; the UNet
+    predicts ``parameterization`` (ε, x_0 or v)."""
 
     f: int
     image_size: int
@@ -255,6 +258,7 @@ class T2IPreset:
     snr_gamma: float | None = None
     warmup_steps: int = 0
     min_lr_ratio: float | None = None
+    parameterization: str = "eps"
 
     def get_size(self, name: str | None = None) -> T2ISize:
         """The :class:`T2ISize` called ``name`` (default: ``size``); ValueError naming the choices."""

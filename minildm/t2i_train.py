@@ -351,7 +351,8 @@ class T2ISpec:
         return {
             "model_class": "LatentDiffusion",
             "model": {"f": tp.f, "image_size": tp.image_size, "first_stage": fs, "unet": unet, "cond_stage": cond,
-                      "diffusion": {"schedule": tp.schedule, "num_timesteps": tp.timesteps, "parameterization": "eps"}},
+                      "diffusion": {"schedule": tp.schedule, "num_timesteps": tp.timesteps,
+                                    "parameterization": tp.parameterization}},
             "recipe": {"kind": "t2i", "encoder": self.encoder, "size": self.size, "first_stage": first_stage_name(tp.f),
                        "batch_size": tp.batch_size, "lr": tp.lr, "ema_decay": tp.ema_decay, "p_uncond": tp.p_uncond,
                        "snr_gamma": tp.snr_gamma, "warmup_steps": tp.warmup_steps, "min_lr_ratio": tp.min_lr_ratio,

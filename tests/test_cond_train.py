@@ -62,3 +62,23 @@ def test_train_cond_smoke_artifacts_sweep_and_sampling(tmp_path, capsys):
     # cached: a second call loads instead of training, and prints the same table
     assert main(["train-cond", "--preset", "smoke", "--cond", "class", "--out", str(tmp_path)]) == 0
     assert "ldm-class (preset smoke)" in capsys.readouterr().out
+
+
+def test_parameterization_comes_from_the_preset():
+    import dataclasses
+
+    from minildm.cond_train import CondLDMSpec, build_cond_ldm
+    from minildm.presets import get_preset
+    from minildm.t2i_train import T2ISpec
+
+    p = get_preset("smoke")
+    assert CondLDMSpec("class").identity(p)["model"]["diffusion"]["parameterization"] == p.cond.parameterization
+    pv = dataclasses.replace(p, cond=dataclasses.replace(p.cond, parameterization="v"),
+                             t2i=dataclasses.replace(p.t2i, parameterization="v"))
+    identity = CondLDMSpec("layout").identity(pv)
+    assert identity["model"]["diffusion"]["parameterization"] == "v"
+    assert build_cond_ldm(identity).diffusion.parameterization == "v"
+    assert T2ISpec("scratch", "M").identity(pv)["model"]["diffusion"]["parameterization"] == "v"
+    with pytest.raises(ValueError, match="unknown parameterization"):
+        build_cond_ldm(CondLDMSpec("class").identity(
+            dataclasses.replace(p, cond=dataclasses.replace(p.cond, parameterization="score"))))
