@@ -165,7 +165,9 @@ class CheckerPreset:
 class CondPreset:
     """The conditional LDMs of notebook 04 (``python -m minildm train-cond``): a UNet with
     cross-attention (``context_dim``, ``transformer_depth``) on the latents of ``kl-f{f}``
-    (:class:`FirstStagePreset`), predicting ``parameterization`` (ε, x_0 or v), trained for ``steps``
+    (:class:`FirstStagePreset`), predicting ``parameterization`` (ε, x_0 or v; v by default: under the ε
+    loss a layout model never learns where to draw: see
+    :meth:`~minildm.diffusion.GaussianDiffusion.training_losses`), trained for ``steps``
     (the layout model for ``layout_steps``, if given) with conditioning dropout ``p_uncond``,
     min-SNR-``snr_gamma`` loss weighting unless None, ``warmup_steps`` of linear lr warm-up and a cosine
     lr decay to ``min_lr_ratio`` · lr by the last step unless None; then evaluated by the content
@@ -196,7 +198,7 @@ class CondPreset:
     warmup_steps: int = 0
     min_lr_ratio: float | None = None
     layout_steps: int | None = None
-    parameterization: str = "eps"
+    parameterization: str = "v"
 
     def steps_for(self, kind: str) -> int:
         """Training steps of the ``kind`` ("class" or "layout") model."""
@@ -258,7 +260,7 @@ class T2IPreset:
     snr_gamma: float | None = None
     warmup_steps: int = 0
     min_lr_ratio: float | None = None
-    parameterization: str = "eps"
+    parameterization: str = "v"
 
     def get_size(self, name: str | None = None) -> T2ISize:
         """The :class:`T2ISize` called ``name`` (default: ``size``); ValueError naming the choices."""
@@ -362,7 +364,7 @@ _PRESETS: dict[str, Preset] = {
                         attention_resolutions=(2, 4), num_heads=4, context_dim=64, transformer_depth=1,
                         layout_depth=2, schedule="linear", timesteps=1000, batch_size=32, lr=1e-3, ema_decay=0.999,
                         p_uncond=0.1, steps=16000, n_train=8000, n_eval=224, eval_ddim_steps=20,
-                        guidance_scales=(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5), snr_gamma=5.0, warmup_steps=200,
+                        guidance_scales=(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5), warmup_steps=200,
                         min_lr_ratio=0.1, layout_steps=10000),
         t2i=T2IPreset(f=4, image_size=64, size="M", max_length=48, schedule="linear", timesteps=1000,
                       # the scaling study's three widths; M (the main model) is the widest a CPU trains in
@@ -373,7 +375,7 @@ _PRESETS: dict[str, Preset] = {
                       batch_size=32, lr=1e-3, ema_decay=0.999, p_uncond=0.1, steps=10000, n_train=8000,
                       holdout=T2I_HOLDOUT, n_eval_per_kind=16, samples_per_prompt=2, eval_ddim_steps=20,
                       guidance_scales=(0.0, 1.0, 3.0, 5.0, 7.5), curve_points=4, curve_prompts=8, curve_scale=5.0,
-                      checkpoint_every=500, snr_gamma=5.0, warmup_steps=200, min_lr_ratio=0.1),
+                      checkpoint_every=500, warmup_steps=200, min_lr_ratio=0.1),
         # four latent channels, a larger step size and 4x the ablation's steps: the checker reads the right
         # shape in 92.6 % of its validation reconstructions (the ablation's ae-kl-f4: 73 %), PSNR 24.4 dB
         first_stage=FirstStagePreset(variant="l1-lpips", image_size=64, z_channels=4, steps=4000, batch_size=8,

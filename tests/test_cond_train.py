@@ -73,12 +73,13 @@ def test_parameterization_comes_from_the_preset():
 
     p = get_preset("smoke")
     assert CondLDMSpec("class").identity(p)["model"]["diffusion"]["parameterization"] == p.cond.parameterization
-    pv = dataclasses.replace(p, cond=dataclasses.replace(p.cond, parameterization="v"),
-                             t2i=dataclasses.replace(p.t2i, parameterization="v"))
-    identity = CondLDMSpec("layout").identity(pv)
-    assert identity["model"]["diffusion"]["parameterization"] == "v"
-    assert build_cond_ldm(identity).diffusion.parameterization == "v"
-    assert T2ISpec("scratch", "M").identity(pv)["model"]["diffusion"]["parameterization"] == "v"
+    assert p.cond.parameterization == p.t2i.parameterization == "v"
+    pe = dataclasses.replace(p, cond=dataclasses.replace(p.cond, parameterization="eps"),
+                             t2i=dataclasses.replace(p.t2i, parameterization="eps"))
+    identity = CondLDMSpec("layout").identity(pe)
+    assert identity["model"]["diffusion"]["parameterization"] == "eps"
+    assert build_cond_ldm(identity).diffusion.parameterization == "eps"
+    assert T2ISpec("scratch", "M").identity(pe)["model"]["diffusion"]["parameterization"] == "eps"
     with pytest.raises(ValueError, match="unknown parameterization"):
         build_cond_ldm(CondLDMSpec("class").identity(
             dataclasses.replace(p, cond=dataclasses.replace(p.cond, parameterization="score"))))

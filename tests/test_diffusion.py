@@ -136,3 +136,18 @@ def test_min_snr_weighting():
     assert torch.allclose(weighted[-1], plain[-1])
     with pytest.raises(ValueError, match="snr_gamma"):
         d.training_losses(model, x0, t=t, noise=noise, snr_gamma=0.0)
+
+
+@pytest.mark.parametrize("p, weight", [("eps", lambda snr: snr), ("v", lambda snr: 1 + snr),
+                                       ("x0", lambda snr: torch.ones_like(snr))])
+def test_each_loss_is_a_weighted_x0_error(p, weight):
+    """ε loss = SNR · ‖x_0 − x̂_0‖², v loss = (1 + SNR) · ‖x_0 − x̂_0‖², x_0 loss = ‖x_0 − x̂_0‖²."""
+    d = GaussianDiffusion("linear", 1000, p)
+    x0, noise = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    t = torch.tensor([5, 300, 700, 999])
+    out = torch.randn_like(x0)
+    loss = d.training_losses(lambda x, tt: out, x0, t=t, noise=noise)
+    x0_err = (d.predict_x0(d.q_sample(x0, t, noise), t, out) - x0).pow(2).mean(dim=(1, 2, 3))
+    assert torch.allclose(loss.double(), weight(d.snr(t)).double() * x0_err, rtol=1e-4)
+    if p == "eps":  # at t = T, an x̂_0 error costs the ε loss almost nothing
+        assert weight(d.snr(t))[-1] < 1e-4
