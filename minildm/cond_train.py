@@ -165,6 +165,7 @@ class CondLDMSpec:
             "recipe": {"kind": f"ldm-{self.kind}", "first_stage": first_stage_name(cp.f), "batch_size": cp.batch_size,
                        "lr": cp.lr, "ema_decay": cp.ema_decay, "p_uncond": cp.p_uncond, "n_train": cp.n_train,
                        **({"snr_gamma": cp.snr_gamma} if cp.snr_gamma is not None else {}),
+                       **({"loss_weighting": cp.loss_weighting} if cp.loss_weighting != "min_snr" else {}),
                        **({"warmup_steps": cp.warmup_steps} if cp.warmup_steps else {}),
                        **({"min_lr_ratio": cp.min_lr_ratio} if cp.min_lr_ratio is not None else {}),
                        "seed": preset.seed, "steps": steps if steps is not None else cp.steps_for(self.kind),
@@ -203,7 +204,8 @@ class CondLDMSpec:
                                     cond=conditions_from_items(self.kind, items))
         trained = nn.ModuleDict({"unet": ldm.model, "cond_stage": ldm.cond_stage_model})
         ema = EMA(trained, decay=r["ema_decay"])
-        task = LatentDiffusionTask(ldm, r["lr"], p_uncond=r["p_uncond"], snr_gamma=r.get("snr_gamma"), **lr_schedule(r))
+        task = LatentDiffusionTask(ldm, r["lr"], p_uncond=r["p_uncond"], snr_gamma=r.get("snr_gamma"),
+                                   loss_weighting=r.get("loss_weighting", "min_snr"), **lr_schedule(r))
         trainer = Trainer(task,
                           data, device=dev,
                           max_steps=r["steps"], seed=r["seed"], out_dir=out_dir,

@@ -32,6 +32,7 @@ from torch import Tensor
 __all__ = [
     "SCHEDULES",
     "PARAMETERIZATIONS",
+    "LOSS_WEIGHTINGS",
     "make_beta_schedule",
     "GaussianDiffusion",
     "DDIMSampler",
@@ -40,6 +41,8 @@ __all__ = [
 
 SCHEDULES = ("linear", "scaled_linear", "cosine")
 PARAMETERIZATIONS = ("eps", "x0", "v")
+#: How ``snr_gamma`` reweights the loss (see :meth:`GaussianDiffusion.training_losses`).
+LOSS_WEIGHTINGS = ("min_snr", "capped")
 
 ModelFn = Callable[..., Tensor]
 
@@ -156,11 +159,6 @@ class GaussianDiffusion:
         return t.long()
 
     # -- forward process ------------------------------------------------------------------
-    def snr(self, t: Tensor) -> Tensor:
-        """SNR(t) = ᾱ_t / (1 − ᾱ_t), (B,) float64."""
-        t = torch.as_tensor(t).long().cpu()
-        return self.alphas_cumprod[t] / (1.0 - self.alphas_cumprod[t])
-
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor | None = None,
                  generator: torch.Generator | None = None) -> Tensor:
         """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε: a sample of q(x_t | x_0). Shapes: x0 (B, …), t (B,) -> (B, …)."""
@@ -212,22 +210,28 @@ class GaussianDiffusion:
 
     def training_losses(self, model: ModelFn, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None,
                         generator: torch.Generator | None = None, snr_gamma: float | None = None,
-                        **model_kwargs: Any) -> Tensor:
+                        loss_weighting: str = "min_snr", **model_kwargs: Any) -> Tensor:
         """Per-example simple loss ‖target − model(x_t, t)‖² averaged over (C, H, W) -> (B,) (paper Eq. 2).
 
         ``t`` defaults to uniform random timesteps and ``noise`` to N(0, I), drawn from ``generator``.
-        ``snr_gamma`` = γ weights each example by min-SNR-γ (Hang et al., ICCV 2023), expressed for
-        the parameterisation: min(SNR, γ) / SNR for ε, min(SNR, γ) / (SNR + 1) for v, min(SNR, γ)
-        for x₀. It caps the weight of the low-noise timesteps, whose gradients conflict with the
-        rest, and makes training converge several times faster; None: the simple loss.
-
-        The parameterisation weighs the timesteps differently. In terms of x̂_0 the ε loss is
-        SNR(t) · ‖x_0 − x̂_0‖² and the v loss (1 + SNR(t)) · ‖x_0 − x̂_0‖² (min-SNR-γ turns both into
-        min(SNR, γ) · ‖x_0 − x̂_0‖²). At high noise, where a sample's composition is decided, SNR ≈ 0:
+        The parameterisation weighs the timesteps differently. In terms of x̂_0 the loss is
+        w(t) · ‖x_0 − x̂_0‖² with w(t) = SNR(t) for ε, 1 + SNR(t) for v and 1 for x_0
+        (SNR(t) = ᾱ_t / (1 − ᾱ_t)). At high noise, where a sample's composition is decided, SNR ≈ 0:
         the ε loss hardly cares *where* x̂_0 puts an object, the v loss does. A layout-to-image model
         trained on the ε loss drew its objects anywhere (centre error 0.35 of the image side, boxes
         ignored); on the v loss it put them in their boxes (0.025), which is why the conditional
         presets predict v.
+
+        ``snr_gamma`` = γ reweights each example (None: the simple loss), as ``loss_weighting`` says:
+
+        * ``"min_snr"``: min-SNR-γ (Hang et al., ICCV 2023), x̂_0 weight min(SNR, γ) whatever the
+          parameterisation, i.e. min(SNR, γ) / SNR for ε, min(SNR, γ) / (SNR + 1) for v. It caps
+          the weight of the low-noise timesteps, whose gradients conflict with the rest; but for v
+          it also drops the high-noise weight from 1 to SNR ≈ 0, the ε loss's blind spot above.
+        * ``"capped"``: the parameterisation's own x̂_0 weight capped at γ, min(w(t), γ), i.e. the
+          loss times min(w(t), γ) / w(t). For ε it is min-SNR-γ; for v it keeps the weight 1 at
+          high noise (layouts) and caps the unbounded 1 + SNR at low noise, which otherwise takes
+          the gradient from the mid-noise timesteps where shapes form.
         """
         b = x0.shape[0]
         if t is None:
@@ -244,13 +248,15 @@ class GaussianDiffusion:
             raise ValueError(f"the model returned {tuple(out.shape)} for inputs {tuple(x0.shape)}")
         loss = F.mse_loss(out.float(), self.target(x0, noise, t).float(), reduction="none").mean(
             dim=tuple(range(1, x0.ndim)))
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"unknown loss_weighting {loss_weighting!r}: choose one of {', '.join(LOSS_WEIGHTINGS)}")
         if snr_gamma is not None:
             if not snr_gamma > 0:
                 raise ValueError(f"snr_gamma must be > 0 or None, got {snr_gamma!r}")
             snr = self.snr(t)
-            clipped = snr.clamp(max=float(snr_gamma))
-            weight = {"eps": clipped / snr, "v": clipped / (snr + 1), "x0": clipped}[self.parameterization]
-            loss = loss * weight
+            w = {"eps": snr, "v": snr + 1, "x0": torch.ones_like(snr)}[self.parameterization]  # x̂_0 weight
+            target_w = snr if loss_weighting == "min_snr" else w
+            loss = loss * target_w.clamp(max=float(snr_gamma)) / w
         return loss
 
     # -- DDPM sampling ---------------------------------------------------------------------

@@ -169,7 +169,8 @@ class CondPreset:
     loss a layout model never learns where to draw: see
     :meth:`~minildm.diffusion.GaussianDiffusion.training_losses`), trained for ``steps``
     (the layout model for ``layout_steps``, if given) with conditioning dropout ``p_uncond``,
-    min-SNR-``snr_gamma`` loss weighting unless None, ``warmup_steps`` of linear lr warm-up and a cosine
+    ``snr_gamma`` loss weighting unless None (``loss_weighting``: "min_snr" or "capped", see
+    :meth:`~minildm.diffusion.GaussianDiffusion.training_losses`), ``warmup_steps`` of linear lr warm-up and a cosine
     lr decay to ``min_lr_ratio`` · lr by the last step unless None; then evaluated by the content
     checker on ``n_eval`` samples (DDIM, ``eval_ddim_steps``) per guidance scale in ``guidance_scales``."""
 
@@ -199,6 +200,7 @@ class CondPreset:
     min_lr_ratio: float | None = None
     layout_steps: int | None = None
     parameterization: str = "v"
+    loss_weighting: str = "min_snr"
 
     def steps_for(self, kind: str) -> int:
         """Training steps of the ``kind`` ("class" or "layout") model."""
@@ -232,7 +234,7 @@ class T2IPreset:
     ``guidance_scales``; the scaling curve is measured at ``curve_points`` evenly spaced steps on
     ``curve_prompts`` prompts per kind at guidance ``curve_scale``. Training: AdamW at ``lr`` with
     ``warmup_steps`` of warm-up and, unless ``min_lr_ratio`` is None, a cosine decay to
-    ``min_lr_ratio`` · lr by the last step; min-SNR-``snr_gamma`` weighting unless None; the UNet
+    ``min_lr_ratio`` · lr by the last step; ``snr_gamma`` weighting (``loss_weighting``) unless None; the UNet
     predicts ``parameterization`` (ε, x_0 or v)."""
 
     f: int
@@ -261,6 +263,7 @@ class T2IPreset:
     warmup_steps: int = 0
     min_lr_ratio: float | None = None
     parameterization: str = "v"
+    loss_weighting: str = "min_snr"
 
     def get_size(self, name: str | None = None) -> T2ISize:
         """The :class:`T2ISize` called ``name`` (default: ``size``); ValueError naming the choices."""
@@ -365,7 +368,7 @@ _PRESETS: dict[str, Preset] = {
                         layout_depth=2, schedule="linear", timesteps=1000, batch_size=32, lr=1e-3, ema_decay=0.999,
                         p_uncond=0.1, steps=16000, n_train=8000, n_eval=224, eval_ddim_steps=20,
                         guidance_scales=(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5), warmup_steps=200,
-                        min_lr_ratio=0.1, layout_steps=10000),
+                        min_lr_ratio=0.1, layout_steps=10000, snr_gamma=5.0, loss_weighting="capped"),
         t2i=T2IPreset(f=4, image_size=64, size="M", max_length=48, schedule="linear", timesteps=1000,
                       # the scaling study's three widths; M (the main model) is the widest a CPU trains in
                       # hours (4.3 GFLOP per step for S, 17 for M)

@@ -356,6 +356,7 @@ class T2ISpec:
             "recipe": {"kind": "t2i", "encoder": self.encoder, "size": self.size, "first_stage": first_stage_name(tp.f),
                        "batch_size": tp.batch_size, "lr": tp.lr, "ema_decay": tp.ema_decay, "p_uncond": tp.p_uncond,
                        "snr_gamma": tp.snr_gamma, "warmup_steps": tp.warmup_steps, "min_lr_ratio": tp.min_lr_ratio,
+                       **({"loss_weighting": tp.loss_weighting} if tp.loss_weighting != "min_snr" else {}),
                        "n_train": tp.n_train, "holdout": list(tp.holdout), "seed": preset.seed,
                        "steps": steps if steps is not None else tp.steps, "curve_points": tp.curve_points,
                        "data": {"name": "shapes", "split": "train", "image_size": tp.image_size}},
@@ -415,7 +416,8 @@ class T2ISpec:
         trained = nn.ModuleDict({"unet": ldm.model, "cond_stage": ldm.cond_stage_model})
         ema = EMA(trained, decay=r["ema_decay"])
         task = LatentDiffusionTask(ldm, r["lr"], p_uncond=r["p_uncond"], per_sample_rng=True,
-                                   snr_gamma=r.get("snr_gamma"), **lr_schedule(r))
+                                   snr_gamma=r.get("snr_gamma"), loss_weighting=r.get("loss_weighting", "min_snr"),
+                                   **lr_schedule(r))
 
         # model FLOPs of one optimizer step (global batch), counted on one sample
         probe = move_to_device(data.batch(0, part=(0, 1)), dev)

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .diffusion import LOSS_WEIGHTINGS
+
 __all__ = ["AutoencoderTask", "LatentDiffusionTask", "lr_at", "lr_schedule"]
 
 
@@ -242,8 +244,8 @@ class LatentDiffusionTask:
     resuming is exact. With ``per_sample_rng`` they come from the batch's
     :class:`~minildm.train.BatchRandom` instead (one draw per sample of the global batch), which
     makes data-parallel and accumulated runs equal to a single-process run with the same global
-    batch. ``snr_gamma``: min-SNR-γ loss weighting (see
-    :meth:`~minildm.diffusion.GaussianDiffusion.training_losses`). AdamW on the UNet's and the
+    batch. ``snr_gamma``, ``loss_weighting``: the loss weighting, min-SNR-γ or the capped x̂_0 weight
+    (see :meth:`~minildm.diffusion.GaussianDiffusion.training_losses`). AdamW on the UNet's and the
     conditioner's parameters, at the learning rate of :func:`lr_at` (``warmup_steps`` of linear
     warm-up as in the CompVis configs, then a cosine decay to ``min_lr_ratio`` · lr over
     ``decay_steps`` if given, else constant).
@@ -254,7 +256,8 @@ class LatentDiffusionTask:
 
     def __init__(self, ldm: nn.Module, lr: float, weight_decay: float = 0.0, p_uncond: float = 0.1,
                  per_sample_rng: bool = False, snr_gamma: float | None = None, warmup_steps: int = 0,
-                 decay_steps: int | None = None, min_lr_ratio: float = 0.1) -> None:
+                 decay_steps: int | None = None, min_lr_ratio: float = 0.1,
+                 loss_weighting: str = "min_snr") -> None:
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
             raise ValueError(f"lr must be a number > 0, got {lr!r}")
         lr_at(lr, 0, warmup_steps, decay_steps, min_lr_ratio)  # validates the schedule
@@ -270,6 +273,9 @@ class LatentDiffusionTask:
         if snr_gamma is not None and not (isinstance(snr_gamma, (int, float)) and snr_gamma > 0):
             raise ValueError(f"snr_gamma must be a number > 0 or None, got {snr_gamma!r}")
         self.snr_gamma = snr_gamma
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"unknown loss_weighting {loss_weighting!r}: choose one of {', '.join(LOSS_WEIGHTINGS)}")
+        self.loss_weighting = loss_weighting
 
     def modules(self) -> dict[str, nn.Module]:
         mods = {"unet": self.ldm.model}
@@ -305,6 +311,7 @@ class LatentDiffusionTask:
             kwargs["context"] = batch["context"]
         if self.snr_gamma is not None:
             kwargs["snr_gamma"] = self.snr_gamma
+            kwargs["loss_weighting"] = self.loss_weighting
         loss = self.ldm.loss(z, **kwargs)
         if not torch.isfinite(loss.detach()):
             raise FloatingPointError(f"the diffusion loss is {loss.detach().item()} at step {step}; lower the learning "

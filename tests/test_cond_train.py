@@ -83,3 +83,21 @@ def test_parameterization_comes_from_the_preset():
     with pytest.raises(ValueError, match="unknown parameterization"):
         build_cond_ldm(CondLDMSpec("class").identity(
             dataclasses.replace(p, cond=dataclasses.replace(p.cond, parameterization="score"))))
+
+
+def test_loss_weighting_comes_from_the_preset():
+    import dataclasses
+
+    from minildm.cond_train import CondLDMSpec
+    from minildm.presets import get_preset
+    from minildm.t2i_train import T2ISpec
+
+    p = get_preset("smoke")
+    pc = dataclasses.replace(p, cond=dataclasses.replace(p.cond, snr_gamma=5.0, loss_weighting="min_snr"),
+                             t2i=dataclasses.replace(p.t2i, snr_gamma=5.0, loss_weighting="min_snr"))
+    assert "loss_weighting" not in CondLDMSpec("class").identity(pc)["recipe"]  # earlier identities unchanged
+    assert "loss_weighting" not in T2ISpec("scratch", "M").identity(pc)["recipe"]
+    pc = dataclasses.replace(p, cond=dataclasses.replace(p.cond, snr_gamma=5.0, loss_weighting="capped"),
+                             t2i=dataclasses.replace(p.t2i, snr_gamma=5.0, loss_weighting="capped"))
+    assert CondLDMSpec("layout").identity(pc)["recipe"]["loss_weighting"] == "capped"
+    assert T2ISpec("scratch", "M").identity(pc)["recipe"]["loss_weighting"] == "capped"

@@ -83,3 +83,20 @@ def test_task_step_and_nan_loss():
     assert "train/loss" in logs
     with pytest.raises(FloatingPointError, match="loss"):
         task.training_step({"latent": torch.full((2, 4, 8, 8), float("nan"))}, 1, "unet")
+
+
+def test_task_loss_weighting():
+    ldm = _ldm()
+    ldm.diffusion = GaussianDiffusion("linear", 50, "v")  # for ε, "capped" is min-SNR itself
+    z = torch.randn(4, 4, 8, 8)
+    losses = {}
+    for weighting in ("min_snr", "capped"):
+        task = LatentDiffusionTask(ldm, lr=1e-3, snr_gamma=2.0, loss_weighting=weighting)
+        torch.manual_seed(1)
+        losses[weighting] = task.training_step({"latent": z}, 0, "unet")[0].item()
+        torch.manual_seed(1)
+        expected = ldm.loss(z, snr_gamma=2.0, loss_weighting=weighting).item()
+        assert losses[weighting] == pytest.approx(expected, rel=1e-6)
+    assert losses["capped"] != pytest.approx(losses["min_snr"])
+    with pytest.raises(ValueError, match="loss_weighting"):
+        LatentDiffusionTask(ldm, lr=1e-3, loss_weighting="max")
