@@ -138,30 +138,33 @@ def test_min_snr_weighting():
         d.training_losses(model, x0, t=t, noise=noise, snr_gamma=0.0)
 
 
-@pytest.mark.parametrize("p, weight", [("eps", lambda snr: snr), ("v", lambda snr: 1 + snr),
-                                       ("x0", lambda snr: torch.ones_like(snr))])
-def test_each_loss_is_a_weighted_x0_error(p, weight):
-    """ε loss = SNR · ‖x_0 − x̂_0‖², v loss = (1 + SNR) · ‖x_0 − x̂_0‖², x_0 loss = ‖x_0 − x̂_0‖²."""
+X0_WEIGHTS = [("eps", lambda snr: snr), ("v", lambda snr: 1 + snr), ("x0", lambda snr: torch.ones_like(snr))]
+
+
+def _x0_error_case(p: str):
+    """A diffusion of parameterisation p, (x0, noise, t, out) and the per-example ‖x_0 − x̂_0‖² of out."""
     d = GaussianDiffusion("linear", 1000, p)
     x0, noise = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randn(4, 3, 8, 8, dtype=torch.float64)
     t = torch.tensor([5, 300, 700, 999])
     out = torch.randn_like(x0)
-    loss = d.training_losses(lambda x, tt: out, x0, t=t, noise=noise)
     x0_err = (d.predict_x0(d.q_sample(x0, t, noise), t, out) - x0).pow(2).mean(dim=(1, 2, 3))
+    return d, x0, noise, t, out, x0_err
+
+
+@pytest.mark.parametrize("p, weight", X0_WEIGHTS)
+def test_each_loss_is_a_weighted_x0_error(p, weight):
+    """ε loss = SNR · ‖x_0 − x̂_0‖², v loss = (1 + SNR) · ‖x_0 − x̂_0‖², x_0 loss = ‖x_0 − x̂_0‖²."""
+    d, x0, noise, t, out, x0_err = _x0_error_case(p)
+    loss = d.training_losses(lambda x, tt: out, x0, t=t, noise=noise)
     assert torch.allclose(loss.double(), weight(d.snr(t)).double() * x0_err, rtol=1e-4)
     if p == "eps":  # at t = T, an x̂_0 error costs the ε loss almost nothing
         assert weight(d.snr(t))[-1] < 1e-4
 
 
-@pytest.mark.parametrize("p, weight", [("eps", lambda snr: snr), ("v", lambda snr: 1 + snr),
-                                       ("x0", lambda snr: torch.ones_like(snr))])
+@pytest.mark.parametrize("p, weight", X0_WEIGHTS)
 def test_capped_weighting_caps_the_x0_weight(p, weight):
     """"capped": x̂_0 weight min(w(t), γ); "min_snr": min(SNR, γ) (equal for ε, not for v at high noise)."""
-    d = GaussianDiffusion("linear", 1000, p)
-    x0, noise = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randn(4, 3, 8, 8, dtype=torch.float64)
-    t = torch.tensor([5, 300, 700, 999])
-    out = torch.randn_like(x0)
-    x0_err = (d.predict_x0(d.q_sample(x0, t, noise), t, out) - x0).pow(2).mean(dim=(1, 2, 3))
+    d, x0, noise, t, out, x0_err = _x0_error_case(p)
     snr = d.snr(t).double()
     capped = d.training_losses(lambda x, tt: out, x0, t=t, noise=noise, snr_gamma=5.0, loss_weighting="capped")
     assert torch.allclose(capped.double(), weight(snr).clamp(max=5.0) * x0_err, rtol=1e-4)
