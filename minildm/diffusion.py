@@ -230,8 +230,9 @@ class GaussianDiffusion:
           it also drops the high-noise weight from 1 to SNR ≈ 0, the ε loss's blind spot above.
         * ``"capped"``: the parameterisation's own x̂_0 weight capped at γ, min(w(t), γ), i.e. the
           loss times min(w(t), γ) / w(t). For ε it is min-SNR-γ; for v it keeps the weight 1 at
-          high noise (layouts) and caps the unbounded 1 + SNR at low noise, which otherwise takes
-          the gradient from the mid-noise timesteps where shapes form.
+          high noise (layouts) and caps the unbounded 1 + SNR at low noise. Measured on the cpu
+          preset (γ = 5): the layout model drew the right shape in 80 % of its boxes (uncapped:
+          74 %); the class model's shapes did not recover (33 %; uncapped 37 %, ε / min-SNR-5 79 %).
         """
         b = x0.shape[0]
         if t is None:
