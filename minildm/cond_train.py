@@ -150,6 +150,7 @@ class CondLDMSpec:
         from .unet import UNetConfig
 
         cp = preset.cond
+        weighting = cp.loss_weighting_for(self.kind)
         fs = _spec(first_stage_name(cp.f)).identity(preset)
         c = int(fs["model"].get("embed_dim") or fs["model"].get("in_channels"))
         unet = UNetConfig(in_channels=c, out_channels=c, model_channels=cp.model_channels,
@@ -161,11 +162,11 @@ class CondLDMSpec:
             "model": {"f": cp.f, "image_size": cp.image_size, "first_stage": fs, "unet": unet,
                       "cond_stage": _conditioner_config(self.kind, preset),
                       "diffusion": {"schedule": cp.schedule, "num_timesteps": cp.timesteps,
-                                    "parameterization": cp.parameterization}},
+                                    "parameterization": cp.parameterization_for(self.kind)}},
             "recipe": {"kind": f"ldm-{self.kind}", "first_stage": first_stage_name(cp.f), "batch_size": cp.batch_size,
                        "lr": cp.lr, "ema_decay": cp.ema_decay, "p_uncond": cp.p_uncond, "n_train": cp.n_train,
                        **({"snr_gamma": cp.snr_gamma} if cp.snr_gamma is not None else {}),
-                       **({"loss_weighting": cp.loss_weighting} if cp.loss_weighting != "min_snr" else {}),
+                       **({"loss_weighting": weighting} if weighting != "min_snr" else {}),
                        **({"warmup_steps": cp.warmup_steps} if cp.warmup_steps else {}),
                        **({"min_lr_ratio": cp.min_lr_ratio} if cp.min_lr_ratio is not None else {}),
                        "seed": preset.seed, "steps": steps if steps is not None else cp.steps_for(self.kind),

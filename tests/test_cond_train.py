@@ -101,3 +101,30 @@ def test_loss_weighting_comes_from_the_preset():
                              t2i=dataclasses.replace(p.t2i, snr_gamma=5.0, loss_weighting="capped"))
     assert CondLDMSpec("layout").identity(pc)["recipe"]["loss_weighting"] == "capped"
     assert T2ISpec("scratch", "M").identity(pc)["recipe"]["loss_weighting"] == "capped"
+
+
+def test_class_model_can_have_its_own_parameterization_and_weighting():
+    import dataclasses
+
+    from minildm.cond_train import CondLDMSpec, build_cond_ldm
+    from minildm.presets import get_preset
+
+    p = get_preset("smoke")
+    cp = dataclasses.replace(p.cond, snr_gamma=5.0, loss_weighting="capped",
+                             class_parameterization="eps", class_loss_weighting="min_snr")
+    pk = dataclasses.replace(p, cond=cp)
+    cls, lay = CondLDMSpec("class").identity(pk), CondLDMSpec("layout").identity(pk)
+    assert cls["model"]["diffusion"]["parameterization"] == "eps"
+    assert "loss_weighting" not in cls["recipe"] and cls["recipe"]["snr_gamma"] == 5.0
+    assert lay["model"]["diffusion"]["parameterization"] == "v"
+    assert lay["recipe"]["loss_weighting"] == "capped" and lay["recipe"]["snr_gamma"] == 5.0
+    assert build_cond_ldm(cls).diffusion.parameterization == "eps"
+    # without the class fields both models follow the shared ones
+    assert CondLDMSpec("class").identity(p)["model"]["diffusion"]["parameterization"] == p.cond.parameterization
+    # the cpu preset: layout on capped v, class on ε with min-SNR-5
+    c = get_preset("cpu").cond
+    assert (c.parameterization_for("layout"), c.loss_weighting_for("layout")) == ("v", "capped")
+    assert (c.parameterization_for("class"), c.loss_weighting_for("class")) == ("eps", "min_snr")
+    with pytest.raises(ValueError, match="unknown parameterization"):
+        build_cond_ldm(CondLDMSpec("class").identity(
+            dataclasses.replace(p, cond=dataclasses.replace(p.cond, class_parameterization="score"))))
