@@ -33,6 +33,7 @@ __all__ = [
     "SCHEDULES",
     "PARAMETERIZATIONS",
     "LOSS_WEIGHTINGS",
+    "check_loss_weighting",
     "make_beta_schedule",
     "GaussianDiffusion",
     "DDIMSampler",
@@ -43,6 +44,17 @@ SCHEDULES = ("linear", "scaled_linear", "cosine")
 PARAMETERIZATIONS = ("eps", "x0", "v")
 #: How ``snr_gamma`` reweights the loss (see :meth:`GaussianDiffusion.training_losses`).
 LOSS_WEIGHTINGS = ("min_snr", "capped")
+
+
+def check_loss_weighting(snr_gamma: float | None, loss_weighting: str) -> None:
+    """ValueError unless ``snr_gamma`` is a number > 0 or None and ``loss_weighting`` one of
+    :data:`LOSS_WEIGHTINGS` (see :meth:`GaussianDiffusion.training_losses`)."""
+    if snr_gamma is not None and (isinstance(snr_gamma, bool) or not isinstance(snr_gamma, (int, float))
+                                  or not snr_gamma > 0):
+        raise ValueError(f"snr_gamma must be a number > 0 or None, got {snr_gamma!r}")
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"unknown loss_weighting {loss_weighting!r}: choose one of {', '.join(LOSS_WEIGHTINGS)}")
+
 
 ModelFn = Callable[..., Tensor]
 
@@ -249,11 +261,8 @@ class GaussianDiffusion:
             raise ValueError(f"the model returned {tuple(out.shape)} for inputs {tuple(x0.shape)}")
         loss = F.mse_loss(out.float(), self.target(x0, noise, t).float(), reduction="none").mean(
             dim=tuple(range(1, x0.ndim)))
-        if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"unknown loss_weighting {loss_weighting!r}: choose one of {', '.join(LOSS_WEIGHTINGS)}")
+        check_loss_weighting(snr_gamma, loss_weighting)
         if snr_gamma is not None:
-            if not snr_gamma > 0:
-                raise ValueError(f"snr_gamma must be > 0 or None, got {snr_gamma!r}")
             snr = self.snr(t)
             w = {"eps": snr, "v": snr + 1, "x0": torch.ones_like(snr)}[self.parameterization]  # x̂_0 weight
             target_w = snr if loss_weighting == "min_snr" else w

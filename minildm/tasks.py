@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .diffusion import LOSS_WEIGHTINGS
+from .diffusion import check_loss_weighting
 
 __all__ = ["AutoencoderTask", "LatentDiffusionTask", "lr_at", "lr_schedule"]
 
@@ -270,11 +270,8 @@ class LatentDiffusionTask:
         self.weight_decay = float(weight_decay)
         self.p_uncond = float(p_uncond)
         self.per_sample_rng = bool(per_sample_rng)
-        if snr_gamma is not None and not (isinstance(snr_gamma, (int, float)) and snr_gamma > 0):
-            raise ValueError(f"snr_gamma must be a number > 0 or None, got {snr_gamma!r}")
+        check_loss_weighting(snr_gamma, loss_weighting)
         self.snr_gamma = snr_gamma
-        if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"unknown loss_weighting {loss_weighting!r}: choose one of {', '.join(LOSS_WEIGHTINGS)}")
         self.loss_weighting = loss_weighting
 
     def modules(self) -> dict[str, nn.Module]:

@@ -176,3 +176,14 @@ def test_capped_weighting_caps_the_x0_weight(p, weight):
         assert capped[-1] / x0_err[-1] > 0.99 and min_snr[-1] / x0_err[-1] < 1e-4
     with pytest.raises(ValueError, match="loss_weighting"):
         d.training_losses(lambda x, tt: out, x0, t=t, noise=noise, snr_gamma=5.0, loss_weighting="truncated")
+
+
+@pytest.mark.parametrize("snr_gamma, weighting, match", [
+    (0.0, "min_snr", "snr_gamma"), (-1.0, "capped", "snr_gamma"), (True, "min_snr", "snr_gamma"),
+    ("5", "min_snr", "snr_gamma"), (5.0, "clipped", "loss_weighting"), (None, "", "loss_weighting")])
+def test_check_loss_weighting_rejects_bad_settings(snr_gamma, weighting, match):
+    from minildm.diffusion import check_loss_weighting
+
+    with pytest.raises(ValueError, match=match):
+        check_loss_weighting(snr_gamma, weighting)
+    check_loss_weighting(None, "min_snr"), check_loss_weighting(5, "capped")  # valid ones pass
