@@ -422,6 +422,12 @@ class T2ISpec:
         # model FLOPs of one optimizer step (global batch), counted on one sample
         probe = move_to_device(data.batch(0, part=(0, 1)), dev)
         probe["rng"] = BatchRandom(0, 0, 0, 1, 1, dev)
+        if getattr(ldm.cond_stage_model, "cache_size", 0) > 0:
+            # a frozen encoder runs once per caption, not per step: encode the probe's caption and the null
+            # caption first, so that the count below reads them from the cache as training does
+            captions = list(probe["cond"]) * 2
+            with torch.no_grad():
+                ldm.get_learned_conditioning(captions, drop=torch.arange(len(captions)) >= len(captions) // 2)
         flops_per_sample = count_flops(lambda: task.training_step(probe, 0, "unet")[0])
         ldm.model.zero_grad(set_to_none=True)
         ldm.cond_stage_model.zero_grad(set_to_none=True)

