@@ -359,21 +359,27 @@ def _print_t2i_eval(rows: Sequence[dict]) -> None:
 
 
 def _train_t2i(args: argparse.Namespace) -> int:
-    from .artifacts import build_artifact
-    from .distributed import cleanup, init_distributed
+    from .artifacts import artifact_dir, build_artifact, load_artifact
+    from .distributed import cleanup, dist_info, init_distributed
     from .presets import get_preset
     from .t2i_train import t2i_name
 
     preset = get_preset(args.preset)
-    size = preset.t2i.get_size(args.size).name
-    info, device = init_distributed(args.device)
-    try:
-        art = build_artifact(t2i_name(args.encoder, size), preset, steps=args.steps, device=device,
-                             progress=not args.no_progress, resume=args.resume, root=args.out,
-                             options={"accumulate": args.accumulate, "precision": args.precision,
-                                      "grad_checkpointing": args.grad_checkpointing})
-    finally:
-        cleanup()
+    name = t2i_name(args.encoder, preset.t2i.get_size(args.size).name)
+    cached = artifact_dir(name, preset, args.out).is_dir()
+    if cached and not (args.retrain or args.resume or args.steps is not None):  # as train-cond: load, don't retrain
+        if dist_info().rank != 0:  # under torchrun rank 0 alone reports
+            return 0
+        art = load_artifact(name, preset, device=args.device, root=args.out)
+    else:
+        _, device = init_distributed(args.device)
+        try:
+            art = build_artifact(name, preset, steps=args.steps, device=device,
+                                 progress=not args.no_progress, resume=args.resume, root=args.out,
+                                 options={"accumulate": args.accumulate, "precision": args.precision,
+                                          "grad_checkpointing": args.grad_checkpointing})
+        finally:
+            cleanup()
     if art is None:  # ranks > 0
         return 0
     m = art.metrics

@@ -139,3 +139,16 @@ def test_frozen_encoder_is_left_out_of_the_model_flops(root):
     # cache: the model FLOPs of a step (and the MFU) are the UNet's, of the order of the from-scratch model's
     scratch = load_artifact("t2i-scratch-M", PRESET, root=root).metrics
     assert 0 < lm["flops_per_sample"] < 3e8 and 0 < scratch["flops_per_sample"] < 3e8
+
+
+def test_train_command_loads_a_cached_model_unless_asked_to_train(root, capsys, monkeypatch):
+    import minildm.artifacts
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although the artifact is cached")
+
+    monkeypatch.setattr(minildm.artifacts, "build_artifact", no_training)
+    assert main(["train-ldm", "--cond", "text", "--preset", "smoke", "--out", str(root), "--no-progress"]) == 0
+    assert "t2i-scratch-M (preset smoke)" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="trained although"):
+        main(["train-ldm", "--cond", "text", "--preset", "smoke", "--out", str(root), "--retrain"])
