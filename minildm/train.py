@@ -489,9 +489,13 @@ class Trainer:
             self.max_steps = max(self.max_steps, end)
         else:
             end = self.max_steps
-        bar = _progress_bar(total=end, initial=self.step, enabled=self.progress and self.dist.rank == 0,
-                            desc=self.desc)
+        enabled = self.progress and self.dist.rank == 0
+        timed = time_budget_s is not None  # the bar counts training seconds, not a step count it cannot know
+        t0 = self.training_time_s()
+        bar = (_progress_bar(total=t0 + float(time_budget_s), initial=t0, enabled=enabled, desc=self.desc, unit="s")
+               if timed else _progress_bar(total=end, initial=self.step, enabled=enabled, desc=self.desc))
         shown = 0.0
+        record: dict[str, Any] = {}
         start = self._fit_start = time.perf_counter()
         try:
             while self.step < end:
@@ -508,15 +512,20 @@ class Trainer:
                 if self.checkpoint_every and self.step % self.checkpoint_every == 0 and self.step < end:
                     self.save()
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(min(record["time_s"], bar.total) - bar.n if timed else 1)
                     now = time.perf_counter()
                     if now - shown > 0.5 or self.step == end:
-                        bar.set_postfix(self._postfix(record), refresh=False)
+                        bar.set_postfix(({"step": str(self.step)} if timed else {}) | self._postfix(record),
+                                        refresh=False)
                         shown = now
         finally:
             self.elapsed_s += time.perf_counter() - start
             self._fit_start = None
             if bar is not None:
+                if timed:  # show the seconds trained and the step reached
+                    bar.update(max(0.0, min(self.elapsed_s, bar.total) - bar.n))
+                    bar.set_postfix({"step": str(self.step)} | (self._postfix(record) if record else {}),
+                                    refresh=False)
                 bar.close()
         if self.out_dir is not None and end > 0 and self.step > 0:
             self.save()
@@ -645,11 +654,15 @@ def _as_python_rng_state(state: Any) -> tuple:
     return (version, tuple(internal), gauss)
 
 
-def _progress_bar(total: int, initial: int, enabled: bool, desc: str | None = None):
+def _progress_bar(total: float, initial: float, enabled: bool, desc: str | None = None, unit: str = "step"):
+    """A tqdm bar over ``total`` steps, or over ``total`` seconds of training for ``unit="s"``."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
+    if unit == "s":
+        return tqdm(total=total, initial=initial, unit="s", dynamic_ncols=True, mininterval=0.5, desc=desc,
+                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of training [{elapsed}<{remaining}{postfix}]")
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=0.5, desc=desc)
 
 

@@ -263,6 +263,19 @@ def test_progress_bar_runs(capsys):
     assert "3/3" in err and "main=" in err
 
 
+def test_progress_bar_of_a_time_budget_counts_seconds(capsys):
+    # a run bounded by time (notebook 03's equal-compute runs) has no known step count: the bar shows
+    # training seconds out of the budget and the step reached, not a total of max_steps
+    trainer = Trainer(RegressionTask(), DatasetBatches(Items(), 4, collate_fn=stack), device="cpu",
+                      max_steps=10**9, progress=True)
+    trainer.fit(time_budget_s=1.0)
+    err = capsys.readouterr().err
+    assert "1/1 s of training" in err and f"step={trainer.step}" in err
+    assert "1000000000" not in err
+    trainer.fit(time_budget_s=1.0)  # a second call continues the count of seconds
+    assert "2/2 s of training" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ AutoencoderTask (real modules)
 from minildm.autoencoder import AutoencoderConfig, AutoencoderKL, VQModel  # noqa: E402
 from minildm.losses import LPIPSWithDiscriminator, VQLPIPSWithDiscriminator  # noqa: E402
