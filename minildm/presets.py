@@ -384,11 +384,12 @@ _PRESETS: dict[str, Preset] = {
         cond=CondPreset(f=4, image_size=64, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
                         attention_resolutions=(2, 4), num_heads=4, context_dim=64, transformer_depth=1,
                         layout_depth=2, schedule="linear", timesteps=1000, batch_size=32, lr=1e-3, ema_decay=0.999,
-                        p_uncond=0.1, steps=16000, n_train=8000, n_eval=224, eval_ddim_steps=20,
+                        p_uncond=0.1, steps=24000, n_train=8000, n_eval=224, eval_ddim_steps=20,
                         guidance_scales=(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5), warmup_steps=200,
                         min_lr_ratio=0.1, layout_steps=10000, snr_gamma=5.0,
-                        # layout on v with its x̂₀ weight capped at 5 (boxes: IoU 0.66, shapes 80 %); the class
-                        # model on ε with min-SNR-5 (shape+colour 78.6 %, against 33 % for capped v)
+                        # layout on v with its x̂₀ weight capped at 5 (boxes: IoU 0.64, shapes 76 % at s = 3); the
+                        # class model on ε with min-SNR-5, 24,000 steps (shape+colour 87.9 % at s = 3; 78.6 % after
+                        # 16,000 steps, 33 % on capped v)
                         loss_weighting="capped", class_parameterization="eps", class_loss_weighting="min_snr"),
         t2i=T2IPreset(f=4, image_size=64, size="M", max_length=48, schedule="linear", timesteps=1000,
                       # the scaling study's three widths; M (the main model) is the widest a CPU trains in
