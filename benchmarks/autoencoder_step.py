@@ -14,13 +14,14 @@ import statistics
 import time
 
 import torch
+from minildm.engine.device import get_device
 
-from minildm.artifacts import build_autoencoder
-from minildm.presets import get_device, get_preset
-from minildm.tasks import AutoencoderTask
+from minildm.engine.tasks import AutoencoderTask
+from minildm.recipes.autoencoder import build_autoencoder
+from minildm.recipes.presets import get_preset
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -28,12 +29,12 @@ def _sync(device: torch.device) -> None:
 def time_it(fn, device: torch.device, repeats: int) -> float:
     """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up."""
     fn()
-    _sync(device)
+    synchronize(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 

@@ -22,12 +22,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from minildm.engine.device import get_device
 
-from minildm.ablation import ablation_name, ablation_preset, first_stage_config  # noqa: E402
-from minildm.artifacts import _model_config, list_artifacts, load_artifact  # noqa: E402
-from minildm.autoencoder import AutoencoderKL, IdentityConfig, IdentityFirstStage  # noqa: E402
-from minildm.panel import SPLITS, VIEWS, FactorPanel  # noqa: E402
-from minildm.presets import get_device, get_preset  # noqa: E402
+from minildm.models.autoencoder import AutoencoderKL, IdentityConfig, IdentityFirstStage  # noqa: E402
+from minildm.notebook.panel import SPLITS, VIEWS, FactorPanel  # noqa: E402
+from minildm.recipes.ablation import ablation_name, ablation_preset, first_stage_config  # noqa: E402
+from minildm.recipes.autoencoder import autoencoder_model_config
+from minildm.recipes.presets import get_preset  # noqa: E402
+from minildm.recipes.registry import list_artifacts
+from minildm.recipes.store import load_artifact  # noqa: E402
 
 
 def models_for(preset, device):
@@ -43,7 +46,7 @@ def models_for(preset, device):
             if f == 1:
                 models[f] = IdentityFirstStage(IdentityConfig(3, preset.ablation.image_size))
             else:
-                models[f] = AutoencoderKL(_model_config("kl", ablation_preset(preset), first_stage_config(f, preset)))
+                models[f] = AutoencoderKL(autoencoder_model_config("kl", ablation_preset(preset), first_stage_config(f, preset)))
     return models, rows, cached
 
 

@@ -29,29 +29,29 @@ import torch
 import torch.nn.functional as F
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _time(fn, device: torch.device, repeats: int) -> float:
     fn()  # warm-up (allocations, kernel selection)
-    _sync(device)
+    synchronize(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 def build(preset_name: str, size: str, device: torch.device):
     """(minildm UNet, diffusers UNet, minildm AE, diffusers AE, batch, latent shape, context shape)."""
-    from minildm.artifacts import _spec
     from minildm.interop import autoencoder_to_diffusers, unet_to_diffusers
-    from minildm.presets import get_preset
-    from minildm.t2i_train import T2ISpec, build_t2i_ldm
+    from minildm.recipes.presets import get_preset
+    from minildm.recipes.registry import get_spec
+    from minildm.recipes.text_to_image import T2ISpec, build_t2i_ldm
 
     preset = get_preset(preset_name)
     torch.manual_seed(0)
@@ -61,7 +61,7 @@ def build(preset_name: str, size: str, device: torch.device):
     for p in unet.parameters():  # non-zero weights everywhere (the zero-initialised outputs too)
         p.data.normal_(0, 0.02)
     ae = ldm.first_stage_model
-    _spec(identity["recipe"]["first_stage"])
+    get_spec(identity["recipe"]["first_stage"])
     d_unet = unet_to_diffusers(unet, sample_size=ldm.latent_shape[-1])
     d_ae = autoencoder_to_diffusers(ae)
     tp = preset.t2i
@@ -71,7 +71,7 @@ def build(preset_name: str, size: str, device: torch.device):
 
 
 def measure(preset_name: str, size: str, device_name: str | None, repeats: int, precision: str) -> dict:
-    from minildm.presets import autocast_dtype, get_device
+    from minildm.engine.device import autocast_dtype, get_device
 
     device = get_device(device_name)
     unet, d_unet, ae, d_ae, b, latent, ctx_shape, image_size = build(preset_name, size, device)

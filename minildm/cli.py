@@ -29,7 +29,7 @@ class Command:
 
 
 def _preset_arg(value: str) -> str:
-    from .presets import PRESET_NAMES
+    from .recipes.presets import PRESET_NAMES
 
     name = value.strip().lower()
     if name not in PRESET_NAMES:
@@ -59,7 +59,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 # ------------------------------------------------------------------------------------ train-ae
 def _train_ae_arguments(parser: argparse.ArgumentParser) -> None:
-    from .artifacts import REGULARIZERS, VARIANTS
+    from .recipes.autoencoder import REGULARIZERS, VARIANTS
 
     _add_common(parser)
     parser.add_argument("--variant", choices=list(VARIANTS), default="l1-lpips-gan",
@@ -73,8 +73,8 @@ def _train_ae_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_ae(args: argparse.Namespace) -> int:
-    from .artifacts import build_artifact, format_metrics
-    from .presets import get_preset
+    from .recipes.presets import get_preset
+    from .recipes.store import build_artifact, format_metrics
 
     preset = get_preset(args.preset)
     name = f"ae-{args.regularizer}-{args.variant}"
@@ -99,9 +99,9 @@ def _train_first_stage_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_first_stage(args: argparse.Namespace) -> int:
-    from .artifacts import build_artifact, format_metrics
-    from .first_stage import FACTORS, first_stage_name
-    from .presets import get_preset
+    from .recipes.first_stage import FACTORS, first_stage_name
+    from .recipes.presets import get_preset
+    from .recipes.store import build_artifact, format_metrics
 
     preset = get_preset(args.preset)
     f = args.f or preset.cond.f
@@ -123,7 +123,7 @@ def _train_first_stage(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ ablate-f
 def _factor_arg(value: str) -> int:
-    from .autoencoder import check_downsampling_factor
+    from .models.encoder_decoder import check_downsampling_factor
 
     try:
         return check_downsampling_factor(int(value))
@@ -141,9 +141,9 @@ def _ablate_f_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _ablate_f(args: argparse.Namespace) -> int:
-    from .ablation import ablation_name, ablation_table, format_ablation_table
-    from .artifacts import artifact_dir, build_artifact
-    from .presets import get_preset
+    from .recipes.ablation import ablation_name, ablation_table, format_ablation_table
+    from .recipes.presets import get_preset
+    from .recipes.store import artifact_dir, build_artifact
 
     preset = get_preset(args.preset)
     factors = args.f or list(preset.ablation.factors)
@@ -170,8 +170,8 @@ def _train_features_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_features(args: argparse.Namespace) -> int:
-    from .artifacts import build_artifact
-    from .presets import get_preset
+    from .recipes.presets import get_preset
+    from .recipes.store import build_artifact
 
     preset = get_preset(args.preset)
     art = build_artifact("feature-net", preset, steps=args.steps, device=args.device,
@@ -184,8 +184,8 @@ def _train_features(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------- train-checker
 def _train_checker(args: argparse.Namespace) -> int:
-    from .artifacts import build_artifact
-    from .presets import get_preset
+    from .recipes.presets import get_preset
+    from .recipes.store import build_artifact
 
     preset = get_preset(args.preset)
     art = build_artifact("checker", preset, steps=args.steps, device=args.device,
@@ -207,9 +207,9 @@ def _train_cond_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_cond(args: argparse.Namespace) -> int:
-    from .artifacts import artifact_dir, build_artifact, load_artifact
-    from .cond_train import cond_name
-    from .presets import get_preset
+    from .recipes.conditional import cond_name
+    from .recipes.presets import get_preset
+    from .recipes.store import artifact_dir, build_artifact, load_artifact
 
     preset = get_preset(args.preset)
     for kind in args.cond:
@@ -245,9 +245,9 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .artifacts import load_or_train
-    from .presets import get_preset
-    from .t2i_train import evaluate_t2i, parse_t2i_name
+    from .recipes.presets import get_preset
+    from .recipes.store import load_or_train
+    from .recipes.text_to_image import evaluate_t2i, parse_t2i_name
 
     preset = get_preset(args.preset)
     parse_t2i_name(args.model)
@@ -280,10 +280,10 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
 def _sample(args: argparse.Namespace) -> int:
     from torchvision.utils import save_image
 
-    from .artifacts import load_or_train
-    from .presets import get_preset
-    from .t2i_train import generate, parse_t2i_name
-    from .text import check_prompts
+    from .conditioning.text import check_prompts
+    from .recipes.presets import get_preset
+    from .recipes.store import load_or_train
+    from .recipes.text_to_image import generate, parse_t2i_name
 
     preset = get_preset(args.preset)
     parse_t2i_name(args.model)
@@ -306,7 +306,7 @@ def _scaling_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _scaling(args: argparse.Namespace) -> int:
-    from .t2i_train import scaling_study
+    from .recipes.text_to_image import scaling_study
 
     res = scaling_study(args.preset, sizes=args.sizes, encoder=args.encoder, device=args.device,
                         progress=not args.no_progress, root=args.out)
@@ -359,10 +359,10 @@ def _print_t2i_eval(rows: Sequence[dict]) -> None:
 
 
 def _train_t2i(args: argparse.Namespace) -> int:
-    from .artifacts import artifact_dir, build_artifact, load_artifact
-    from .distributed import cleanup, dist_info, init_distributed
-    from .presets import get_preset
-    from .t2i_train import t2i_name
+    from .engine.distributed import cleanup, dist_info, init_distributed
+    from .recipes.presets import get_preset
+    from .recipes.store import artifact_dir, build_artifact, load_artifact
+    from .recipes.text_to_image import t2i_name
 
     preset = get_preset(args.preset)
     name = t2i_name(args.encoder, preset.t2i.get_size(args.size).name)
@@ -401,9 +401,9 @@ def _train_t2i(args: argparse.Namespace) -> int:
 
 
 def _train_ldm(args: argparse.Namespace) -> int:
-    from .artifacts import artifact_dir, build_artifact, load_artifact
-    from .ldm_train import FASHION_LDM, eval_curve, ldm_name
-    from .presets import get_preset
+    from .recipes.ldm import FASHION_LDM, eval_curve, ldm_name
+    from .recipes.presets import get_preset
+    from .recipes.store import artifact_dir, build_artifact, load_artifact
 
     if args.cond == "text":
         if args.f or args.data != "shapes" or args.budget is not None:
@@ -446,8 +446,8 @@ def _reevaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _reevaluate(args: argparse.Namespace) -> int:
-    from .artifacts import reevaluate_artifact
-    from .presets import get_preset
+    from .recipes.presets import get_preset
+    from .recipes.store import reevaluate_artifact
 
     preset = get_preset(args.preset)
     art = reevaluate_artifact(args.name, preset, device=args.device, root=args.out, steps=args.steps)
@@ -488,7 +488,7 @@ COMMANDS: dict[str, Command] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser with one subparser per entry of :data:`COMMANDS`."""
-    from .checkpoint import minildm_version
+    from .engine.checkpoint import minildm_version
 
     parser = argparse.ArgumentParser(
         prog="python -m minildm",

@@ -6,16 +6,12 @@ import json
 import pytest
 import torch
 
-from minildm.ablation import (
-    ablation_table,
-    compression_ratio,
-    diffusion_cost,
-    first_stage_config,
-    format_ablation_table,
-)
-from minildm.artifacts import artifact_dir, list_artifacts, load_artifact
 from minildm.cli import main
-from minildm.presets import get_preset
+from minildm.recipes.ablation import (ablation_table, compression_ratio, diffusion_cost, first_stage_config,
+                                      format_ablation_table)
+from minildm.recipes.presets import get_preset
+from minildm.recipes.registry import list_artifacts
+from minildm.recipes.store import artifact_dir, load_artifact
 
 FACTORS = (1, 4, 32)
 

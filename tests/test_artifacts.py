@@ -6,17 +6,11 @@ import json
 import pytest
 import torch
 
-from minildm import artifacts
-from minildm.artifacts import (
-    ARTIFACTS,
-    AutoencoderSpec,
-    artifact_dir,
-    autoencoder_recipe,
-    build_autoencoder,
-    list_artifacts,
-    load_or_train,
-)
-from minildm.presets import get_preset
+from minildm.recipes import store as artifacts
+from minildm.recipes.autoencoder import AutoencoderSpec, autoencoder_recipe, build_autoencoder
+from minildm.recipes.presets import get_preset
+from minildm.recipes.registry import ARTIFACTS, list_artifacts
+from minildm.recipes.store import artifact_dir, load_or_train
 
 SMOKE2 = get_preset("smoke").with_ae(steps=2)
 
@@ -153,7 +147,7 @@ def test_retrain_replaces_and_failed_build_keeps_old(trained, tmp_path, monkeypa
     assert (path.parent / "ae-kl-l2.partial" / "checkpoint.safetensors").is_file()
     monkeypatch.undo()
     calls = []
-    from minildm.train import Trainer
+    from minildm.engine.trainer import Trainer
 
     original_fit = Trainer.fit
 
@@ -170,7 +164,7 @@ def test_retrain_replaces_and_failed_build_keeps_old(trained, tmp_path, monkeypa
 
 def test_train_autoencoder_resumes_exactly(tmp_path):
     """The shared recipe: 3 steps straight == 2 steps, interruption, resume to 3 (VQ, real data)."""
-    from minildm.artifacts import train_autoencoder
+    from minildm.recipes.autoencoder import train_autoencoder
 
     p = get_preset("smoke")
     model, loss, log = train_autoencoder("l2", "vq", p, steps=3, device="cpu", progress=False)
@@ -193,7 +187,7 @@ def test_train_autoencoder_resumes_exactly(tmp_path):
 def test_reevaluate_rewrites_metrics_and_keeps_training_facts(tmp_path, trained, monkeypatch):
     import shutil
 
-    from minildm.artifacts import reevaluate_artifact
+    from minildm.recipes.store import reevaluate_artifact
 
     root = tmp_path / "copy"
     shutil.copytree(trained[0], root)

@@ -1,4 +1,4 @@
-"""Tests for minildm.autoencoder: config, Encoder/Decoder, DiagonalGaussianDistribution, AutoencoderKL, VQModel."""
+"""Tests for minildm.models.autoencoder: config, Encoder/Decoder, DiagonalGaussianDistribution, AutoencoderKL, VQModel."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
-from minildm.autoencoder import (AutoencoderConfig, AutoencoderKL, Decoder, DiagonalGaussianDistribution, Encoder,
-                                 VQModel, check_downsampling_factor, count_parameters)
+from minildm.models.autoencoder import AutoencoderKL, VQModel
+from minildm.models.distributions import DiagonalGaussianDistribution
+from minildm.models.encoder_decoder import (AutoencoderConfig, Decoder, Encoder, check_downsampling_factor,
+                                            count_parameters)
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +95,7 @@ def test_config_dict_round_trip_through_json() -> None:
 
 
 def test_config_from_preset() -> None:
-    from minildm.presets import get_preset
+    from minildm.recipes.presets import get_preset
 
     p = get_preset("smoke")
     cfg = AutoencoderConfig.from_preset("smoke")

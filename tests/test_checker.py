@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minildm.checker import (CheckerTask, ContentChecker, box_iou, checker_targets, evaluate_checker, object_maps,
-                             position_name, reconstruction_ceiling, score_class_samples, score_layout_samples)
 from minildm.data import load_dataset
 from minildm.data.shapes import COLOUR_NAMES, SHAPE_NAMES
+from minildm.eval.checker import (ContentChecker, box_iou, checker_targets, evaluate_checker, object_maps,
+                                  position_name, reconstruction_ceiling, score_class_samples, score_layout_samples)
+from minildm.recipes.checker import CheckerTask
 
 
 def _items(n=12, size=64):
@@ -108,7 +109,7 @@ class Flatten(nn.Module):
 
 
 def test_reconstruction_ceiling():
-    from minildm.autoencoder import IdentityConfig, IdentityFirstStage
+    from minildm.models.autoencoder import IdentityConfig, IdentityFirstStage
 
     items = _items(12)
     checker = SharpOracle(items)
@@ -143,8 +144,8 @@ def test_checker_shapes_learns_and_rejects_bad_input():
 
 
 def test_checker_artifact_and_cli(tmp_path, capsys):
-    from minildm.artifacts import load_artifact
     from minildm.cli import main
+    from minildm.recipes.store import load_artifact
 
     assert main(["train-checker", "--preset", "smoke", "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out

@@ -10,16 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from minildm import checkpoint as ckpt
-from minildm.checkpoint import (
-    flatten_state,
-    load_checkpoint,
-    load_module_state,
-    load_weights,
-    save_checkpoint,
-    save_weights,
-    unflatten_state,
-)
+from minildm.engine import checkpoint as ckpt
+from minildm.engine.checkpoint import (flatten_state, load_checkpoint, load_module_state, load_weights,
+                                       save_checkpoint, save_weights, unflatten_state)
 
 
 def _trained_adam():
@@ -187,12 +180,12 @@ def test_missing_truncated_corrupt_and_foreign_files_raise_value_error(tmp_path)
 
     no_structure = tmp_path / "nostructure.safetensors"
     save_file({"x": torch.ones(2)}, str(no_structure),
-              metadata={"format": "minildm.checkpoint", "format_version": ckpt.FORMAT_VERSION})
+              metadata={"format": "minildm.engine.checkpoint", "format_version": ckpt.FORMAT_VERSION})
     with pytest.raises(ValueError, match="no 'structure'"):
         load_checkpoint(no_structure)
 
     old = tmp_path / "old.safetensors"
-    save_file({"x": torch.ones(2)}, str(old), metadata={"format": "minildm.checkpoint", "format_version": "0",
+    save_file({"x": torch.ones(2)}, str(old), metadata={"format": "minildm.engine.checkpoint", "format_version": "0",
                                                         "structure": json.dumps({"t": "dict", "items": []})})
     with pytest.raises(ValueError, match="format version '0'"):
         load_checkpoint(old)

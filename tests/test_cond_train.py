@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from minildm.cli import main
-from minildm.cond_train import class_label, cond_name, conditions_from_items
 from minildm.data import load_dataset
 from minildm.data.shapes import COLOUR_NAMES
-from minildm.ldm_train import LatentBatches
+from minildm.engine.batches import LatentBatches
+from minildm.recipes.conditional import class_label, cond_name, conditions_from_items
 
 
 def test_class_labels_and_names():
@@ -43,7 +43,7 @@ def test_latent_batches_carry_their_conditions():
 
 
 def test_train_cond_smoke_artifacts_sweep_and_sampling(tmp_path, capsys):
-    from minildm.artifacts import load_artifact
+    from minildm.recipes.store import load_artifact
 
     assert main(["train-cond", "--preset", "smoke", "--out", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -67,9 +67,9 @@ def test_train_cond_smoke_artifacts_sweep_and_sampling(tmp_path, capsys):
 def test_parameterization_comes_from_the_preset():
     import dataclasses
 
-    from minildm.cond_train import CondLDMSpec, build_cond_ldm
-    from minildm.presets import get_preset
-    from minildm.t2i_train import T2ISpec
+    from minildm.recipes.conditional import CondLDMSpec, build_cond_ldm
+    from minildm.recipes.presets import get_preset
+    from minildm.recipes.text_to_image import T2ISpec
 
     p = get_preset("smoke")
     assert CondLDMSpec("class").identity(p)["model"]["diffusion"]["parameterization"] == p.cond.parameterization
@@ -88,9 +88,9 @@ def test_parameterization_comes_from_the_preset():
 def test_loss_weighting_comes_from_the_preset():
     import dataclasses
 
-    from minildm.cond_train import CondLDMSpec
-    from minildm.presets import get_preset
-    from minildm.t2i_train import T2ISpec
+    from minildm.recipes.conditional import CondLDMSpec
+    from minildm.recipes.presets import get_preset
+    from minildm.recipes.text_to_image import T2ISpec
 
     p = get_preset("smoke")
     pc = dataclasses.replace(p, cond=dataclasses.replace(p.cond, snr_gamma=5.0, loss_weighting="min_snr"),
@@ -106,8 +106,8 @@ def test_loss_weighting_comes_from_the_preset():
 def test_class_model_can_have_its_own_parameterization_and_weighting():
     import dataclasses
 
-    from minildm.cond_train import CondLDMSpec, build_cond_ldm
-    from minildm.presets import get_preset
+    from minildm.recipes.conditional import CondLDMSpec, build_cond_ldm
+    from minildm.recipes.presets import get_preset
 
     p = get_preset("smoke")
     cp = dataclasses.replace(p.cond, snr_gamma=5.0, loss_weighting="capped",

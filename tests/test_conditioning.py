@@ -4,14 +4,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minildm.attention_maps import record_cross_attention
-from minildm.autoencoder import IdentityConfig, IdentityFirstStage
-from minildm.conditioning import ClassEmbedder, LayoutEmbedder, build_conditioner, layout_from_objects
+from minildm.conditioning.base import build_conditioner
+from minildm.conditioning.classes import ClassEmbedder
+from minildm.conditioning.layout import LayoutEmbedder, layout_from_objects
 from minildm.data import load_dataset
-from minildm.diffusion import GaussianDiffusion, guided_model
-from minildm.ldm import LatentDiffusion
-from minildm.tasks import LatentDiffusionTask
-from minildm.unet import UNetModel
+from minildm.diffusion.guidance import guided_model
+from minildm.diffusion.ldm import LatentDiffusion
+from minildm.diffusion.process import GaussianDiffusion
+from minildm.engine.tasks import LatentDiffusionTask
+from minildm.eval.attention_maps import record_cross_attention
+from minildm.models.autoencoder import IdentityConfig, IdentityFirstStage
+from minildm.models.unet import UNetModel
 
 
 def _layout(n: int = 2):
@@ -165,7 +168,7 @@ def test_attention_maps_record_without_changing_outputs():
     assert torch.allclose(plain, recorded, atol=1e-5)
     assert all(m.recorder is None for m in ldm.model.modules() if hasattr(m, "recorder"))
     assert maps.steps == [0, 1, 2] and maps.timesteps == sorted(maps.timesteps, reverse=True)
-    from minildm.unet import SpatialTransformer
+    from minildm.models.nn.transformer import SpatialTransformer
 
     n_layers = sum(isinstance(m, SpatialTransformer) for m in ldm.model.modules())
     assert n_layers == 7 and len(maps.layers) == n_layers  # 2 down, 1 middle, 4 up: every attn2 of this UNet

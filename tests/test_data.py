@@ -14,26 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from minildm.data import (
-    BACKGROUND_NAMES,
-    COLOUR_NAMES,
-    COLOURS,
-    DATASET_NAMES,
-    SHAPE_NAMES,
-    SHAPE_SYNONYMS,
-    SIZE_NAMES,
-    ShapeObject,
-    ShapesDataset,
-    ShapesStream,
-    collate,
-    label_names,
-    load_dataset,
-    pad_boxes,
-    relation,
-    render_scene,
-)
+from minildm.data import (BACKGROUND_NAMES, COLOUR_NAMES, COLOURS, DATASET_NAMES, SHAPE_NAMES, SHAPE_SYNONYMS,
+                          SIZE_NAMES, ShapeObject, ShapesDataset, ShapesStream, collate, label_names, load_dataset,
+                          pad_boxes, photos, relation, render_scene)
 from minildm.data import fashion_mnist as fm
-from minildm.data import photos
 from minildm.data.image_folder import read_captions
 from minildm.data.shapes import MAX_OVERLAP, _overlap, generate
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minildm.diffusion import DDIMSampler, GaussianDiffusion, guided_model, make_beta_schedule
+from minildm.diffusion.guidance import guided_model
+from minildm.diffusion.process import GaussianDiffusion, make_beta_schedule
+from minildm.diffusion.samplers.ddim import DDIMSampler
 
 
 @pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "cosine"])
@@ -182,7 +184,7 @@ def test_capped_weighting_caps_the_x0_weight(p, weight):
     (0.0, "min_snr", "snr_gamma"), (-1.0, "capped", "snr_gamma"), (True, "min_snr", "snr_gamma"),
     ("5", "min_snr", "snr_gamma"), (5.0, "clipped", "loss_weighting"), (None, "", "loss_weighting")])
 def test_check_loss_weighting_rejects_bad_settings(snr_gamma, weighting, match):
-    from minildm.diffusion import check_loss_weighting
+    from minildm.diffusion.process import check_loss_weighting
 
     with pytest.raises(ValueError, match=match):
         check_loss_weighting(snr_gamma, weighting)

@@ -9,14 +9,14 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from minildm.autoencoder import IdentityConfig, IdentityFirstStage
-from minildm.diffusion import GaussianDiffusion
-from minildm.distributed import DistInfo, cleanup, dist_info, init_distributed, shard_bounds
-from minildm.ldm import LatentDiffusion
-from minildm.ldm_train import LatentBatches
-from minildm.tasks import LatentDiffusionTask
-from minildm.text import TransformerTextEmbedder, WordTokenizer
-from minildm.train import BatchRandom, Trainer
+from minildm.conditioning.text import TransformerTextEmbedder, WordTokenizer
+from minildm.diffusion.ldm import LatentDiffusion
+from minildm.diffusion.process import GaussianDiffusion
+from minildm.engine.batches import BatchRandom, LatentBatches
+from minildm.engine.distributed import DistInfo, cleanup, dist_info, init_distributed, shard_bounds
+from minildm.engine.tasks import LatentDiffusionTask
+from minildm.engine.trainer import Trainer
+from minildm.models.autoencoder import IdentityConfig, IdentityFirstStage
 
 CAPTIONS = ["a red circle", "a blue square on the left", "two shapes: a green star and a pink cross",
             "a small yellow hexagon", "a purple diamond at the top", "an orange triangle",
@@ -25,7 +25,7 @@ STEPS, BATCH = 3, 8
 
 
 def _text_ldm() -> LatentDiffusion:
-    from minildm.unet import UNetModel
+    from minildm.models.unet import UNetModel
 
     torch.manual_seed(0)
     tok = WordTokenizer.fit(CAPTIONS, max_length=12)
@@ -121,7 +121,7 @@ def test_accumulate_must_divide_the_batch():
 
 
 def test_local_only_makes_a_rank_act_alone():
-    from minildm.distributed import local_only
+    from minildm.engine.distributed import local_only
 
     with local_only():
         assert dist_info() == DistInfo(0, 1, 0)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from minildm.ema import EMA
+from minildm.engine.ema import EMA
 
 
 def test_update_rule_and_warmup():

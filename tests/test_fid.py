@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from minildm.data import collate, load_dataset
-from minildm.fid import FeatureNet, extract_features, feature_statistics, fid_from_features, frechet_distance
-from minildm.tasks import FeatureNetTask
+from minildm.eval.fid import FeatureNet, extract_features, feature_statistics, fid_from_features, frechet_distance
+from minildm.recipes.feature_net import FeatureNetTask
 
 
 def test_frechet_distance_of_gaussians_in_closed_form():

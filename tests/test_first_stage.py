@@ -4,10 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minildm.artifacts import build_artifact, list_artifacts, load_artifact
 from minildm.cli import main
-from minildm.first_stage import FirstStageSpec, first_stage_name, first_stage_preset
-from minildm.presets import get_preset
+from minildm.recipes.first_stage import FirstStageSpec, first_stage_name, first_stage_preset
+from minildm.recipes.presets import get_preset
+from minildm.recipes.registry import list_artifacts
+from minildm.recipes.store import build_artifact, load_artifact
 
 PRESET = get_preset("smoke")
 

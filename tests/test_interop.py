@@ -9,10 +9,11 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from minildm.autoencoder import AutoencoderConfig, AutoencoderKL  # noqa: E402
-from minildm.interop import (autoencoder_from_diffusers, autoencoder_to_diffusers, config_from_diffusers,  # noqa: E402
+from minildm.interop import (autoencoder_from_diffusers, autoencoder_to_diffusers, config_from_diffusers,
                              convert_vae_state_dict_from_diffusers, convert_vae_state_dict_to_diffusers,
                              diffusers_config_from_config, first_stage_state_dict, load_state_dict_exact)
+from minildm.models.autoencoder import AutoencoderKL  # noqa: E402
+from minildm.models.encoder_decoder import AutoencoderConfig
 
 TOL = 1e-5
 

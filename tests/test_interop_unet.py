@@ -6,12 +6,12 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from minildm.interop import (convert_unet_state_dict_from_diffusers, convert_unet_state_dict_to_diffusers,  # noqa: E402
+from test_interop import _randomise  # noqa: E402
+
+from minildm.interop import (convert_unet_state_dict_from_diffusers, convert_unet_state_dict_to_diffusers,
                              diffusers_unet_config, unet_config_from_diffusers, unet_from_diffusers,
                              unet_to_diffusers)
-from minildm.unet import UNetConfig, UNetModel  # noqa: E402
-
-from test_interop import _randomise  # noqa: E402
+from minildm.models.unet import UNetConfig, UNetModel  # noqa: E402
 
 TOL = 1e-5
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minildm.autoencoder import AutoencoderConfig, AutoencoderKL, IdentityConfig, IdentityFirstStage
-from minildm.diffusion import GaussianDiffusion
-from minildm.ldm import LatentDiffusion
-from minildm.tasks import LatentDiffusionTask
-from minildm.unet import UNetModel
+from minildm.diffusion.ldm import LatentDiffusion
+from minildm.diffusion.process import GaussianDiffusion
+from minildm.engine.tasks import LatentDiffusionTask
+from minildm.models.autoencoder import AutoencoderKL, IdentityConfig, IdentityFirstStage
+from minildm.models.encoder_decoder import AutoencoderConfig
+from minildm.models.unet import UNetModel
 
 
 def _ldm(first_stage=None, c=4):

@@ -4,15 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minildm.autoencoder import IdentityConfig, IdentityFirstStage
 from minildm.cli import main
-from minildm.diffusion import GaussianDiffusion
-from minildm.ema import EMA
-from minildm.ldm import LatentDiffusion
-from minildm.ldm_train import LatentBatches, eval_curve
-from minildm.tasks import LatentDiffusionTask, lr_at
-from minildm.train import Trainer
-from minildm.unet import UNetModel
+from minildm.diffusion.ldm import LatentDiffusion
+from minildm.diffusion.process import GaussianDiffusion
+from minildm.engine.batches import LatentBatches
+from minildm.engine.ema import EMA
+from minildm.engine.tasks import LatentDiffusionTask, lr_at
+from minildm.engine.trainer import Trainer
+from minildm.models.autoencoder import IdentityConfig, IdentityFirstStage
+from minildm.models.unet import UNetModel
+from minildm.recipes.ldm import eval_curve
 
 
 def _pixel_ldm():
@@ -108,7 +109,7 @@ def test_ldm_artifacts_and_cli(tmp_path, capsys):
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "ldm-f1" in out and "ldm-f4" in out and "3×16×16" in out
-    from minildm.artifacts import load_artifact
+    from minildm.recipes.store import load_artifact
 
     art = load_artifact("ldm-f4", "smoke", root=root, steps=1)
     curve = eval_curve(art.log)
@@ -131,7 +132,7 @@ def test_fashion_ldm(tmp_path, capsys):
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "ldm-fashion" in out and "3×8×8" in out
-    from minildm.artifacts import load_artifact
+    from minildm.recipes.store import load_artifact
 
     ae = load_artifact("ae-kl-fashion", "smoke", root=root)
     assert ae.config["recipe"]["data"]["name"] == "fashion_mnist" and ae.config["recipe"]["data"]["image_size"] == 32
@@ -139,7 +140,7 @@ def test_fashion_ldm(tmp_path, capsys):
 
 
 def test_lr_schedule_from_a_recipe():
-    from minildm.tasks import lr_schedule
+    from minildm.engine.tasks import lr_schedule
 
     assert lr_schedule({"steps": 10}) == {"warmup_steps": 0, "decay_steps": None, "min_lr_ratio": 0.0}
     assert lr_schedule({"steps": 10, "warmup_steps": 2, "min_lr_ratio": 0.1}) == {

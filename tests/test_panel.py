@@ -9,11 +9,11 @@ import pytest
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from minildm.ablation import first_stage_config  # noqa: E402
-from minildm.artifacts import _model_config  # noqa: E402
-from minildm.autoencoder import AutoencoderKL, IdentityConfig, IdentityFirstStage  # noqa: E402
-from minildm.panel import SPLITS, VIEWS, FactorPanel  # noqa: E402
-from minildm.presets import get_preset  # noqa: E402
+from minildm.models.autoencoder import AutoencoderKL, IdentityConfig, IdentityFirstStage  # noqa: E402
+from minildm.notebook.panel import SPLITS, VIEWS, FactorPanel  # noqa: E402
+from minildm.recipes.ablation import first_stage_config  # noqa: E402
+from minildm.recipes.autoencoder import autoencoder_model_config  # noqa: E402
+from minildm.recipes.presets import get_preset  # noqa: E402
 
 FACTORS = (1, 4)
 
@@ -22,7 +22,7 @@ FACTORS = (1, 4)
 def panel():
     p = get_preset("smoke")
     models = {1: IdentityFirstStage(IdentityConfig(3, 64)),
-              4: AutoencoderKL(_model_config("kl", p.with_ae(image_size=64), first_stage_config(4, p)))}
+              4: AutoencoderKL(autoencoder_model_config("kl", p.with_ae(image_size=64), first_stage_config(4, p)))}
     rows = {1: {"psnr": 100.0, "lpips": 0.0, "fid": 0.0, "unet_step_ms": 50.0},
             4: {"psnr": 20.0, "lpips": 0.2, "fid": 1.0, "unet_step_ms": 5.0}}
     return FactorPanel(p, factors=FACTORS, n_images=2, device="cpu", models=models, rows=rows)

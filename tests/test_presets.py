@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from minildm import presets
+from minildm.engine import device
+from minildm.recipes import presets
 
 
 def test_named_presets_and_env(monkeypatch):
@@ -40,22 +41,22 @@ def test_with_ae_copy():
 
 def test_device_choice(monkeypatch):
     monkeypatch.delenv("MINILDM_DEVICE", raising=False)
-    assert presets.get_device("cpu") == torch.device("cpu")
+    assert device.get_device("cpu") == torch.device("cpu")
     monkeypatch.setenv("MINILDM_DEVICE", "cpu")
-    assert presets.get_device() == torch.device("cpu")
+    assert device.get_device() == torch.device("cpu")
     with pytest.raises(ValueError):
-        presets.get_device("tpu")
+        device.get_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
-            presets.get_device("cuda")
+            device.get_device("cuda")
 
 
 def test_autocast_dtype_and_seed():
-    assert presets.autocast_dtype("cpu") is None
-    g = presets.seed_everything(5)
+    assert device.autocast_dtype("cpu") is None
+    g = device.seed_everything(5)
     a = torch.rand(3)
     b = torch.rand(3, generator=g)
-    presets.seed_everything(5)
+    device.seed_everything(5)
     assert torch.equal(a, torch.rand(3))
     assert torch.equal(b, torch.rand(3, generator=torch.Generator().manual_seed(5)))
 
@@ -63,13 +64,13 @@ def test_autocast_dtype_and_seed():
 def test_cond_steps_per_kind():
     from dataclasses import replace
 
-    from minildm.cond_train import cond_specs
+    from minildm.recipes import ARTIFACTS
 
     cp = presets.get_preset("smoke").cond
     assert cp.layout_steps is None and cp.steps_for("class") == cp.steps_for("layout") == cp.steps
     p = replace(presets.get_preset("smoke"), cond=replace(cp, steps=7, layout_steps=3))
     assert (p.cond.steps_for("class"), p.cond.steps_for("layout")) == (7, 3)
-    specs = cond_specs()
+    specs = ARTIFACTS
     assert specs["ldm-class"].identity(p)["recipe"]["steps"] == 7
     assert specs["ldm-layout"].identity(p)["recipe"]["steps"] == 3
     assert specs["ldm-layout"].identity(p, steps=5)["recipe"]["steps"] == 5

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
-from minildm.checker import checker_targets, score_prompt_samples
 from minildm.data import load_dataset
 from minildm.data.shapes import COLOUR_NAMES, SHAPE_NAMES
-from minildm.presets import T2I_HOLDOUT
-from minildm.prompts import parse_request, prompt_for, prompt_set
+from minildm.eval.checker import checker_targets, score_prompt_samples
+from minildm.eval.prompts import parse_request, prompt_for, prompt_set
+from minildm.recipes.presets import T2I_HOLDOUT
 
 
 def test_prompt_set_groups_kinds_and_determinism():

@@ -1,10 +1,10 @@
-"""Tests for minildm.quantize.VectorQuantizer."""
+"""Tests for minildm.models.quantize.VectorQuantizer."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from minildm.quantize import QuantizerInfo, VectorQuantizer
+from minildm.models.quantize import QuantizerInfo, VectorQuantizer
 
 
 @pytest.fixture(autouse=True)

@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
-from minildm import train as train_module
-from minildm.artifacts import build_artifact, load_artifact
 from minildm.cli import main
-from minildm.presets import get_preset
-from minildm.t2i_train import T2ISpec, curve, evaluate_t2i, generate, parse_t2i_name, scaling_study, t2i_name
+from minildm.engine import trainer as train_module
+from minildm.recipes.presets import get_preset
+from minildm.recipes.store import build_artifact, load_artifact
+from minildm.recipes.text_to_image import (T2ISpec, curve, evaluate_t2i, generate, parse_t2i_name, scaling_study,
+                                           t2i_name)
 
 PRESET = get_preset("smoke")
 
@@ -40,12 +41,12 @@ def test_artifact_has_evaluation_curve_and_sample_grids(root):
 
 def test_training_resumes_exactly_after_a_kill(root, tmp_path, monkeypatch):
     spec = T2ISpec("scratch", "M")
-    from minildm.artifacts import _BUILD_ROOT
+    from minildm.recipes.store import _BUILD_ROOT
 
     token = _BUILD_ROOT.set(root)  # reuse the first stage and checker built by the fixture
     try:
-        straight, log, _ = spec.train(PRESET, steps=None, device="cpu", out_dir=tmp_path / "a", resume=False,
-                                      progress=False)
+        first = spec.train(PRESET, steps=None, device="cpu", out_dir=tmp_path / "a", resume=False, progress=False)
+        straight, log = first.model, first.log
         original = train_module.Trainer.train_step
 
         def killed(self):
@@ -57,8 +58,8 @@ def test_training_resumes_exactly_after_a_kill(root, tmp_path, monkeypatch):
         with pytest.raises(KeyboardInterrupt):
             spec.train(PRESET, steps=None, device="cpu", out_dir=tmp_path / "b", resume=False, progress=False)
         monkeypatch.setattr(train_module.Trainer, "train_step", original)
-        resumed, log_b, _ = spec.train(PRESET, steps=None, device="cpu", out_dir=tmp_path / "b", resume=True,
-                                       progress=False)
+        second = spec.train(PRESET, steps=None, device="cpu", out_dir=tmp_path / "b", resume=True, progress=False)
+        resumed, log_b = second.model, second.log
     finally:
         _BUILD_ROOT.reset(token)
     a, b = straight.state_dict(), resumed.state_dict()
@@ -112,8 +113,8 @@ def test_names_and_commands(root, capsys, tmp_path):
 
 
 def test_reference_scores_real_and_reconstructed(root):
-    from minildm.autoencoder import IdentityConfig, IdentityFirstStage
-    from minildm.t2i_train import reference_scores
+    from minildm.models.autoencoder import IdentityConfig, IdentityFirstStage
+    from minildm.recipes.text_to_image import reference_scores
 
     art = load_artifact("t2i-scratch-M", PRESET, root=root)
     ref = art.metrics["reference"]
@@ -142,12 +143,12 @@ def test_frozen_encoder_is_left_out_of_the_model_flops(root):
 
 
 def test_train_command_loads_a_cached_model_unless_asked_to_train(root, capsys, monkeypatch):
-    import minildm.artifacts
+    import minildm.recipes.store
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained although the artifact is cached")
 
-    monkeypatch.setattr(minildm.artifacts, "build_artifact", no_training)
+    monkeypatch.setattr(minildm.recipes.store, "build_artifact", no_training)
     assert main(["train-ldm", "--cond", "text", "--preset", "smoke", "--out", str(root), "--no-progress"]) == 0
     assert "t2i-scratch-M (preset smoke)" in capsys.readouterr().out
     with pytest.raises(AssertionError, match="trained although"):

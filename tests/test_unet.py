@@ -6,15 +6,8 @@ import math
 import pytest
 import torch
 
-from minildm.unet import (
-    AttentionBlock,
-    CrossAttention,
-    ResBlock,
-    SpatialTransformer,
-    UNetConfig,
-    UNetModel,
-    timestep_embedding,
-)
+from minildm.models.nn.transformer import CrossAttention, SpatialTransformer
+from minildm.models.unet import AttentionBlock, ResBlock, UNetConfig, UNetModel, timestep_embedding
 
 SMALL = dict(in_channels=3, out_channels=3, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
              attention_resolutions=(2,), num_heads=2, num_groups=4)

@@ -5,7 +5,7 @@ matplotlib.use("Agg")
 import pytest
 import torch
 
-from minildm import viz
+from minildm.notebook import viz
 
 
 def test_to_numpy_image_range_and_layout():

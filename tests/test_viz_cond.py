@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from minildm import viz  # noqa: E402
 from minildm.data import load_dataset  # noqa: E402
+from minildm.notebook import viz  # noqa: E402
 
 
 def test_draw_boxes_one_patch_per_object():

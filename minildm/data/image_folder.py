@@ -37,7 +37,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .transforms import check_channels, check_image_size, center_crop_box, uint8_to_tensor
+from .transforms import (
+    center_crop_box,
+    check_channels,
+    check_image_size,
+    uint8_to_tensor,
+)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CAPTION_FILES = ("captions.json", "captions.jsonl", "metadata.jsonl", "captions.csv", "captions.tsv")

@@ -33,7 +33,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .transforms import check_channels, check_image_size, check_seed, resize, to_channels
+from .transforms import (
+    check_channels,
+    check_image_size,
+    check_seed,
+    resize,
+    to_channels,
+)
 
 VERSION = 1
 SPLITS = ("train", "val", "test")

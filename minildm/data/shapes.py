@@ -866,3 +866,12 @@ class ShapesStream(_ShapesBase, IterableDataset):
     def __repr__(self) -> str:
         return (f"ShapesStream(split={self.split!r}, image_size={self.image_size}, seed={self.seed}, "
                 f"start={self.start}, rank={self.rank}, world_size={self.world_size})")
+
+
+def caption_corpus(n: int, split: str = "train", seed: int = 0) -> list[str]:
+    """The captions of the first ``n`` items of a shapes split (without rendering the images)."""
+    out = []
+    for i in range(n):
+        rng = item_rng(seed, split, i)
+        out.append(caption_scene(sample_scene(rng), rng))
+    return out

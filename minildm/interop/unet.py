@@ -1,4 +1,4 @@
-"""Weight conversion between minildm's :class:`~minildm.unet.UNetModel` and diffusers'
+"""Weight conversion between minildm's :class:`~minildm.models.unet.UNetModel` and diffusers'
 ``UNet2DConditionModel`` (the Stable Diffusion UNet layout).
 
 minildm's UNet keeps the CompVis module names (``input_blocks``, ``middle_block``,
@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..unet import UNetConfig, UNetModel, _heads
+from ..models.nn.layers import attention_heads
+from ..models.unet import UNetConfig, UNetModel
 from .vae import _get, _import_diffusers, load_state_dict_exact
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -149,7 +150,7 @@ def convert_unet_state_dict_from_diffusers(state_dict: Mapping[str, torch.Tensor
 
 
 def _heads_per_level(config: UNetConfig) -> list[int]:
-    return [_heads(config.model_channels * m, config.num_heads, config.num_head_channels) for m in config.channel_mult]
+    return [attention_heads(config.model_channels * m, config.num_heads, config.num_head_channels) for m in config.channel_mult]
 
 
 def diffusers_unet_config(config: UNetConfig, sample_size: int | None = None) -> dict[str, Any]:

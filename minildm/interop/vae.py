@@ -1,6 +1,6 @@
 """Weight conversion between minildm and the diffusers / Stable Diffusion VAE layout.
 
-minildm's :class:`~minildm.autoencoder.AutoencoderKL` uses the CompVis parameter names,
+minildm's :class:`~minildm.models.autoencoder.AutoencoderKL` uses the CompVis parameter names,
 so the ``first_stage_model.*`` part of an original Stable Diffusion checkpoint loads by
 name (see :func:`first_stage_state_dict`). diffusers' ``AutoencoderKL`` stores the
 same tensors under other names; this module maps them one to one:
@@ -41,8 +41,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from torch import nn
 
-from ..autoencoder import AutoencoderConfig, AutoencoderKL
-from ..nn import group_count
+from ..models.autoencoder import AutoencoderKL
+from ..models.encoder_decoder import AutoencoderConfig
+from ..models.nn import group_count
 
 if TYPE_CHECKING:  # pragma: no cover
     import diffusers

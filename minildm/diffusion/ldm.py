@@ -1,0 +1,179 @@
+"""The latent diffusion model (paper Sec. 3.2): a frozen first stage, a UNet, a diffusion process.
+
+    z = s · E(x)                         the scaled latent of a frozen autoencoder (f = 1: z = x)
+    L_LDM = E_{z, ε, t} ‖ε − ε_θ(z_t, t)‖²                                   (paper Eq. 2)
+    x̂ = D(ẑ_0 / s)                       decode a sample of the reverse process
+
+The scale factor s = 1 / std(z) over the training latents gives the diffusion model inputs of
+unit variance, which its noise schedule assumes: ᾱ_T ≈ 0 must mean "pure noise" *relative to the
+data*. Stable Diffusion's 0.18215 is exactly this number for its KL-f8 VAE (whose latents have a
+standard deviation of about 5.5); CompVis computes it from the first training batch
+(``scale_by_std``). Here :meth:`LatentDiffusion.compute_scale_factor` computes it from any number of
+images.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .guidance import guided_model
+from .process import GaussianDiffusion
+from .samplers.ddim import DDIMSampler
+
+__all__ = ["LatentDiffusion"]
+
+
+class LatentDiffusion(nn.Module):
+    """A UNet ε_θ trained in the latent space of a frozen first stage.
+
+    Args:
+        first_stage: :class:`~minildm.AutoencoderKL`, :class:`~minildm.VQModel` or
+            :class:`~minildm.models.autoencoder.IdentityFirstStage` (pixel space); frozen and in eval mode.
+        unet: :class:`~minildm.UNetModel` with ``in_channels = out_channels =`` the latent channels.
+        diffusion: the :class:`~minildm.diffusion.process.GaussianDiffusion` process.
+        image_size: H = W of the images; the latent is (c, H/f, W/f).
+        scale_factor: s (see the module docstring); 1.0 until :meth:`compute_scale_factor`.
+
+            cond_stage_model: the conditioner τ_θ (:mod:`minildm.conditioning.base`), trained with the UNet;
+            None for an unconditional model.
+
+    Shapes: images (B, 3, H, W) in [-1, 1]; latents (B, c, H/f, W/f).
+    """
+
+    def __init__(self, first_stage: nn.Module, unet: nn.Module, diffusion: GaussianDiffusion, image_size: int,
+                 scale_factor: float = 1.0, cond_stage_model: nn.Module | None = None) -> None:
+        super().__init__()
+        self.first_stage_model = first_stage.eval()
+        for p in self.first_stage_model.parameters():
+            p.requires_grad_(False)
+        self.model = unet
+        self.diffusion = diffusion
+        self.image_size = int(image_size)
+        f = int(getattr(first_stage, "f", 1))
+        if self.image_size % f:
+            raise ValueError(f"image_size {image_size} is not divisible by the first stage's f = {f}")
+        c = int(getattr(first_stage.config, "embed_dim", None) or getattr(first_stage.config, "in_channels", 3))
+        self.latent_shape = (c, self.image_size // f, self.image_size // f)
+        unet_c = unet.config
+        if unet_c.in_channels != c or unet_c.out_channels != c:
+            raise ValueError(f"the UNet must take and return {c} latent channels, it has "
+                             f"in_channels={unet_c.in_channels}, out_channels={unet_c.out_channels}")
+        self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
+        self.cond_stage_model = cond_stage_model
+        if cond_stage_model is not None:
+            width = getattr(cond_stage_model, "embed_dim", None)
+            if unet_c.context_dim is None or width != unet_c.context_dim:
+                raise ValueError(f"the conditioner gives tokens of width {width}, the UNet's cross-attention "
+                                 f"expects context_dim={unet_c.context_dim}")
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model has a conditioner τ_θ (class, layout, text)."""
+        return self.cond_stage_model is not None
+
+    def get_learned_conditioning(self, cond: Any, drop: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """τ_θ(y) (CompVis name): (context (B, L, d), mask (B, L) or None); ``drop`` (B,) bool
+        replaces those conditions by ∅ (conditioning dropout)."""
+        if self.cond_stage_model is None:
+            raise ValueError("this model is unconditional: it has no cond_stage_model")
+        return self.cond_stage_model(cond, drop=drop)
+
+    def train(self, mode: bool = True) -> "LatentDiffusion":
+        super().train(mode)
+        self.first_stage_model.eval()  # always frozen
+        return self
+
+    # -- first stage -----------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_first_stage(self, x: Tensor) -> Tensor:
+        """z = s · E(x) (the posterior's mode): (B, 3, H, W) -> (B, c, H/f, W/f)."""
+        return self.first_stage_model.encode_latent(x) * self.scale_factor.to(x.dtype)
+
+    @torch.no_grad()
+    def decode_first_stage(self, z: Tensor) -> Tensor:
+        """x̂ = D(z / s), clamped to [-1, 1]: (B, c, h, w) -> (B, 3, H, W)."""
+        self._check_latent(z)
+        return self.first_stage_model.decode(z / self.scale_factor.to(z.dtype)).clamp(-1, 1)
+
+    @torch.no_grad()
+    def compute_scale_factor(self, images: Tensor | Iterable[Tensor], batch_size: int = 32) -> float:
+        """Set s = 1 / std(E(x)) over ``images`` (a tensor (N, 3, H, W) or an iterable of batches)."""
+        device = self.scale_factor.device
+        batches = images.split(batch_size) if isinstance(images, Tensor) else images
+        zs = [self.first_stage_model.encode_latent(b.to(device)).float().flatten() for b in batches]
+        if not zs:
+            raise ValueError("compute_scale_factor needs at least one image")
+        std = torch.cat(zs).std()
+        if not torch.isfinite(std) or std <= 0:
+            raise ValueError(f"latents have standard deviation {float(std)}; cannot scale them")
+        self.scale_factor.fill_(1.0 / float(std))
+        return float(self.scale_factor)
+
+    def _check_latent(self, z: Tensor) -> None:
+        if z.ndim != 4 or tuple(z.shape[1:2]) != self.latent_shape[:1]:
+            raise ValueError(f"latents must have shape (B, {self.latent_shape[0]}, h, w), got {tuple(z.shape)}")
+
+    # -- training ----------------------------------------------------------------------------
+    def loss(self, z: Tensor, context: Tensor | None = None, generator: torch.Generator | None = None,
+             **kwargs: Any) -> Tensor:
+        """Mean simple loss (paper Eq. 2) on a batch of *scaled latents* z (B, c, h, w); a
+        conditional model takes ``context`` = τ_θ(y) (and ``context_mask``) as well."""
+        self._check_latent(z)
+        if tuple(z.shape[1:]) != self.latent_shape:
+            raise ValueError(f"latents must have shape (B, {', '.join(map(str, self.latent_shape))}), "
+                             f"got {tuple(z.shape)}")
+        if context is not None:
+            kwargs["context"] = context
+        return self.diffusion.training_losses(self.model, z, generator=generator, **kwargs).mean()
+
+    # -- sampling ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
+               generator: torch.Generator | None = None, context: Tensor | None = None,
+               guidance_scale: float = 1.0, uncond: Tensor | None = None, decode: bool = True,
+               progress: bool = False, callback: Callable[[int, Tensor, Tensor], None] | None = None,
+               x_T: Tensor | None = None, cond: Any = None) -> Tensor:
+        """``n`` samples: images (n, 3, H, W) with ``decode``, else scaled latents (n, c, h, w).
+
+        ``sampler`` is ``"ddim"`` (``steps``, ``eta``) or ``"ddpm"`` (all T steps). A conditional
+        model takes ``cond`` (n conditions y: labels, layouts, ...; τ_θ encodes them and ∅ is its
+        null condition) and samples with classifier-free guidance of scale ``guidance_scale``
+        (1: the conditional model alone, 0: the unconditional one). A raw ``context`` (n, L, d)
+        with its null ``uncond`` works too.
+        """
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        if sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"unknown sampler {sampler!r}: choose 'ddim' or 'ddpm'")
+        device = self.scale_factor.device
+        was_training = self.model.training
+        self.model.eval()
+        kwargs: dict[str, Any] = {"context": context} if context is not None else {}
+        uncond_mask = None
+        if cond is not None:
+            if context is not None:
+                raise ValueError("pass either cond or context, not both")
+            kwargs["context"], mask = self.get_learned_conditioning(cond)
+            if kwargs["context"].shape[0] != n:
+                raise ValueError(f"cond holds {kwargs['context'].shape[0]} conditions for n={n} samples")
+            if mask is not None:
+                kwargs["context_mask"] = mask
+            uncond, uncond_mask = self.cond_stage_model.null(1)
+        elif self.conditional and context is None:
+            raise ValueError("this model is conditional: pass cond (one condition per sample)")
+        model_fn = guided_model(self.model, guidance_scale, uncond, uncond_mask)
+        shape = (n, *self.latent_shape)
+        try:
+            if sampler == "ddpm":
+                z = self.diffusion.ddpm_sample(model_fn, shape, generator=generator, device=device, x_T=x_T,
+                                               progress=progress, callback=callback, **kwargs)
+            else:
+                z = DDIMSampler(self.diffusion).sample(model_fn, shape, steps, eta, generator=generator,
+                                                       device=device, x_T=x_T, progress=progress,
+                                                       callback=callback, **kwargs)
+        finally:
+            self.model.train(was_training)
+        return self.decode_first_stage(z) if decode else z

@@ -1,0 +1,102 @@
+"""The first stage of the conditional LDMs: artifact ``kl-f{f}`` (notebooks 04 and 05).
+
+Notebook 02 trains one autoencoder per downsampling factor, briefly, to compare them. A model that
+must draw *content* (a hexagon, not a roundish blob) needs a first stage that keeps it: the LDM
+generates latents z and the decoder D draws them, so D(E(x)) bounds what any LDM on it can show
+(:func:`minildm.eval.checker.reconstruction_ceiling`). ``kl-f{f}`` is the same architecture for that f
+(``ch_mult`` from the ablation), trained by the recipe of :class:`~minildm.recipes.presets.FirstStagePreset`
+(CompVis names its pretrained first stages ``kl-f4``, ``kl-f8``, ...).
+
+Build it with ``python -m minildm train-first-stage --preset cpu`` (or ``load_or_train("kl-f4")``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .presets import Preset
+from .registry import TrainResult, register
+
+__all__ = ["first_stage_name", "first_stage_preset", "FirstStageSpec"]
+
+#: downsampling factors with a ``kl-f{f}`` artifact
+FACTORS = (2, 4, 8, 16, 32)
+
+
+def first_stage_name(f: int) -> str:
+    """Artifact name of the conditional LDMs' first stage for factor ``f``: ``kl-f{f}``."""
+    return f"kl-f{f}"
+
+
+def first_stage_preset(preset: Preset) -> Preset:
+    """``preset`` with the autoencoder sizes of :class:`~minildm.recipes.presets.FirstStagePreset`."""
+    fs = preset.first_stage
+    return preset.with_ae(image_size=fs.image_size, steps=fs.steps, batch_size=fs.batch_size, lr=fs.lr)
+
+
+@register("kl-f2", f=2)
+@register("kl-f4", f=4)
+@register("kl-f8", f=8)
+@register("kl-f16", f=16)
+@register("kl-f32", f=32)
+@dataclass(frozen=True)
+class FirstStageSpec:
+    """Artifact ``kl-f{f}`` (the artifact-spec interface of :mod:`minildm.recipes.store`)."""
+
+    f: int
+
+    @property
+    def name(self) -> str:
+        return first_stage_name(self.f)
+
+    @property
+    def description(self) -> str:
+        return f"first stage of the conditional LDMs: KL autoencoder, f = {self.f}"
+
+    def _autoencoder_spec(self, preset: Preset) -> Any:
+        from ..models.encoder_decoder import (
+            AutoencoderConfig,
+            check_downsampling_factor,
+        )
+        from .autoencoder import AutoencoderSpec
+
+        check_downsampling_factor(self.f)
+        z = preset.first_stage.z_channels
+        return AutoencoderSpec(self.name, preset.first_stage.variant, "kl", self.description,
+                               model_overrides={"ch_mult": AutoencoderConfig.for_factor(self.f).ch_mult,
+                                                "z_channels": z, "embed_dim": z})
+
+    def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
+        return self._autoencoder_spec(preset).identity(first_stage_preset(preset), steps)
+
+    def command(self, preset: Preset, steps: int | None = None) -> str:
+        return (f"python -m minildm train-first-stage --preset {preset.name} --f {self.f}"
+                + (f" --steps {steps}" if steps is not None else ""))
+
+    def train(self, preset: Preset, *, steps: int | None, device: Any, out_dir: Path | None, resume: bool,
+              progress: bool) -> TrainResult:
+        return self._autoencoder_spec(preset).train(first_stage_preset(preset), steps=steps, device=device,
+                                                    out_dir=out_dir, resume=resume, progress=progress)
+
+    def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
+        from .autoencoder import model_from_config
+
+        return model_from_config(identity["model_class"], identity["model"])
+
+    def evaluate(self, model: nn.Module, preset: Preset, device: torch.device) -> dict[str, Any]:
+        """Reconstruction metrics on validation images and, as ``ceiling``, the content checker's
+        accuracy on the reconstructions: what the LDMs on this first stage can at best be credited."""
+        from ..data import load_dataset
+        from ..eval.checker import reconstruction_ceiling
+        from .store import load_or_train
+
+        p = first_stage_preset(preset)
+        metrics = dict(self._autoencoder_spec(preset).evaluate(model, p, device))
+        checker = load_or_train("checker", preset, device=device).model
+        val = load_dataset("shapes", "val", p.ae.image_size, length=p.ae.n_eval, seed=preset.seed)
+        metrics["ceiling"] = reconstruction_ceiling(checker, model.to(device), val, p.ae.n_eval)
+        return metrics

@@ -1,0 +1,264 @@
+"""Training and measuring latent diffusion models: the artifacts ``ldm-f{f}`` of notebook 03.
+
+The paper's central experiment (Sec. 4.1, Fig. 6–7): train the *same* UNet on the latents of
+first stages with f = 1 (pixel space), 2, 4, 8, 16 for the same compute, and compare sample
+quality against training time and against sampling throughput. Here each model trains for the
+preset's wall-clock budget (``preset.ldm.budget_s``), and at ``eval_points`` evenly spaced times
+its EMA weights draw ``n_fid`` DDIM samples whose FID-style score (:mod:`minildm.eval.fid`) against
+the validation images is logged. The first stages are the ``ae-kl-f{f}`` artifacts of notebook 02.
+
+Latents are encoded once before training (:class:`LatentBatches`): the first stage is frozen, so
+E(x) of a training image never changes, and the diffusion model's step is all that is timed.
+
+``python -m minildm train-ldm --preset cpu --f 4`` builds one model; the notebook builds all.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..engine.batches import LatentBatches
+from ..engine.device import get_device, seed_everything
+from .presets import Preset
+from .registry import TrainResult, register
+
+__all__ = [ "LDMSpec", "FashionAutoencoderSpec", "ldm_name", "build_ldm", "sample_fid",
+           "sampling_throughput", "eval_curve", "FASHION_AE", "FASHION_LDM", "FASHION_SIZE"]
+
+#: the Fashion-MNIST first stage and LDM of notebook 03 (28 px images, resized to 32 px, grey as RGB)
+FASHION_AE = "ae-kl-fashion"
+FASHION_LDM = "ldm-fashion"
+FASHION_SIZE = 32
+
+
+def ldm_name(f: int) -> str:
+    """Artifact name of the latent DDPM on first stage ``ae-kl-f{f}``: ``ldm-f{f}``."""
+    return f"ldm-f{f}"
+
+
+@register("ae-kl-fashion")
+class FashionAutoencoderSpec:
+    """Artifact ``ae-kl-fashion``: a KL autoencoder with f = 4, c = 3 on Fashion-MNIST at 32 px, trained
+    with the ablation's recipe and step count (it delegates to :class:`~minildm.recipes.autoencoder.AutoencoderSpec`)."""
+
+    name = FASHION_AE
+    description = "KL autoencoder f = 4 on Fashion-MNIST (32 px)"
+
+    def _inner(self, preset: Preset):
+        from .ablation import first_stage_config
+        from .autoencoder import AutoencoderSpec
+
+        return AutoencoderSpec(self.name, preset.ablation.variant, "kl", self.description,
+                               model_overrides=first_stage_config(4, preset), data="fashion_mnist")
+
+    @staticmethod
+    def _preset(preset: Preset) -> Preset:
+        return preset.with_ae(image_size=FASHION_SIZE, steps=preset.ablation.steps)
+
+    def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
+        return self._inner(preset).identity(self._preset(preset), steps)
+
+    def command(self, preset: Preset, steps: int | None = None) -> str:
+        return f"python -m minildm train-ldm --preset {preset.name} --data fashion_mnist"
+
+    def train(self, preset: Preset, **kwargs: Any) -> TrainResult:
+        return self._inner(preset).train(self._preset(preset), **kwargs)
+
+    def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
+        from .autoencoder import model_from_config
+
+        return model_from_config(identity["model_class"], identity["model"])
+
+    def evaluate(self, model: nn.Module, preset: Preset, device: torch.device) -> dict[str, Any]:
+        return self._inner(preset).evaluate(model, self._preset(preset), device)
+
+
+def _images(split: str, n: int, image_size: int, seed: int, data: str = "shapes") -> torch.Tensor:
+    from ..data import load_dataset
+
+    ds = load_dataset(data, split, image_size, length=n, seed=seed)
+    return torch.stack([ds[i]["image"] for i in range(n)])
+
+
+def _unet_config(f_channels: int, preset: Preset) -> dict[str, Any]:
+    from ..models.unet import UNetConfig
+
+    lp = preset.ldm
+    return UNetConfig(in_channels=f_channels, out_channels=f_channels, model_channels=lp.model_channels,
+                      channel_mult=lp.channel_mult, num_res_blocks=lp.num_res_blocks,
+                      attention_resolutions=lp.attention_resolutions, num_heads=lp.num_heads).to_dict()
+
+
+def build_ldm(identity: Mapping[str, Any]) -> nn.Module:
+    """An (untrained) :class:`~minildm.diffusion.ldm.LatentDiffusion` from an ``ldm-f{f}`` identity."""
+    from ..diffusion.ldm import LatentDiffusion
+    from ..diffusion.process import GaussianDiffusion
+    from ..models.unet import UNetConfig, UNetModel
+    from .ablation import AblationSpec
+
+    m = identity["model"]
+    first_stage = AblationSpec(int(m["f"])).build_model(m["first_stage"])
+    d = m["diffusion"]
+    diffusion = GaussianDiffusion(d["schedule"], d["num_timesteps"], d["parameterization"])
+    return LatentDiffusion(first_stage, UNetModel(UNetConfig.from_dict(m["unet"])), diffusion, m["image_size"])
+
+
+@torch.no_grad()
+def sample_fid(ldm: nn.Module, feature_net: nn.Module, real: torch.Tensor, n: int, steps: int,
+               seed: int = 0, batch_size: int = 64, progress: bool = False) -> float:
+    """FID-style score of ``n`` DDIM samples (``steps`` steps, η = 0, seeded) against ``real`` images."""
+    from ..eval.fid import extract_features, fid_from_features
+
+    g = torch.Generator().manual_seed(seed)
+    samples = torch.cat([ldm.sample(min(batch_size, n - i), steps=steps, generator=g, progress=progress).cpu()
+                         for i in range(0, n, batch_size)])
+    return fid_from_features(extract_features(feature_net, real[:n]), extract_features(feature_net, samples))
+
+
+@torch.no_grad()
+def sampling_throughput(ldm: nn.Module, n: int, steps: int, repeats: int = 1) -> float:
+    """Images per second of DDIM sampling with ``steps`` steps, decoding included (batch of ``n``)."""
+    from ..engine.throughput import median_time
+
+    device = ldm.scale_factor.device
+    g = torch.Generator().manual_seed(0)
+    t = median_time(lambda: ldm.sample(n, steps=steps, generator=g), device, repeats, warmup=0)
+    return n / t
+
+
+def eval_curve(log: list[Mapping[str, Any]]) -> list[dict[str, float]]:
+    """The (training time, steps, FID-style score) points logged during training."""
+    return [{"time_s": r["time_s"], "step": r["step"], "fid": r["eval/fid"]} for r in log if "eval/fid" in r]
+
+
+@register("ldm-f1", f=1)
+@register("ldm-f2", f=2)
+@register("ldm-f4", f=4)
+@register("ldm-f8", f=8)
+@register("ldm-f16", f=16)
+@register("ldm-fashion", f=4, data="fashion_mnist")
+class LDMSpec:
+    """Artifact ``ldm-f{f}`` on the shapes data, or ``ldm-fashion`` on Fashion-MNIST (``data``), with
+    the artifact-spec interface of :mod:`minildm.recipes.store`. The FID-style score exists for shapes
+    only (its feature network knows shapes); on Fashion-MNIST the metrics are the loss and speed."""
+
+    def __init__(self, f: int, data: str = "shapes") -> None:
+        self.f = int(f)
+        self.data = data
+        self.shapes = data == "shapes"
+        self.name = ldm_name(self.f) if self.shapes else FASHION_LDM
+        self.first_stage = None if self.shapes else FASHION_AE
+        self.description = (f"latent DDPM on ae-kl-f{self.f} (f = 1: pixel space), fixed wall-clock budget"
+                            if self.shapes else "latent DDPM on Fashion-MNIST (ae-kl-fashion)")
+
+    def _first_stage_name(self) -> str:
+        from .ablation import ablation_name
+
+        return self.first_stage or ablation_name(self.f)
+
+    def _image_size(self, preset: Preset) -> int:
+        return preset.ldm.image_size if self.shapes else FASHION_SIZE
+
+    def _check(self, preset: Preset) -> None:
+        if self.shapes and self.f not in preset.ldm.factors:
+            raise ValueError(f"f={self.f} is not in the LDM experiment of preset {preset.name!r}: "
+                             f"choose one of {preset.ldm.factors}")
+
+    def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
+        from .registry import get_spec
+
+        self._check(preset)
+        lp = preset.ldm
+        fs = get_spec(self._first_stage_name()).identity(preset)
+        c = int(fs["model"].get("embed_dim") or fs["model"].get("in_channels"))
+        budget = float(steps) if steps is not None else lp.budget_s  # "steps" of the CLI: seconds here
+        return {
+            "model_class": "LatentDiffusion",
+            "model": {"f": self.f, "image_size": self._image_size(preset), "first_stage": fs,
+                      "unet": _unet_config(c, preset),
+                      "diffusion": {"schedule": lp.schedule, "num_timesteps": lp.timesteps, "parameterization": "eps"}},
+            "recipe": {"kind": "ldm", "data": self.data, "first_stage": self._first_stage_name(), "budget_s": budget,
+                       "batch_size": lp.batch_size, "lr": lp.lr, "ema_decay": lp.ema_decay,
+                       "eval_points": lp.eval_points, "n_fid": lp.n_fid, "eval_ddim_steps": lp.eval_ddim_steps,
+                       "n_train": lp.n_train, "seed": preset.seed, "steps": budget},
+            "preset": preset.name,
+        }
+
+    def command(self, preset: Preset, steps: int | None = None) -> str:
+        which = f"--f {self.f}" if self.shapes else f"--data {self.data}"
+        return (f"python -m minildm train-ldm --preset {preset.name} {which}"
+                + (f" --budget {steps}" if steps is not None else ""))
+
+    def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
+        return build_ldm(identity)
+
+    def train(self, preset: Preset, *, steps: int | None, device: Any, out_dir: Path | None, resume: bool,
+              progress: bool) -> TrainResult:
+        from ..engine.ema import EMA
+        from ..engine.tasks import LatentDiffusionTask
+        from ..engine.trainer import CHECKPOINT_NAME, Trainer
+        from .store import load_or_train, resume_config
+
+        identity = self.identity(preset, steps)
+        r = identity["recipe"]
+        dev = get_device(device)
+        first_stage = load_or_train(self._first_stage_name(), preset, device=dev, progress=progress).model
+        feature_net = load_or_train("feature-net", preset, device=dev, progress=progress).model if self.shapes else None
+        seed_everything(preset.seed)
+        ldm = build_ldm(identity)
+        ldm.first_stage_model.load_state_dict(first_stage.state_dict())
+        ldm.to(dev)
+        size = self._image_size(preset)
+        train_images = _images("train", r["n_train"], size, preset.seed, self.data)
+        ldm.compute_scale_factor(train_images[:1024])
+        data = LatentBatches.encode(ldm, train_images, r["batch_size"], seed=r["seed"])
+        real = _images("val", r["n_fid"], size, preset.seed, self.data) if self.shapes else None
+        ema = EMA(ldm.model, decay=r["ema_decay"])
+        trainer = Trainer(LatentDiffusionTask(ldm, r["lr"]), data, device=dev, max_steps=10**9, seed=r["seed"],
+                          out_dir=out_dir, checkpoint_every=None, grad_clip=1.0, progress=progress,
+                          desc=f"{self.name} ({preset.name}, {r['budget_s']:.0f} s)", log_every=10,
+                          config=resume_config(identity), callbacks=[ema])
+        if resume and out_dir is not None and (Path(out_dir) / CHECKPOINT_NAME).is_file():
+            trainer.resume(Path(out_dir) / CHECKPOINT_NAME)
+        done = {round(row["time_s"] / r["budget_s"] * r["eval_points"]) for row in eval_curve(trainer.log)}
+        if not self.shapes:  # no feature network for this data: train through the budget, no evaluations
+            trainer.fit(time_budget_s=max(0.0, r["budget_s"] - trainer.elapsed_s))
+            done = set(range(1, r["eval_points"] + 1))
+        for k in range(1, r["eval_points"] + 1):
+            target = r["budget_s"] * k / r["eval_points"]
+            if trainer.elapsed_s < target:
+                trainer.fit(time_budget_s=target - trainer.elapsed_s)
+            if k in done:
+                continue
+            with ema.average_parameters():
+                fid = sample_fid(ldm, feature_net, real, r["n_fid"], r["eval_ddim_steps"], seed=preset.seed)
+            trainer.log.append({"step": trainer.step, "time_s": trainer.elapsed_s, "eval/fid": fid})
+            if out_dir is not None:
+                trainer.save()
+        ema.copy_to(ldm.model)
+        return TrainResult(ldm.eval(), trainer.log, trainer.elapsed_s)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, preset: Preset, device: torch.device) -> dict[str, Any]:
+        from .store import load_or_train
+
+        lp = preset.ldm
+        model = model.to(device).eval()
+        out: dict[str, Any] = {"latent_shape": list(model.latent_shape), "scale_factor": float(model.scale_factor),
+                               "unet_params": sum(p.numel() for p in model.model.parameters()),
+                               "eval_ddim_steps": lp.eval_ddim_steps}
+        if self.shapes:
+            feature_net = load_or_train("feature-net", preset, device=device).model
+            real = _images("val", lp.n_fid, lp.image_size, preset.seed)
+            t0 = time.perf_counter()
+            out["fid"] = sample_fid(model, feature_net, real, lp.n_fid, lp.eval_ddim_steps, seed=preset.seed + 1)
+            out["images_per_s"] = lp.n_fid / (time.perf_counter() - t0)
+            out["n_fid"] = lp.n_fid
+        else:
+            out["images_per_s"] = sampling_throughput(model, min(lp.n_fid, 64), lp.eval_ddim_steps)
+        return out

@@ -1,0 +1,359 @@
+"""Trained models cached per preset: load them, or train them once.
+
+A notebook that needs a first-stage autoencoder calls::
+
+    ae = load_or_train("ae-kl-l1-lpips-gan")        # preset from $MINILDM_PRESET
+    ae.model, ae.metrics["psnr"], ae.command
+
+The first call trains it (with a progress bar) and saves an *artifact* directory
+``<root>/<preset>/<name>/`` (root: ``$MINILDM_ARTIFACTS``, else ``./artifacts``) holding
+
+* ``model.safetensors`` — the model's weights (plus its config in the safetensors metadata);
+* ``config.json`` — model config, training recipe and preset name: the artifact's identity;
+* ``metrics.json`` — PSNR / SSIM / LPIPS on the val split, training wall time, parameter count
+  and ``command``, the CLI command that rebuilds it;
+* ``log.json`` — the training loss curve.
+
+Later calls load it. The directory is written to a temporary folder and renamed into place, so a
+crash never leaves a half-written artifact. A crashed *training* run resumes from
+``<name>.partial/checkpoint.safetensors`` (exactly, see :mod:`minildm.engine.trainer`).
+
+Recipes register their specs with :func:`minildm.recipes.registry.register`; this module only
+stores, loads and builds what the registry names. Taught in notebook 01 (and used by every notebook).
+"""
+from __future__ import annotations
+
+import contextvars
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..engine.checkpoint import (
+    load_module_state,
+    load_weights,
+    minildm_version,
+    save_weights,
+)
+from ..engine.device import get_device
+from .presets import Preset, get_preset
+from .registry import get_spec
+
+__all__ = [
+    "ARTIFACTS_ENV",
+    "Artifact",
+    "artifact_root",
+    "artifact_dir",
+    "load_artifact",
+    "build_artifact",
+    "load_or_train",
+    "reevaluate_artifact",
+]
+
+ARTIFACTS_ENV = "MINILDM_ARTIFACTS"
+FILES = ("model.safetensors", "config.json", "metrics.json", "log.json")
+
+
+def check_choice(what: str, value: Any, allowed: Any) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}: choose one of {', '.join(map(str, allowed))}")
+
+
+def check_steps(steps: Any) -> None:
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+        raise ValueError(f"steps must be a positive int or None (the preset's), got {steps!r}")
+
+
+# ------------------------------------------------------------------------------------------
+# the first-stage recipe
+# ------------------------------------------------------------------------------------------
+
+
+def resume_config(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: everything but the step count."""
+    config = json.loads(json.dumps(dict(identity)))
+    config["recipe"].pop("steps", None)
+    return config
+
+
+# ------------------------------------------------------------------------------------------
+# registry
+# ------------------------------------------------------------------------------------------
+
+
+# ------------------------------------------------------------------------------------------
+# artifact files
+# ------------------------------------------------------------------------------------------
+
+@dataclass
+class Artifact:
+    """A trained model from the cache: ``model`` (eval mode), its ``config`` (config.json),
+    ``metrics`` (metrics.json, incl. ``"command"``), training ``log`` and directory ``path``."""
+
+    name: str
+    model: nn.Module
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    log: list[dict[str, Any]]
+    path: Path
+
+    @property
+    def command(self) -> str:
+        """The CLI command that rebuilds this artifact."""
+        return str(self.metrics.get("command", ""))
+
+
+#: the root of the artifact being built: the artifacts it needs (a first stage, the feature
+#: network) are looked up and cached under the same root
+_BUILD_ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("minildm_build_root", default=None)
+
+
+def artifact_root(root: str | os.PathLike | None = None) -> Path:
+    """The cache root: ``root``, else that of the artifact being built (its dependencies live
+    beside it), else ``$MINILDM_ARTIFACTS``, else ``./artifacts``."""
+    if root is not None:
+        return Path(root)
+    building = _BUILD_ROOT.get()
+    if building is not None:
+        return building
+    return Path(os.environ.get(ARTIFACTS_ENV) or "artifacts")
+
+
+def artifact_dir(name: str, preset: str | Preset | None = None, root: str | os.PathLike | None = None) -> Path:
+    """``<root>/<preset>/<name>``; ValueError for unknown names or presets."""
+    get_spec(name)
+    return artifact_root(root) / get_preset(preset).name / name
+
+
+def _read_json(path: Path, rebuild: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise ValueError(f"artifact file {str(path)!r} is missing; the artifact is incomplete. "
+                         f"Rebuild it with `{rebuild}` (or load_or_train(..., retrain=True)).") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"artifact file {str(path)!r} is corrupted ({err}). "
+                         f"Rebuild it with `{rebuild}` (or load_or_train(..., retrain=True)).") from err
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: saved {a!r}, expected {b!r}"]
+
+
+def load_artifact(name: str, preset: str | Preset | None = None, *, device: str | torch.device | None = None,
+                  root: str | os.PathLike | None = None, steps: int | None = None) -> Artifact:
+    """Load a cached artifact; ValueError naming the file and the rebuild command if it is missing,
+    corrupted, or was made with a different config than ``preset`` (and ``steps``) give now."""
+    spec = get_spec(name)
+    p = get_preset(preset)
+    path = artifact_dir(name, p, root)
+    rebuild = spec.command(p, steps)
+    if not path.is_dir():
+        raise ValueError(f"artifact {name!r} not found at {str(path)!r}; build it with `{rebuild}` "
+                         "or load_or_train(...)")
+    config = _read_json(path / "config.json", rebuild)
+    expected = spec.identity(p, steps)
+    saved = {k: config.get(k) for k in expected}
+    diffs = _differences(saved, json.loads(json.dumps(expected)))
+    if diffs:
+        shown = "; ".join(diffs[:6]) + (f"; ... ({len(diffs)} in all)" if len(diffs) > 6 else "")
+        raise ValueError(f"mismatched artifact {str(path / 'config.json')!r}: it was made with a different "
+                         f"config than preset {p.name!r} gives now ({shown}). Rebuild it with `{rebuild}` "
+                         "(or load_or_train(..., retrain=True)).")
+    metrics = _read_json(path / "metrics.json", rebuild)
+    log = _read_json(path / "log.json", rebuild)
+    weights_file = path / "model.safetensors"
+    model = spec.build_model(config)
+    try:
+        state, weights_config = load_weights(weights_file)
+        if weights_config.get("model") != config.get("model"):
+            raise ValueError(f"mismatched checkpoint {str(weights_file)!r}: its config differs from config.json")
+        load_module_state(model, state, source=str(weights_file))
+    except ValueError as err:
+        raise ValueError(f"artifact {name!r}: {err} Rebuild it with `{rebuild}` "
+                         "(or load_or_train(..., retrain=True)).") from err
+    model.to(get_device(device)).eval()
+    return Artifact(name=name, model=model, config=config, metrics=metrics, log=log, path=path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, allow_nan=True) + "\n")
+
+
+def _partial_dir(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+def build_artifact(name: str, preset: str | Preset | None = None, *, steps: int | None = None,
+                   device: str | torch.device | None = None, progress: bool = True, resume: bool = True,
+                   root: str | os.PathLike | None = None, options: Mapping[str, Any] | None = None) -> Artifact | None:
+    """Train artifact ``name``, evaluate it on the val split and save it (replacing an old one).
+
+    Periodic checkpoints go to ``<name>.partial/``; with ``resume`` an interrupted run continues
+    from there (a checkpoint made with other settings raises ValueError: delete the folder or
+    pass ``resume=False``). The artifact directory appears atomically when everything is written,
+    with any ``samples/`` the training wrote. ``options``: run options passed to the spec's
+    ``train`` (e.g. ``accumulate``, ``precision``), which do not change the artifact's identity.
+    Under ``torchrun`` every rank trains; rank 0 alone evaluates and writes, the others return None.
+    """
+    from ..engine.distributed import barrier, dist_info
+
+    spec = get_spec(name)
+    check_steps(steps)
+    p = get_preset(preset)
+    dev = get_device(device)
+    rank = dist_info().rank
+    final = artifact_dir(name, p, root)
+    partial = _partial_dir(final)
+    if resume and partial.exists() and not _resumable(partial, spec.identity(p, steps)):
+        resume = False
+    if not resume and partial.exists() and rank == 0:
+        shutil.rmtree(partial)
+    barrier()
+    token = _BUILD_ROOT.set(artifact_root(root))
+    try:
+        result = spec.train(p, steps=steps, device=dev, out_dir=partial, resume=resume,
+                            progress=progress, **dict(options or {}))
+        model, log = result.model, result.log
+        if rank != 0:
+            return None
+        from ..engine.distributed import local_only
+
+        with local_only():  # rank 0 alone (anything it trains for the evaluation is not data-parallel)
+            metrics: dict[str, Any] = dict(spec.evaluate(model, p, dev))
+    finally:
+        _BUILD_ROOT.reset(token)
+    identity = spec.identity(p, steps)
+    metrics.update(result.facts)
+    metrics.update({
+        "train_time_s": round(result.elapsed_s, 3),
+        "params": sum(t.numel() for t in model.parameters()),
+        "steps": identity["recipe"]["steps"],
+        "preset": p.name,
+        "device": str(dev),
+        "command": spec.command(p, steps),
+    })
+    config = {**identity, "name": name, "minildm_version": minildm_version()}
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=final.parent))
+    try:
+        save_weights(tmp / "model.safetensors", model, {"model_class": config["model_class"],
+                                                        "model": config["model"]})
+        _write_json(tmp / "config.json", config)
+        _write_json(tmp / "metrics.json", metrics)
+        _write_json(tmp / "log.json", log)
+        if (partial / "samples").is_dir():
+            shutil.copytree(partial / "samples", tmp / "samples")
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(partial, ignore_errors=True)
+    return Artifact(name=name, model=model.eval(), config=config, metrics=metrics, log=log, path=final)
+
+
+def _resumable(partial: Path, identity: Mapping[str, Any]) -> bool:
+    """Whether ``partial`` holds a readable checkpoint of the same run (else warn: it is discarded)."""
+    from ..engine.checkpoint import load_checkpoint
+    from ..engine.trainer import CHECKPOINT_NAME
+
+    path = partial / CHECKPOINT_NAME
+    if not path.is_file():
+        return True  # nothing to resume; the folder is reused
+    try:
+        _, metadata = load_checkpoint(path)
+    except ValueError as err:
+        warnings.warn(f"discarding unreadable checkpoint: {err}", stacklevel=3)
+        return False
+    if metadata.get("config") != resume_config(identity):
+        warnings.warn(f"discarding checkpoint {str(path)!r}: it was made with other settings; "
+                      "training starts from scratch", stacklevel=3)
+        return False
+    return True
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished directory ``src`` to ``dst``, replacing an existing one."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def load_or_train(name: str, preset: str | Preset | None = None, *, device: str | torch.device | None = None,
+                  progress: bool = True, retrain: bool = False,
+                  root: str | os.PathLike | None = None) -> Artifact:
+    """The cached artifact ``name`` for ``preset``, training (and caching) it first if needed.
+
+    ``retrain=True`` trains from scratch and replaces the cache. A corrupted or mismatched cache
+    entry raises ValueError naming the file and the command that rebuilds it (or use retrain=True).
+    Unknown names raise ValueError listing the known ones (:func:`list_artifacts`).
+    """
+    get_spec(name)
+    p = get_preset(preset)
+    if not retrain and artifact_dir(name, p, root).is_dir():
+        return load_artifact(name, p, device=device, root=root)
+    return build_artifact(name, p, device=device, progress=progress, resume=not retrain, root=root)
+
+
+def reevaluate_artifact(name: str, preset: str | Preset | None = None, *,
+                        device: str | torch.device | None = None, root: str | os.PathLike | None = None,
+                        steps: int | None = None) -> Artifact:
+    """Evaluate the cached artifact ``name`` again with the evaluation settings ``preset`` gives now
+    (e.g. more samples or other guidance scales; the weights are not touched) and rewrite its
+    ``metrics.json`` atomically. The evaluation replaces the figures it measures; everything else the
+    file holds, i.e. what training recorded (``train_time_s``, ``params``, ``steps``, ``device``,
+    ``command`` and the run's facts, such as FLOPs per step), is kept; ``evaluated_by`` records this evaluation's command. The
+    artifact must match ``preset`` (and ``steps``, if it was trained with another step count; see
+    :func:`load_artifact`)."""
+    spec = get_spec(name)
+    p = get_preset(preset)
+    dev = get_device(device)
+    art = load_artifact(name, p, device=dev, root=root, steps=steps)
+    token = _BUILD_ROOT.set(artifact_root(root))
+    try:
+        metrics: dict[str, Any] = dict(spec.evaluate(art.model, p, dev))
+    finally:
+        _BUILD_ROOT.reset(token)
+    metrics = {**art.metrics, **metrics}
+    metrics["evaluated_by"] = (f"python -m minildm reevaluate {name} --preset {p.name}"
+                               + (f" --steps {steps}" if steps is not None else ""))
+    tmp = art.path / ".metrics.json.tmp"
+    _write_json(tmp, metrics)
+    os.replace(tmp, art.path / "metrics.json")
+    return Artifact(name=name, model=art.model, config=art.config, metrics=metrics, log=art.log, path=art.path)
+
+
+def format_metrics(metrics: Mapping[str, Any]) -> str:
+    """A small text table of an artifact's metrics (what the CLI prints)."""
+    rows = [("PSNR (dB) ↑", "psnr", "{:.2f}"), ("SSIM ↑", "ssim", "{:.4f}"), ("LPIPS ↓", "lpips", "{:.4f}"),
+            ("val images", "n", "{}"), ("train steps", "steps", "{}"), ("train time (s)", "train_time_s", "{:.1f}"),
+            ("parameters", "params", "{:,}")]
+    lines = []
+    for label, key, fmt in rows:
+        if key in metrics and metrics[key] is not None:
+            value = metrics[key]
+            text = fmt.format(value) if not (isinstance(value, float) and math.isnan(value)) else "nan"
+            lines.append(f"  {label:<16}{text:>14}")
+    return "\n".join(lines)
+

@@ -1,0 +1,65 @@
+"""The shared recipe of the supervised helper networks (the feature network, the content checker):
+train a classifier on shapes images with the Trainer, evaluate it on the validation split.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..engine.batches import DatasetBatches
+from ..engine.trainer import CHECKPOINT_NAME, Trainer
+from .registry import TrainResult
+
+__all__ = ["SupervisedArtifact", "fit_on_dataset"]
+
+
+def fit_on_dataset(task: Any, identity: Mapping[str, Any], *, device: Any, out_dir: str | os.PathLike | None,
+                   resume: bool, progress: bool, desc: str) -> Trainer:
+    """Train ``task`` on the dataset its artifact recipe names, for the recipe's steps.
+
+    ``identity["recipe"]`` gives ``data`` (``name``, ``split``, ``image_size``, ``length``, ``seed``),
+    ``batch_size``, ``steps`` and ``seed``. Checkpoints go to ``out_dir`` ten times per run; with
+    ``resume`` a checkpoint found there is continued exactly. Returns the finished Trainer.
+    """
+    from ..data import collate, load_dataset
+
+    recipe = identity["recipe"]
+    d = recipe["data"]
+    data = DatasetBatches(load_dataset(d["name"], d["split"], d["image_size"], length=d["length"], seed=d["seed"]),
+                          recipe["batch_size"], seed=recipe["seed"], collate_fn=collate)
+    config = dict(identity)
+    config["recipe"] = {k: v for k, v in recipe.items() if k != "steps"}
+    trainer = Trainer(task, data, device=device, max_steps=recipe["steps"], seed=recipe["seed"], out_dir=out_dir,
+                      checkpoint_every=max(50, recipe["steps"] // 10) if out_dir is not None else None,
+                      progress=progress, desc=desc, config=config)
+    if resume and out_dir is not None and (Path(out_dir) / CHECKPOINT_NAME).is_file():
+        trainer.resume(Path(out_dir) / CHECKPOINT_NAME)
+        trainer.max_steps = recipe["steps"]
+    trainer.fit()
+    return trainer
+
+
+class SupervisedArtifact:
+    """Mixin of the artifact specs of networks trained with supervision on a dataset (the feature
+    network, the content checker): a subclass gives ``name``, ``identity(preset, steps)``,
+    ``build_model(identity)`` and ``task(net, recipe)``; ``train`` follows the recipe."""
+
+    name: str
+
+    def task(self, net: nn.Module, recipe: Mapping[str, Any]) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def train(self, preset: Any, *, steps: int | None, device: Any, out_dir: Any, resume: bool,
+              progress: bool) -> TrainResult:
+        from ..engine.device import seed_everything
+
+        identity = self.identity(preset, steps)  # type: ignore[attr-defined]
+        seed_everything(preset.seed)
+        net = self.build_model(identity)  # type: ignore[attr-defined]
+        trainer = fit_on_dataset(self.task(net, identity["recipe"]), identity, device=device, out_dir=out_dir,
+                                 resume=resume, progress=progress, desc=f"{self.name} ({preset.name})")
+        return TrainResult(net.eval(), trainer.log, trainer.elapsed_s)
