@@ -509,6 +509,17 @@ class Trainer:
         self.last_checkpoint = path
         return self
 
+    def resume_if_present(self, resume: bool = True) -> bool:
+        """With ``resume``, continue from ``out_dir``'s checkpoint if there is one (see :meth:`resume`),
+        keeping this Trainer's ``max_steps`` (a run may be continued with more steps); return
+        whether it resumed."""
+        if not resume or self.out_dir is None or not self.default_checkpoint_path().is_file():
+            return False
+        max_steps = self.max_steps
+        self.resume()
+        self.max_steps = max(max_steps, self.step)
+        return True
+
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, task: Any, data: Any, **kwargs: Any) -> "Trainer":
         """Build a Trainer for ``task``/``data`` (same kwargs as ``__init__``) and resume from ``path``.

@@ -241,10 +241,6 @@ class AblationSpec:
                                                     out_dir=out_dir, resume=resume, progress=progress)
 
     def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
-        if identity["model_class"] == "IdentityFirstStage":
-            from ..models.autoencoder import IdentityConfig, IdentityFirstStage
-
-            return IdentityFirstStage(IdentityConfig.from_dict(identity["model"]))
         from .autoencoder import model_from_config
 
         return model_from_config(identity["model_class"], identity["model"])

@@ -109,11 +109,15 @@ def autoencoder_model_config(regularizer: str, preset: Preset, overrides: Mappin
 
 
 def model_from_config(model_class: str, config: Mapping[str, Any]) -> nn.Module:
-    from ..models.autoencoder import AutoencoderKL, VQModel
+    """An untrained first stage from an artifact's ``model_class`` and ``model`` config:
+    ``AutoencoderKL``, ``VQModel`` or ``IdentityFirstStage`` (pixel space, f = 1)."""
+    from ..models.autoencoder import AutoencoderKL, IdentityConfig, IdentityFirstStage, VQModel
     from ..models.encoder_decoder import AutoencoderConfig
 
-    classes = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel}
+    classes = {"AutoencoderKL": AutoencoderKL, "VQModel": VQModel, "IdentityFirstStage": IdentityFirstStage}
     check_choice("model class", model_class, classes)
+    if model_class == "IdentityFirstStage":
+        return IdentityFirstStage(IdentityConfig.from_dict(config))
     return classes[model_class](AutoencoderConfig.from_dict(config))
 
 

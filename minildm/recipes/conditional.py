@@ -16,15 +16,15 @@ same condition) measure the other side of the trade-off: guidance buys accuracy 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..engine.device import get_device, seed_everything
 from .presets import Preset
-from .registry import TrainResult, register
+from .registry import register
+from ..engine.batches import LatentBatches
+from .latent_diffusion import LatentDiffusionRecipe, build_latent_diffusion, latent_channels
 
 __all__ = ["CONDITIONINGS", "CondLDMSpec", "cond_name", "class_label", "build_cond_ldm", "conditions_from_items",
            "guidance_sweep", "SAMPLES_PER_CONDITION"]
@@ -66,18 +66,7 @@ def conditions_from_items(kind: str, items: Sequence[Mapping[str, Any]]) -> Any:
 
 def build_cond_ldm(identity: Mapping[str, Any]) -> nn.Module:
     """An (untrained) conditional :class:`~minildm.diffusion.ldm.LatentDiffusion` from its identity."""
-    from ..conditioning.base import build_conditioner
-    from ..diffusion.ldm import LatentDiffusion
-    from ..diffusion.process import GaussianDiffusion
-    from ..models.unet import UNetConfig, UNetModel
-    from .first_stage import FirstStageSpec
-
-    m = identity["model"]
-    first_stage = FirstStageSpec(int(m["f"])).build_model(m["first_stage"])
-    d = m["diffusion"]
-    diffusion = GaussianDiffusion(d["schedule"], d["num_timesteps"], d["parameterization"])
-    return LatentDiffusion(first_stage, UNetModel(UNetConfig.from_dict(m["unet"])), diffusion, m["image_size"],
-                           cond_stage_model=build_conditioner(m["cond_stage"]))
+    return build_latent_diffusion(identity)
 
 
 def _items(split: str, n: int, preset: Preset, offset: int = 0) -> list[dict[str, Any]]:
@@ -139,7 +128,7 @@ def guidance_sweep(ldm: nn.Module, kind: str, checker: nn.Module, feature_net: n
 
 @register("ldm-class", kind="class")
 @register("ldm-layout", kind="layout")
-class CondLDMSpec:
+class CondLDMSpec(LatentDiffusionRecipe):
     """Artifact ``ldm-class`` / ``ldm-layout`` (artifact-spec interface of :mod:`minildm.recipes.store`)."""
 
     def __init__(self, kind: str) -> None:
@@ -150,13 +139,12 @@ class CondLDMSpec:
 
     def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
         from ..models.unet import UNetConfig
-        from .first_stage import first_stage_name
         from .registry import get_spec
 
         cp = preset.cond
         weighting = cp.loss_weighting_for(self.kind)
-        fs = get_spec(first_stage_name(cp.f)).identity(preset)
-        c = int(fs["model"].get("embed_dim") or fs["model"].get("in_channels"))
+        fs = get_spec(self.first_stage_name(preset)).identity(preset)
+        c = latent_channels(fs)
         unet = UNetConfig(in_channels=c, out_channels=c, model_channels=cp.model_channels,
                           channel_mult=cp.channel_mult, num_res_blocks=cp.num_res_blocks,
                           attention_resolutions=cp.attention_resolutions, num_heads=cp.num_heads,
@@ -167,7 +155,7 @@ class CondLDMSpec:
                       "cond_stage": _conditioner_config(self.kind, preset),
                       "diffusion": {"schedule": cp.schedule, "num_timesteps": cp.timesteps,
                                     "parameterization": cp.parameterization_for(self.kind)}},
-            "recipe": {"kind": f"ldm-{self.kind}", "first_stage": first_stage_name(cp.f), "batch_size": cp.batch_size,
+            "recipe": {"kind": f"ldm-{self.kind}", "first_stage": self.first_stage_name(preset), "batch_size": cp.batch_size,
                        "lr": cp.lr, "ema_decay": cp.ema_decay, "p_uncond": cp.p_uncond, "n_train": cp.n_train,
                        **({"snr_gamma": cp.snr_gamma} if cp.snr_gamma is not None else {}),
                        **({"loss_weighting": weighting} if weighting != "min_snr" else {}),
@@ -183,45 +171,19 @@ class CondLDMSpec:
         return (f"python -m minildm train-cond --preset {preset.name} --cond {self.kind}"
                 + (f" --steps {steps}" if steps is not None else ""))
 
-    def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
-        return build_cond_ldm(identity)
+    def first_stage_name(self, preset: Preset) -> str:
+        from .first_stage import first_stage_name
 
-    def train(self, preset: Preset, *, steps: int | None, device: Any, out_dir: Path | None, resume: bool,
-              progress: bool) -> TrainResult:
-        from ..engine.batches import LatentBatches
-        from ..engine.ema import EMA
-        from ..engine.tasks import LatentDiffusionTask, lr_schedule
-        from ..engine.trainer import CHECKPOINT_NAME, Trainer
-        from .store import load_or_train, resume_config
+        return first_stage_name(preset.cond.f)
 
-        identity = self.identity(preset, steps)
-        r = identity["recipe"]
-        dev = get_device(device)
-        first_stage = load_or_train(r["first_stage"], preset, device=dev, progress=progress).model
-        seed_everything(preset.seed)
-        ldm = build_cond_ldm(identity)
-        ldm.first_stage_model.load_state_dict(first_stage.state_dict())
-        ldm.to(dev)
-        items = _items("train", r["n_train"], preset)
+    def latent_batches(self, ldm: nn.Module, preset: Preset, recipe: Mapping[str, Any],
+                       progress: bool) -> LatentBatches:
+        """The first ``n_train`` training scenes with their conditions (labels or layouts)."""
+        items = _items("train", recipe["n_train"], preset)
         images = torch.stack([it["image"] for it in items])
         ldm.compute_scale_factor(images[:1024])
-        data = LatentBatches.encode(ldm, images, r["batch_size"], seed=r["seed"],
+        return LatentBatches.encode(ldm, images, recipe["batch_size"], seed=recipe["seed"],
                                     cond=conditions_from_items(self.kind, items))
-        trained = nn.ModuleDict({"unet": ldm.model, "cond_stage": ldm.cond_stage_model})
-        ema = EMA(trained, decay=r["ema_decay"])
-        task = LatentDiffusionTask(ldm, r["lr"], p_uncond=r["p_uncond"], snr_gamma=r.get("snr_gamma"),
-                                   loss_weighting=r.get("loss_weighting", "min_snr"), **lr_schedule(r))
-        trainer = Trainer(task,
-                          data, device=dev,
-                          max_steps=r["steps"], seed=r["seed"], out_dir=out_dir,
-                          checkpoint_every=max(100, r["steps"] // 10) if out_dir is not None else None,
-                          grad_clip=1.0, progress=progress, desc=f"{self.name} ({preset.name})", log_every=10,
-                          config=resume_config(identity), callbacks=[ema])
-        if resume and out_dir is not None and (Path(out_dir) / CHECKPOINT_NAME).is_file():
-            trainer.resume(Path(out_dir) / CHECKPOINT_NAME)
-        trainer.fit()
-        ema.copy_to(trained)
-        return TrainResult(ldm.eval(), trainer.log, trainer.elapsed_s)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, preset: Preset, device: torch.device) -> dict[str, Any]:

@@ -23,9 +23,14 @@ import torch
 from torch import nn
 
 from ..engine.batches import LatentBatches
-from ..engine.device import get_device, seed_everything
 from .presets import Preset
 from .registry import TrainResult, register
+from ..engine.ema import EMA
+from ..engine.tasks import LatentDiffusionTask
+from ..engine.trainer import Trainer
+from .ablation import ablation_name
+from .latent_diffusion import LatentDiffusionRecipe, build_latent_diffusion, latent_channels
+from .store import load_or_train
 
 __all__ = [ "LDMSpec", "FashionAutoencoderSpec", "ldm_name", "build_ldm", "sample_fid",
            "sampling_throughput", "eval_curve", "FASHION_AE", "FASHION_LDM", "FASHION_SIZE"]
@@ -96,16 +101,7 @@ def _unet_config(f_channels: int, preset: Preset) -> dict[str, Any]:
 
 def build_ldm(identity: Mapping[str, Any]) -> nn.Module:
     """An (untrained) :class:`~minildm.diffusion.ldm.LatentDiffusion` from an ``ldm-f{f}`` identity."""
-    from ..diffusion.ldm import LatentDiffusion
-    from ..diffusion.process import GaussianDiffusion
-    from ..models.unet import UNetConfig, UNetModel
-    from .ablation import AblationSpec
-
-    m = identity["model"]
-    first_stage = AblationSpec(int(m["f"])).build_model(m["first_stage"])
-    d = m["diffusion"]
-    diffusion = GaussianDiffusion(d["schedule"], d["num_timesteps"], d["parameterization"])
-    return LatentDiffusion(first_stage, UNetModel(UNetConfig.from_dict(m["unet"])), diffusion, m["image_size"])
+    return build_latent_diffusion(identity)
 
 
 @torch.no_grad()
@@ -142,7 +138,7 @@ def eval_curve(log: list[Mapping[str, Any]]) -> list[dict[str, float]]:
 @register("ldm-f8", f=8)
 @register("ldm-f16", f=16)
 @register("ldm-fashion", f=4, data="fashion_mnist")
-class LDMSpec:
+class LDMSpec(LatentDiffusionRecipe):
     """Artifact ``ldm-f{f}`` on the shapes data, or ``ldm-fashion`` on Fashion-MNIST (``data``), with
     the artifact-spec interface of :mod:`minildm.recipes.store`. The FID-style score exists for shapes
     only (its feature network knows shapes); on Fashion-MNIST the metrics are the loss and speed."""
@@ -156,9 +152,7 @@ class LDMSpec:
         self.description = (f"latent DDPM on ae-kl-f{self.f} (f = 1: pixel space), fixed wall-clock budget"
                             if self.shapes else "latent DDPM on Fashion-MNIST (ae-kl-fashion)")
 
-    def _first_stage_name(self) -> str:
-        from .ablation import ablation_name
-
+    def first_stage_name(self, preset: Preset | None = None) -> str:
         return self.first_stage or ablation_name(self.f)
 
     def _image_size(self, preset: Preset) -> int:
@@ -169,23 +163,25 @@ class LDMSpec:
             raise ValueError(f"f={self.f} is not in the LDM experiment of preset {preset.name!r}: "
                              f"choose one of {preset.ldm.factors}")
 
-    def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
+    def identity(self, preset: Preset, steps: float | None = None) -> dict[str, Any]:
+        """``steps``: here the training budget in seconds (the CLI's ``--budget``), the preset's
+        ``budget_s`` if None: the models of this experiment train for equal time, not equal steps."""
         from .registry import get_spec
 
         self._check(preset)
         lp = preset.ldm
-        fs = get_spec(self._first_stage_name()).identity(preset)
-        c = int(fs["model"].get("embed_dim") or fs["model"].get("in_channels"))
-        budget = float(steps) if steps is not None else lp.budget_s  # "steps" of the CLI: seconds here
+        fs = get_spec(self.first_stage_name()).identity(preset)
+        c = latent_channels(fs)
+        budget = float(steps) if steps is not None else lp.budget_s
         return {
             "model_class": "LatentDiffusion",
             "model": {"f": self.f, "image_size": self._image_size(preset), "first_stage": fs,
                       "unet": _unet_config(c, preset),
                       "diffusion": {"schedule": lp.schedule, "num_timesteps": lp.timesteps, "parameterization": "eps"}},
-            "recipe": {"kind": "ldm", "data": self.data, "first_stage": self._first_stage_name(), "budget_s": budget,
+            "recipe": {"kind": "ldm", "data": self.data, "first_stage": self.first_stage_name(), "budget_s": budget,
                        "batch_size": lp.batch_size, "lr": lp.lr, "ema_decay": lp.ema_decay,
                        "eval_points": lp.eval_points, "n_fid": lp.n_fid, "eval_ddim_steps": lp.eval_ddim_steps,
-                       "n_train": lp.n_train, "seed": preset.seed, "steps": budget},
+                       "n_train": lp.n_train, "seed": preset.seed},
             "preset": preset.name,
         }
 
@@ -194,37 +190,33 @@ class LDMSpec:
         return (f"python -m minildm train-ldm --preset {preset.name} {which}"
                 + (f" --budget {steps}" if steps is not None else ""))
 
-    def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
-        return build_ldm(identity)
+    def dependencies(self, preset: Preset, device: torch.device, progress: bool) -> dict[str, nn.Module]:
+        deps = super().dependencies(preset, device, progress)
+        if self.shapes:  # the FID-style score's feature network, for the evaluations during training
+            deps["feature_net"] = load_or_train("feature-net", preset, device=device, progress=progress).model
+        return deps
 
-    def train(self, preset: Preset, *, steps: int | None, device: Any, out_dir: Path | None, resume: bool,
-              progress: bool) -> TrainResult:
-        from ..engine.ema import EMA
-        from ..engine.tasks import LatentDiffusionTask
-        from ..engine.trainer import CHECKPOINT_NAME, Trainer
-        from .store import load_or_train, resume_config
-
-        identity = self.identity(preset, steps)
-        r = identity["recipe"]
-        dev = get_device(device)
-        first_stage = load_or_train(self._first_stage_name(), preset, device=dev, progress=progress).model
-        feature_net = load_or_train("feature-net", preset, device=dev, progress=progress).model if self.shapes else None
-        seed_everything(preset.seed)
-        ldm = build_ldm(identity)
-        ldm.first_stage_model.load_state_dict(first_stage.state_dict())
-        ldm.to(dev)
-        size = self._image_size(preset)
-        train_images = _images("train", r["n_train"], size, preset.seed, self.data)
+    def latent_batches(self, ldm: nn.Module, preset: Preset, recipe: Mapping[str, Any],
+                       progress: bool) -> LatentBatches:
+        train_images = _images("train", recipe["n_train"], self._image_size(preset), preset.seed, self.data)
         ldm.compute_scale_factor(train_images[:1024])
-        data = LatentBatches.encode(ldm, train_images, r["batch_size"], seed=r["seed"])
-        real = _images("val", r["n_fid"], size, preset.seed, self.data) if self.shapes else None
-        ema = EMA(ldm.model, decay=r["ema_decay"])
-        trainer = Trainer(LatentDiffusionTask(ldm, r["lr"]), data, device=dev, max_steps=10**9, seed=r["seed"],
-                          out_dir=out_dir, checkpoint_every=None, grad_clip=1.0, progress=progress,
-                          desc=f"{self.name} ({preset.name}, {r['budget_s']:.0f} s)", log_every=10,
-                          config=resume_config(identity), callbacks=[ema])
-        if resume and out_dir is not None and (Path(out_dir) / CHECKPOINT_NAME).is_file():
-            trainer.resume(Path(out_dir) / CHECKPOINT_NAME)
+        return LatentBatches.encode(ldm, train_images, recipe["batch_size"], seed=recipe["seed"])
+
+    def task(self, ldm: nn.Module, recipe: Mapping[str, Any]) -> LatentDiffusionTask:
+        return LatentDiffusionTask(ldm, recipe["lr"])
+
+    def trainer_settings(self, preset: Preset, recipe: Mapping[str, Any], out_dir: Path | None,
+                         **options: Any) -> dict[str, Any]:
+        """No step limit: the run is bounded by its time budget (:meth:`fit`)."""
+        return {"max_steps": 10**9, "checkpoint_every": None, "log_every": 10,
+                "desc": f"{self.name} ({preset.name}, {recipe['budget_s']:.0f} s)"}
+
+    def fit(self, trainer: Trainer, ldm: nn.Module, ema: EMA, deps: Mapping[str, nn.Module],
+            preset: Preset, recipe: Mapping[str, Any], out_dir: Path | None) -> None:
+        """Train for ``budget_s`` seconds; at ``eval_points`` evenly spaced times, the EMA weights' FID-style
+        score on ``n_fid`` DDIM samples joins the log (points a resumed run already has are skipped)."""
+        r = recipe
+        real = _images("val", r["n_fid"], self._image_size(preset), preset.seed, self.data) if self.shapes else None
         done = {round(row["time_s"] / r["budget_s"] * r["eval_points"]) for row in eval_curve(trainer.log)}
         if not self.shapes:  # no feature network for this data: train through the budget, no evaluations
             trainer.fit(time_budget_s=max(0.0, r["budget_s"] - trainer.elapsed_s))
@@ -236,12 +228,10 @@ class LDMSpec:
             if k in done:
                 continue
             with ema.average_parameters():
-                fid = sample_fid(ldm, feature_net, real, r["n_fid"], r["eval_ddim_steps"], seed=preset.seed)
+                fid = sample_fid(ldm, deps["feature_net"], real, r["n_fid"], r["eval_ddim_steps"], seed=preset.seed)
             trainer.log.append({"step": trainer.step, "time_s": trainer.elapsed_s, "eval/fid": fid})
             if out_dir is not None:
                 trainer.save()
-        ema.copy_to(ldm.model)
-        return TrainResult(ldm.eval(), trainer.log, trainer.elapsed_s)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, preset: Preset, device: torch.device) -> dict[str, Any]:

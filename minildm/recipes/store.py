@@ -242,7 +242,7 @@ def build_artifact(name: str, preset: str | Preset | None = None, *, steps: int 
     metrics.update({
         "train_time_s": round(result.elapsed_s, 3),
         "params": sum(t.numel() for t in model.parameters()),
-        "steps": identity["recipe"]["steps"],
+        "steps": identity["recipe"].get("steps", result.facts.get("steps")),
         "preset": p.name,
         "device": str(dev),
         "command": spec.command(p, steps),

@@ -31,9 +31,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine.device import get_device, seed_everything
 from .presets import Preset, get_preset
-from .registry import TrainResult, register
+from .registry import register
+from ..engine.batches import BatchRandom, LatentBatches, move_to_device
+from ..engine.distributed import barrier, dist_info, is_main, local_only
+from ..engine.ema import EMA
+from ..engine.tasks import LatentDiffusionTask, lr_schedule
+from ..engine.throughput import Throughput, count_flops, peak_flops
+from ..engine.trainer import Trainer
+from .first_stage import first_stage_name
+from .latent_diffusion import LatentDiffusionRecipe, build_latent_diffusion, latent_channels
+from .store import load_artifact, load_or_train
 
 __all__ = ["TEXT_ENCODERS", "t2i_name", "parse_t2i_name", "T2ISpec", "build_t2i_ldm",
            "reference_scores", "evaluate_t2i", "EvalCurve", "ValidationGrid", "scaling_study", "generate", "VALIDATION_PROMPTS"]
@@ -84,9 +92,7 @@ def _conditioner_config(encoder: str, size: Any, tp: Any) -> dict[str, Any]:
 
 def build_t2i_ldm(identity: Mapping[str, Any]) -> nn.Module:
     """An (untrained) text-conditional :class:`~minildm.diffusion.ldm.LatentDiffusion` from its identity."""
-    from .conditional import build_cond_ldm
-
-    return build_cond_ldm(identity)
+    return build_latent_diffusion(identity)
 
 
 def _dataset(preset: Preset, split: str = "train", n: int | None = None) -> Any:
@@ -330,7 +336,7 @@ class ValidationGrid:
 @register("t2i-minilm-S", encoder="minilm", size="S")
 @register("t2i-minilm-M", encoder="minilm", size="M")
 @register("t2i-minilm-L", encoder="minilm", size="L")
-class T2ISpec:
+class T2ISpec(LatentDiffusionRecipe):
     """Artifact ``t2i-{encoder}-{size}`` (artifact-spec interface of :mod:`minildm.recipes.store`).
 
     ``train`` accepts run options that do not change the model's identity: ``accumulate``
@@ -346,13 +352,12 @@ class T2ISpec:
 
     def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
         from ..models.unet import UNetConfig
-        from .first_stage import first_stage_name
         from .registry import get_spec
 
         tp = preset.t2i
         size = tp.get_size(self.size)
-        fs = get_spec(first_stage_name(tp.f)).identity(preset)
-        c = int(fs["model"].get("embed_dim") or fs["model"].get("in_channels"))
+        fs = get_spec(self.first_stage_name(preset)).identity(preset)
+        c = latent_channels(fs)
         cond = _conditioner_config(self.encoder, size, tp)
         context_dim = size.context_dim if self.encoder == "scratch" else 384
         unet = UNetConfig(in_channels=c, out_channels=c, model_channels=size.model_channels,
@@ -381,56 +386,57 @@ class T2ISpec:
     def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
         return build_t2i_ldm(identity)
 
-    def _dependencies(self, preset: Preset, device: torch.device, progress: bool) -> tuple[nn.Module, nn.Module]:
-        """The first stage and the checker: built by rank 0 first, then loaded by every rank."""
-        from ..engine.distributed import barrier, is_main, local_only
-        from .first_stage import first_stage_name
-        from .store import load_artifact, load_or_train
+    def first_stage_name(self, preset: Preset) -> str:
+        return first_stage_name(preset.t2i.f)
 
-        names = (first_stage_name(preset.t2i.f), "checker")
+    def dependencies(self, preset: Preset, device: torch.device, progress: bool) -> dict[str, nn.Module]:
+        """The first stage and the checker: built by rank 0 first, then loaded by every rank."""
+        names = {"first_stage": self.first_stage_name(preset), "checker": "checker"}
         if is_main():
             with local_only():  # trained by rank 0 alone, not data-parallel
-                for name in names:
+                for name in names.values():
                     load_or_train(name, preset, device=device, progress=progress)
         barrier()
-        return tuple(load_artifact(name, preset, device=device).model for name in names)  # type: ignore[return-value]
+        return {key: load_artifact(name, preset, device=device).model for key, name in names.items()}
 
-    def train(self, preset: Preset, *, steps: int | None, device: Any, out_dir: Path | None, resume: bool,
-              progress: bool, accumulate: int = 1, precision: str = "auto",
-              grad_checkpointing: bool = False) -> TrainResult:
-        from ..engine.batches import BatchRandom, LatentBatches, move_to_device
-        from ..engine.distributed import dist_info
-        from ..engine.ema import EMA
-        from ..engine.tasks import LatentDiffusionTask, lr_schedule
-        from ..engine.throughput import Throughput, count_flops, peak_flops
-        from ..engine.trainer import CHECKPOINT_NAME, Trainer
-        from .store import resume_config
-
-        identity = self.identity(preset, steps)
-        r = identity["recipe"]
-        tp = preset.t2i
-        dev = get_device(device)
-        info = dist_info()
-        first_stage, checker = self._dependencies(preset, dev, progress)
-        seed_everything(preset.seed)
-        ldm = build_t2i_ldm(identity)
-        ldm.first_stage_model.load_state_dict(first_stage.state_dict())
-        ldm.to(dev)
+    def prepare_model(self, ldm: nn.Module, recipe: Mapping[str, Any], *, grad_checkpointing: bool = False,
+                      **options: Any) -> None:
         if grad_checkpointing:
             ldm.model.set_gradient_checkpointing(True)
         if hasattr(ldm.cond_stage_model, "cache_size"):  # a frozen encoder: keep the captions' encodings
-            ldm.cond_stage_model.cache_size = min(r["n_train"], 20_000) + 16
+            ldm.cond_stage_model.cache_size = min(recipe["n_train"], 20_000) + 16
+
+    def latent_batches(self, ldm: nn.Module, preset: Preset, recipe: Mapping[str, Any],
+                       progress: bool) -> LatentBatches:
+        """The captioned training scenes (without the held-out pairs), encoded once; each rank encodes all."""
         train_set = _dataset(preset)
         ldm.compute_scale_factor(torch.stack([train_set[i]["image"] for i in range(min(1024, len(train_set)))]))
-        data = LatentBatches.encode_dataset(ldm, train_set, r["batch_size"], seed=r["seed"], cond_key="caption",
-                                            progress=progress and info.rank == 0)
-        trained = nn.ModuleDict({"unet": ldm.model, "cond_stage": ldm.cond_stage_model})
-        ema = EMA(trained, decay=r["ema_decay"])
-        task = LatentDiffusionTask(ldm, r["lr"], p_uncond=r["p_uncond"], per_sample_rng=True,
-                                   snr_gamma=r.get("snr_gamma"), loss_weighting=r.get("loss_weighting", "min_snr"),
-                                   **lr_schedule(r))
+        return LatentBatches.encode_dataset(ldm, train_set, recipe["batch_size"], seed=recipe["seed"],
+                                            cond_key="caption", progress=progress and dist_info().rank == 0)
 
-        # model FLOPs of one optimizer step (global batch), counted on one sample
+    def task(self, ldm: nn.Module, recipe: Mapping[str, Any]) -> LatentDiffusionTask:
+        return LatentDiffusionTask(ldm, recipe["lr"], p_uncond=recipe["p_uncond"], per_sample_rng=True,
+                                   snr_gamma=recipe.get("snr_gamma"),
+                                   loss_weighting=recipe.get("loss_weighting", "min_snr"), **lr_schedule(recipe))
+
+    def trainer_settings(self, preset: Preset, recipe: Mapping[str, Any], out_dir: Path | None, *,
+                         accumulate: int = 1, precision: str = "auto", **options: Any) -> dict[str, Any]:
+        """Checkpoints every ``checkpoint_every`` steps; a log row at every evaluation point."""
+        tp = preset.t2i
+        return {"max_steps": recipe["steps"], "accumulate": accumulate, "precision": precision,
+                "checkpoint_every": tp.checkpoint_every if out_dir is not None else None,
+                "log_every": math.gcd(10, self._curve_points(preset, recipe)[0])}
+
+    @staticmethod
+    def _curve_points(preset: Preset, recipe: Mapping[str, Any]) -> list[int]:
+        n = preset.t2i.curve_points
+        return sorted({max(1, round(recipe["steps"] * (i + 1) / n)) for i in range(n)})
+
+    def add_callbacks(self, trainer: Trainer, ldm: nn.Module, ema: EMA, deps: Mapping[str, nn.Module],
+                      preset: Preset, recipe: Mapping[str, Any], out_dir: Path | None) -> dict[str, Any]:
+        """Throughput (images/s, MFU) and the evaluation curve; the facts: model FLOPs per step (global
+        batch, counted on one sample), the peak they are measured against, precision, world size."""
+        task, data, dev = trainer.task, trainer.data, trainer.device
         probe = move_to_device(data.batch(0, part=(0, 1)), dev)
         probe["rng"] = BatchRandom(0, 0, 0, 1, 1, dev)
         if getattr(ldm.cond_stage_model, "cache_size", 0) > 0:
@@ -442,28 +448,17 @@ class T2ISpec:
         flops_per_sample = count_flops(lambda: task.training_step(probe, 0, "unet")[0])
         ldm.model.zero_grad(set_to_none=True)
         ldm.cond_stage_model.zero_grad(set_to_none=True)
-        flops_per_step = flops_per_sample * r["batch_size"]
-        points = sorted({max(1, round(r["steps"] * (i + 1) / tp.curve_points)) for i in range(tp.curve_points)})
-        interval = points[0]
-        grid = ValidationGrid(ldm, Path(out_dir) / "samples", steps=tp.eval_ddim_steps) if out_dir is not None else None
-        trainer = Trainer(task, data, device=dev, max_steps=r["steps"], seed=r["seed"], out_dir=out_dir,
-                          checkpoint_every=tp.checkpoint_every if out_dir is not None else None, grad_clip=1.0,
-                          progress=progress, desc=f"{self.name} ({preset.name})", log_every=math.gcd(10, interval),
-                          config=resume_config(identity), accumulate=accumulate, precision=precision,
-                          callbacks=[ema])
-        trainer_dtype = trainer.dtype
-        peak, peak_source = peak_flops(dev, trainer_dtype)
-        trainer.callbacks += [Throughput(r["batch_size"], flops_per_step, peak, info.world_size),
-                              EvalCurve(ldm, ema, checker, preset, points, flops_per_step, grid)]
-        if resume and out_dir is not None and (Path(out_dir) / CHECKPOINT_NAME).is_file():
-            trainer.resume(Path(out_dir) / CHECKPOINT_NAME)
-        trainer.fit()
-        ema.copy_to(trained)
-        facts = {"flops_per_step": flops_per_step, "flops_per_sample": flops_per_sample, "peak_flops": peak,
-                         "peak_source": peak_source, "world_size": info.world_size, "accumulate": accumulate,
-                         "precision": str(trainer_dtype or torch.float32).removeprefix("torch."),
-                         "grad_checkpointing": grad_checkpointing}
-        return TrainResult(ldm.eval(), trainer.log, trainer.elapsed_s, facts)
+        flops_per_step = flops_per_sample * recipe["batch_size"]
+        grid = ValidationGrid(ldm, Path(out_dir) / "samples", steps=preset.t2i.eval_ddim_steps) if out_dir is not None else None
+        peak, peak_source = peak_flops(dev, trainer.dtype)
+        world_size = dist_info().world_size
+        trainer.callbacks += [Throughput(recipe["batch_size"], flops_per_step, peak, world_size),
+                              EvalCurve(ldm, ema, deps["checker"], preset, self._curve_points(preset, recipe),
+                                        flops_per_step, grid)]
+        return {"flops_per_step": flops_per_step, "flops_per_sample": flops_per_sample, "peak_flops": peak,
+                "peak_source": peak_source, "world_size": world_size, "accumulate": trainer.accumulate,
+                "precision": str(trainer.dtype or torch.float32).removeprefix("torch."),
+                "grad_checkpointing": bool(ldm.model.use_checkpoint)}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, preset: Preset, device: torch.device) -> dict[str, Any]:
