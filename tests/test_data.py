@@ -19,7 +19,7 @@ from minildm.data import (BACKGROUND_NAMES, COLOUR_NAMES, COLOURS, DATASET_NAMES
                           pad_boxes, photos, relation, render_scene)
 from minildm.data import fashion_mnist as fm
 from minildm.data.image_folder import read_captions
-from minildm.data.shapes import MAX_OVERLAP, _overlap, generate
+from minildm.data.shapes import MAX_OVERLAP, box_overlap, generate
 
 KEYS = {"image", "caption", "label", "boxes", "objects"}
 
@@ -99,7 +99,7 @@ def test_shapes_scene_rules_and_label_definition():
         assert all(o.radius < objs[0].radius for o in objs[1:])
         for j in range(len(objs)):
             for k in range(j):
-                assert _overlap(objs[j].box, objs[k].box) <= MAX_OVERLAP
+                assert box_overlap(objs[j].box, objs[k].box) <= MAX_OVERLAP
         seen_shapes |= {o.shape for o in objs}
         seen_colours |= {o.colour for o in objs}
         seen_bgs.add(scene.background.kind)

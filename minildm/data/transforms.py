@@ -84,8 +84,3 @@ def center_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
     top = (height - side) // 2
     left = (width - side) // 2
     return top, left, top + side, left + side
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`uint8_to_tensor` for viewing: [-1, 1] -> uint8 [0, 255]."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -43,18 +43,18 @@ class Request:
 
 
 def _phrase(obj: Mapping[str, Any]) -> str:
-    from ..data.shapes import _POSITION_PHRASES, _article
+    from ..data.shapes import POSITION_PHRASES, article
 
-    text = f"{_article(obj['colour'])} {obj['colour']} {obj['shape']}"
+    text = f"{article(obj['colour'])} {obj['colour']} {obj['shape']}"
     if obj.get("position"):
-        text += " " + _POSITION_PHRASES[obj["position"]][0]
+        text += " " + POSITION_PHRASES[obj["position"]][0]
     return text
 
 
 def prompt_for(objects: Sequence[Mapping[str, Any]]) -> str:
     """The caption of a request in the training captions' templates: one object alone, several
     as "N shapes: a …, a … and a …"."""
-    from ..data.shapes import COUNT_WORDS, _join
+    from ..data.shapes import COUNT_WORDS, join_phrases
 
     if not objects:
         raise ValueError("a request needs at least one object")
@@ -63,7 +63,7 @@ def prompt_for(objects: Sequence[Mapping[str, Any]]) -> str:
     phrases = [_phrase(o) for o in objects]
     if len(objects) == 1:
         return phrases[0]
-    return f"{COUNT_WORDS[len(objects) - 1]} shapes: {_join(phrases)}"
+    return f"{COUNT_WORDS[len(objects) - 1]} shapes: {join_phrases(phrases)}"
 
 
 def _obj(shape: str, colour: str, position: str | None) -> dict[str, Any]:

@@ -76,9 +76,9 @@ def _tokenizer_dict(max_length: int) -> dict[str, Any]:
     from ..data import shapes
     from ..data.shapes import caption_corpus
 
-    phrases = [w for table in (shapes.SHAPE_SYNONYMS, shapes._POSITION_PHRASES, shapes._RELATION_PHRASES)
+    phrases = [w for table in (shapes.SHAPE_SYNONYMS, shapes.POSITION_PHRASES, shapes.RELATION_PHRASES)
                for options in table.values() for w in options]
-    phrases += list(shapes._PLURALS.values()) + list(shapes.BACKGROUND_WORDS.values()) + list(shapes.COUNT_WORDS)
+    phrases += list(shapes.PLURALS.values()) + list(shapes.BACKGROUND_WORDS.values()) + list(shapes.COUNT_WORDS)
     phrases += list(shapes.COLOUR_NAMES) + list(shapes.SIZE_NAMES)
     return WordTokenizer.fit(caption_corpus(2000) + phrases, max_length=max_length).to_dict()
 
