@@ -98,10 +98,10 @@ def test_config_from_preset() -> None:
     from minildm.recipes.presets import get_preset
 
     p = get_preset("smoke")
-    cfg = AutoencoderConfig.from_preset("smoke")
+    cfg = get_preset("smoke").ae.model_config()
     assert (cfg.resolution, cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.z_channels, cfg.n_embed) == (
         p.ae.image_size, p.ae.ch, p.ae.ch_mult, p.ae.num_res_blocks, p.ae.z_channels, p.ae.n_embed)
-    assert AutoencoderConfig.from_preset(p, ch=8).ch == 8
+    assert p.ae.model_config(ch=8).ch == 8
 
 
 # --- architecture -------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import torch
 
 from minildm.conditioning.base import build_conditioner
 from minildm.conditioning.classes import ClassEmbedder
-from minildm.conditioning.layout import LayoutEmbedder, layout_from_objects
+from minildm.conditioning.layout import LayoutEmbedder
 from minildm.data import load_dataset
 from minildm.diffusion.guidance import guided_model
 from minildm.diffusion.ldm import LatentDiffusion

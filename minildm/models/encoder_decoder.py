@@ -201,23 +201,6 @@ class AutoencoderConfig:
             kwargs["resolution"] = max(256, f)
         return cls(ch_mult=ch_mult, **kwargs)
 
-    @classmethod
-    def from_preset(cls, preset: Any = None, **overrides: Any) -> "AutoencoderConfig":
-        """Config from a :class:`minildm.recipes.presets.Preset` / ``AutoencoderPreset`` / preset name.
-
-        Takes image_size -> resolution, ch, ch_mult, num_res_blocks, attn_resolutions,
-        z_channels, norm_num_groups, n_embed; ``overrides`` change any field.
-        """
-        from ..recipes.presets import AutoencoderPreset, get_preset
-
-        ae = preset if isinstance(preset, AutoencoderPreset) else get_preset(preset).ae
-        values: dict[str, Any] = dict(resolution=ae.image_size, ch=ae.ch, ch_mult=tuple(ae.ch_mult),
-                                      num_res_blocks=ae.num_res_blocks,
-                                      attn_resolutions=tuple(ae.attn_resolutions),
-                                      z_channels=ae.z_channels, norm_num_groups=ae.norm_num_groups,
-                                      n_embed=ae.n_embed)
-        values.update(overrides)
-        return cls(**values)
 
 
 def check_image_input(x: Any, channels: int, f: int, what: str, expected: str) -> None:

@@ -97,7 +97,6 @@ def autoencoder_recipe(variant: str, regularizer: str, preset: str | Preset | No
 
 
 def autoencoder_model_config(regularizer: str, preset: Preset, overrides: Mapping[str, Any] | None = None):
-    from ..models.encoder_decoder import AutoencoderConfig
 
     values: dict[str, Any] = dict(embed_dim=preset.ae.z_channels)
     if regularizer == "kl":
@@ -105,7 +104,7 @@ def autoencoder_model_config(regularizer: str, preset: Preset, overrides: Mappin
     else:
         values.update(double_z=False, beta=_VQ_BETA)
     values.update(overrides or {})
-    return AutoencoderConfig.from_preset(preset.ae, **values)
+    return preset.ae.model_config(**values)
 
 
 def model_from_config(model_class: str, config: Mapping[str, Any]) -> nn.Module:
@@ -159,7 +158,7 @@ def _run_autoencoder(variant: str, regularizer: str, preset: Preset, *, steps: i
                      progress: bool, model_overrides: Mapping[str, Any] | None = None, desc: str | None = None,
                      data: str = "shapes"):
     from ..engine.tasks import AutoencoderTask
-    from ..engine.trainer import CHECKPOINT_NAME, Trainer
+    from ..engine.trainer import Trainer
 
     recipe = autoencoder_recipe(variant, regularizer, preset, steps, data)
     model, loss = build_autoencoder(variant, regularizer, preset, model_overrides)
@@ -170,13 +169,9 @@ def _run_autoencoder(variant: str, regularizer: str, preset: Preset, *, steps: i
     trainer = Trainer(task, _train_data(recipe), device=device, max_steps=steps_total, seed=recipe["seed"],
                       out_dir=out_dir, checkpoint_every=checkpoint_every, grad_clip=recipe["grad_clip"],
                       progress=progress, desc=desc, config=resume_config(identity))
-    if resume:
-        if out_dir is None:
-            raise ValueError("resume=True needs out_dir (where the checkpoint is)")
-        checkpoint = Path(out_dir) / CHECKPOINT_NAME
-        if checkpoint.is_file():
-            trainer.resume(checkpoint)
-            trainer.max_steps = steps_total
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs out_dir (where the checkpoint is)")
+    trainer.resume_if_present(resume)
     trainer.fit()
     model.eval()
     return model, loss, trainer, identity

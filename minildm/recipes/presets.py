@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from ..models.encoder_decoder import AutoencoderConfig
 
 PRESET_ENV = "MINILDM_PRESET"
 PRESET_NAMES = ("smoke", "cpu", "gpu")
@@ -51,6 +54,19 @@ class AutoencoderPreset:
     lpips_net: str
     n_train: int
     n_eval: int
+
+    def model_config(self, **overrides: Any) -> "AutoencoderConfig":
+        """The :class:`~minildm.models.encoder_decoder.AutoencoderConfig` of these sizes (image_size ->
+        resolution, ch, ch_mult, num_res_blocks, attn_resolutions, z_channels, norm_num_groups, n_embed);
+        ``overrides`` change any field."""
+        from ..models.encoder_decoder import AutoencoderConfig
+
+        values: dict[str, Any] = dict(resolution=self.image_size, ch=self.ch, ch_mult=tuple(self.ch_mult),
+                                      num_res_blocks=self.num_res_blocks, attn_resolutions=tuple(self.attn_resolutions),
+                                      z_channels=self.z_channels, norm_num_groups=self.norm_num_groups,
+                                      n_embed=self.n_embed)
+        values.update(overrides)
+        return AutoencoderConfig(**values)
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from ..engine.batches import DatasetBatches
-from ..engine.trainer import CHECKPOINT_NAME, Trainer
+from ..engine.trainer import Trainer
 from .registry import TrainResult
 
 __all__ = ["SupervisedArtifact", "fit_on_dataset"]
@@ -36,9 +35,7 @@ def fit_on_dataset(task: Any, identity: Mapping[str, Any], *, device: Any, out_d
     trainer = Trainer(task, data, device=device, max_steps=recipe["steps"], seed=recipe["seed"], out_dir=out_dir,
                       checkpoint_every=max(50, recipe["steps"] // 10) if out_dir is not None else None,
                       progress=progress, desc=desc, config=config)
-    if resume and out_dir is not None and (Path(out_dir) / CHECKPOINT_NAME).is_file():
-        trainer.resume(Path(out_dir) / CHECKPOINT_NAME)
-        trainer.max_steps = recipe["steps"]
+    trainer.resume_if_present(resume)
     trainer.fit()
     return trainer
 
