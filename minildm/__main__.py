@@ -1,4 +1,4 @@
-"""``python -m minildm ...``: see :mod:`minildm.cli`."""
+"""``python -m minildm ...``: the command line of :mod:`minildm.cli`, which follows the notebooks (01–05)."""
 from __future__ import annotations
 
 import sys

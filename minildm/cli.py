@@ -1,8 +1,10 @@
 """Command line: ``python -m minildm <command> ...`` (also the ``minildm`` console script).
 
-Commands register themselves in :data:`COMMANDS` with a function that adds their arguments
-to a subparser and a function that runs them; later notebooks add ``ablate-f``, ``train-ldm``,
-``sample``, ``evaluate`` and ``bench`` the same way.
+Each command is a :class:`Command` in :data:`COMMANDS`: a function that adds its arguments to a
+subparser and a function that runs it. The commands follow the notebooks: ``train-ae`` (01),
+``ablate-f`` and ``train-features`` (02), ``train-ldm`` (03, and 05 with ``--cond text``),
+``train-checker``, ``train-first-stage`` and ``train-cond`` (04), ``evaluate``, ``sample`` and
+``scaling-study`` (05), ``reevaluate`` (any artifact).
 
 Errors in the arguments exit with status 2 and argparse's usage message; a ValueError raised by
 the library (unknown preset, unusable checkpoint, ...) is printed as ``error: ...`` on stderr,

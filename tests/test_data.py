@@ -494,3 +494,21 @@ def test_holdout_removes_combinations_from_train_only():
         load_dataset("shapes", "train", 32, length=4, holdout=["red"])
     with pytest.raises(ValueError, match="colour shape"):
         load_dataset("shapes", "train", 32, length=4, holdout=["golden star"])
+
+
+def test_a_registered_dataset_is_loadable_by_name():
+    from minildm.data import DATASETS, register_dataset
+
+    @register_dataset("dummy", options=("length",))
+    def dummy(split: str, image_size: int, length: int = 2):
+        return [{"image": torch.zeros(3, image_size, image_size), "split": split}] * length
+
+    try:
+        ds = load_dataset("dummy", "val", 8, length=3)
+        assert len(ds) == 3 and ds[0]["split"] == "val" and ds[0]["image"].shape == (3, 8, 8)
+        with pytest.raises(ValueError, match="unknown option.*allowed: length"):
+            load_dataset("dummy", "val", 8, seed=1)
+        with pytest.raises(ValueError, match="registered twice"):
+            register_dataset("dummy", options=())(dummy)
+    finally:
+        DATASETS.pop("dummy", None)

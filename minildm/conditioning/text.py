@@ -20,6 +20,8 @@ Every encoder has the interface of :mod:`minildm.conditioning.base`:
 caption ∅ (Stable Diffusion's unconditional prompt ``""``), and ``embed_dim`` = d. User prompts
 must be non-empty and fit in ``max_length`` tokens (a ValueError says by how much one does not);
 ``drop`` replaces prompts by ∅ for conditioning dropout.
+
+Taught in notebook 05.
 """
 from __future__ import annotations
 

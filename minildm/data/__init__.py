@@ -10,7 +10,7 @@
 * ``"objects"``: list of attribute dicts (shapes only; empty otherwise);
 * ``"index"``: the item's index, plus dataset-specific extras.
 
-Names (:data:`DATASET_NAMES`): ``"shapes"`` (procedural captioned shapes, embedded,
+Names (:data:`DATASET_NAMES`, registered with :func:`~minildm.data.registry.register_dataset`): ``"shapes"`` (procedural captioned shapes, embedded,
 the default of every notebook), ``"fashion_mnist"``, ``"photos"`` (crops of photographs
 bundled with scikit-image / scikit-learn) and ``"image_folder"``. Splits: ``"train"``,
 ``"val"``, ``"test"``; they never share an image. Use ``DataLoader(ds,
@@ -23,10 +23,12 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Dataset
 
+# the datasets register themselves on import, in this order (that of DATASET_NAMES)
 from . import shapes
 from .fashion_mnist import FashionMNIST
-from .image_folder import ImageFolder
 from .photos import PhotoCrops
+from .image_folder import ImageFolder
+from .registry import DATASETS, register_dataset
 from .shapes import (
     BACKGROUND_NAMES,
     COLOUR_NAMES,
@@ -47,17 +49,9 @@ from .shapes import (
     render_scene,
 )
 
-DATASET_NAMES = ("shapes", "fashion_mnist", "photos", "image_folder")
+#: registered datasets (:mod:`minildm.data.registry`)
+DATASET_NAMES = tuple(DATASETS)
 SPLITS = ("train", "val", "test")
-
-_OPTIONS: dict[str, tuple[str, ...]] = {
-    "shapes": ("length", "seed", "channels", "label", "cache", "cache_mb", "start", "rank", "world_size",
-               "holdout"),
-    "fashion_mnist": ("root", "download", "channels", "length", "seed"),
-    "photos": ("length", "seed", "channels", "flip", "split_by", "sources"),
-    "image_folder": ("root", "captions", "channels", "val_fraction", "test_fraction", "length", "seed"),
-}
-_STREAM_ONLY = ("start", "rank", "world_size")
 
 
 def load_dataset(name: str, split: str = "train", image_size: int = 64, **options: Any) -> Dataset:
@@ -79,31 +73,16 @@ def load_dataset(name: str, split: str = "train", image_size: int = 64, **option
       ``test_fraction``, ``length``; ``seed`` is accepted and unused (the split is a
       hash of each file's path). image_size 8..2048.
     """
-    if name not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASET_NAMES)}")
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
-    unknown = sorted(set(options) - set(_OPTIONS[name]))
+    entry = DATASETS[name]
+    unknown = sorted(set(options) - set(entry.options))
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; "
-                         f"allowed: {', '.join(_OPTIONS[name])}")
-    if name == "shapes":
-        if "length" in options and options["length"] is None:
-            opts = {k: v for k, v in options.items() if k not in ("length", "cache", "cache_mb")}
-            return ShapesStream(split=split, image_size=image_size, **opts)
-        stream_opts = [k for k in _STREAM_ONLY if k in options]
-        if stream_opts:
-            raise ValueError(f"option(s) {', '.join(stream_opts)} apply only to the endless stream (length=None)")
-        return ShapesDataset(split=split, image_size=image_size, **options)
-    if name == "fashion_mnist":
-        return FashionMNIST(split=split, image_size=image_size, **options)
-    if name == "photos":
-        return PhotoCrops(split=split, image_size=image_size, **options)
-    opts = dict(options)
-    opts.pop("seed", None)
-    if opts.get("root") is None:
-        raise ValueError("image_folder needs root=<folder with images>")
-    return ImageFolder(split=split, image_size=image_size, **opts)
+                         f"allowed: {', '.join(entry.options)}")
+    return entry.build(split=split, image_size=image_size, **options)
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -152,8 +131,8 @@ def pad_boxes(boxes: Sequence[torch.Tensor], max_objects: int | None = None) -> 
 
 
 __all__ = [
-    "BACKGROUND_NAMES", "COLOURS", "COLOUR_NAMES", "DATASET_NAMES", "LABEL_KINDS", "POSITION_NAMES",
+    "BACKGROUND_NAMES", "COLOURS", "COLOUR_NAMES", "DATASETS", "DATASET_NAMES", "LABEL_KINDS", "POSITION_NAMES",
     "RELATIONS", "SHAPE_NAMES", "SHAPE_SYNONYMS", "SIZE_NAMES", "SPLITS", "Background", "FashionMNIST",
     "ImageFolder", "PhotoCrops", "Scene", "ShapeObject", "ShapesDataset", "ShapesStream", "collate",
-    "label_names", "load_dataset", "pad_boxes", "relation", "render_scene", "shapes",
+    "label_names", "load_dataset", "pad_boxes", "register_dataset", "relation", "render_scene", "shapes",
 ]

@@ -12,6 +12,8 @@ last 5 000, ``test`` = the 10 000 images of the test file. Images are resized to
 repeats the grey channel. The IDX format: a big-endian header (magic 0x0000080X
 where X is the number of dimensions, then one uint32 per dimension) followed by
 the raw uint8 data.
+
+Used in notebook 03 (the latent DDPM on real images).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .registry import register_dataset
 from .transforms import check_channels, check_image_size, resize, to_channels
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -91,6 +94,7 @@ def _load_arrays(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+@register_dataset("fashion_mnist", options=("root", "download", "channels", "length", "seed"))
 class FashionMNIST(Dataset):
     """Fashion-MNIST items: image (channels, image_size, image_size) in [-1, 1], caption, label 0..9."""
 

@@ -23,6 +23,8 @@ Each image is centre-cropped to a square and resized to ``image_size`` (bicubic,
 antialiased). Split: the SHA-1 of the relative path puts a file in val (first
 ``val_fraction`` of the hash range), test (next ``test_fraction``) or train, so the
 split is stable when files are added or removed; items are in sorted path order.
+
+For training on your own data with the recipes of notebooks 01–05.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .registry import register_dataset
 from .transforms import (
     center_crop_box,
     check_channels,
@@ -184,3 +187,14 @@ class ImageFolder(Dataset):
 
     def __repr__(self) -> str:
         return f"ImageFolder(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"
+
+
+@register_dataset("image_folder", options=("root", "captions", "channels", "val_fraction", "test_fraction", "length",
+                                           "seed"))
+def image_folder(split: str, image_size: int, root: str | os.PathLike[str] | None = None, seed: Any = None,
+                 **options: Any) -> ImageFolder:
+    """``load_dataset("image_folder", ...)``: ``root`` is required; ``seed`` is accepted and unused (the
+    split is a hash of each file's path)."""
+    if root is None:
+        raise ValueError("image_folder needs root=<folder with images>")
+    return ImageFolder(split=split, image_size=image_size, root=root, **options)

@@ -21,6 +21,8 @@ Splits (``split_by``):
 
 ``label`` is the source's index in :data:`SOURCE_NAMES`; ``boxes`` is empty;
 ``crop`` gives the crop (x0, y0, x1, y1) in source pixels and ``source`` its name.
+
+Natural textures for the first stage's perceptual loss (notebook 01).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .registry import register_dataset
 from .transforms import (
     check_channels,
     check_image_size,
@@ -121,6 +124,7 @@ def split_region(name: str, split: str, split_by: str = "region") -> tuple[int, 
     return (0, round(lo * h), w, round(hi * h))
 
 
+@register_dataset("photos", options=("length", "seed", "channels", "flip", "split_by", "sources"))
 class PhotoCrops(Dataset):
     """Seeded square crops of bundled photographs (see the module docstring)."""
 

@@ -5,6 +5,8 @@ Every dataset returns images as float32 tensors of shape (C, H, W) with values i
 (CompVis ``ldm/data``: ``x = x / 127.5 - 1``). The functions here convert uint8
 arrays to that range, change the number of channels, resize with antialiasing and
 crop.
+
+Used by every dataset of :mod:`minildm.data` (notebooks 01–05).
 """
 from __future__ import annotations
 

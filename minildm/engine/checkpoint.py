@@ -22,6 +22,8 @@ that names the file.
 
 Plain model weights (for the artifact cache) use :func:`save_weights` / :func:`load_weights`:
 a flat ``state_dict`` plus the model's config as JSON.
+
+Used by every training run (notebooks 01–05); exact resume is shown in notebook 01.
 """
 from __future__ import annotations
 

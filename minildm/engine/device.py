@@ -1,6 +1,9 @@
 """Where and how a run computes: the device (cuda, mps, cpu), the autocast dtype for it, and seeding.
 
-Used by the Trainer and every recipe; ``MINILDM_DEVICE`` overrides the device choice."""
+Used by the Trainer and every recipe; ``MINILDM_DEVICE`` overrides the device choice.
+
+Every notebook picks its device here in its first cell.
+"""
 from __future__ import annotations
 
 import os

@@ -15,6 +15,8 @@ micro-batches whose gradients are summed before the all-reduce (``DDP.no_sync``)
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_distributed` reads them and
 joins the process group (NCCL on CUDA, Gloo on CPU). Without them everything runs in one
 process and the helpers here are no-ops.
+
+Taught in notebook 05.
 """
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ After every optimisation step n (counted from 0),
 The warm-up term (1 + n)/(10 + n) lets the average follow the fast early changes of θ and
 approaches ``decay`` (e.g. 0.9999) later. Sampling from θ_ema gives visibly cleaner samples than
 from the last θ; the EMA state is part of every checkpoint, so resuming is exact.
+
+Taught in notebook 05 (and used by the LDMs of notebooks 03–04).
 """
 from __future__ import annotations
 

@@ -13,6 +13,8 @@ that alternate every step,
 Both use Adam(lr, betas=(0.5, 0.9)) as in CompVis. The discriminator step reuses the detached
 reconstruction x̂ of the autoencoder step of the same batch instead of a second forward pass, and
 is skipped entirely before ``disc_start`` (its loss is multiplied by 0 there anyway).
+
+The autoencoder task is taught in notebook 01, the latent diffusion task in notebooks 03–05.
 """
 from __future__ import annotations
 

@@ -37,6 +37,8 @@ run on W processes with accumulation A equals a run on one process with the same
 Extension points: ``callbacks`` with ``after_step(trainer, record)`` and optional
 ``state_dict()/load_state_dict()`` (EMA lives there); :meth:`Trainer.optimizer_step` is the single
 place where one optimizer takes a step.
+
+Taught in notebook 01 (and used by every notebook's training).
 """
 from __future__ import annotations
 

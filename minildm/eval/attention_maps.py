@@ -16,6 +16,8 @@ layers use the fused ``scaled_dot_product_attention`` kernel, so normal sampling
 
 With classifier-free guidance the UNet sees [conditional; unconditional] batches, so every
 record holds 2B rows; ``maps(n=B)`` keeps the first B, the conditional half.
+
+Taught in notebooks 04 and 05.
 """
 from __future__ import annotations
 

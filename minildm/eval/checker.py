@@ -19,6 +19,8 @@ The network (:class:`ContentChecker`) has two kinds of outputs:
 
 Targets of the dense heads are the objects' exact coverage, rendered from the same signed
 distance functions that draw the images (:func:`object_maps`).
+
+Taught in notebook 04; judges the text-to-image models of notebook 05.
 """
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ minildm trains its own feature network, :class:`FeatureNet`, on the shapes data'
 as features. The score is a *Fréchet distance in that feature space*: 0 for identical sets,
 growing as the distributions part. It ranks models on this data; its values are not
 comparable with published FIDs (other features, other data, fewer images).
+
+Taught in notebooks 02 and 03.
 """
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 All functions take images in [-1, 1] (the range the models work in), shape (B, C, H, W), and
 return one value per image, shape (B,). PSNR and SSIM are computed on the [0, 1] range
 (data range 1), LPIPS on [-1, 1] as its authors define it.
+
+Taught in notebooks 01 and 02.
 """
 from __future__ import annotations
 

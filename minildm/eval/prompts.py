@@ -12,6 +12,8 @@ position; ``two``: two objects) and split into **seen** requests, whose (colour,
 all occur in training, and **held-out** ones, with at least one pair the train split never shows
 (``holdout`` of :mod:`minildm.data.shapes`): can the model compose a colour and a shape it has
 only seen apart?
+
+Taught in notebook 05.
 """
 from __future__ import annotations
 

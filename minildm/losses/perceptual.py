@@ -14,6 +14,8 @@ Contents
 * :class:`NLayerDiscriminator` -- the pix2pix PatchGAN, :func:`weights_init`.
 * :func:`hinge_d_loss`, :func:`vanilla_d_loss`, :func:`adopt_weight`.
 * :class:`LPIPSWithDiscriminator` (KL autoencoder) and :class:`VQLPIPSWithDiscriminator` (VQ).
+
+Taught in notebook 01.
 """
 from __future__ import annotations
 

@@ -28,6 +28,8 @@ blocks), ``decoder.up[i].attn[j]``, ``decoder.up[i].upsample``, ``decoder.norm_o
 ``decoder.conv_out``. As in CompVis, ``decoder.up[i]`` is indexed by *resolution level*
 (``up[0]`` works at full resolution and runs last), so the loop runs over
 ``reversed(range(len(ch_mult)))``.
+
+Taught in notebooks 01 (KL and VQ) and 02 (the factor f).
 """
 from __future__ import annotations
 

@@ -18,8 +18,9 @@ from .nn import AttnBlock, Downsample, Normalize, ResnetBlock, Upsample, nonline
 
 __all__ = ["AutoencoderConfig", "Decoder", "Encoder", "check_downsampling_factor", "check_image_input", "count_parameters"]
 
-#: ch_mult used by :meth:`AutoencoderConfig.for_factor`, after the LDM first-stage
-#: configs (models/first_stage_models/{kl,vq}-f*/config.yaml).
+#: ch_mult used by :meth:`AutoencoderConfig.for_factor`. f = 4, 16 and 32 are those of the CompVis
+#: first-stage configs (models/first_stage_models/kl-f*/config.yaml); f = 8 differs: CompVis kl-f8 has
+#: (1, 2, 4, 4), minildm (1, 2, 2, 4), a narrower third level (the notebook 02 ablation was trained with it).
 _CH_MULT_FOR_FACTOR: dict[int, tuple[int, ...]] = {
     1: (1,),
     2: (1, 2),

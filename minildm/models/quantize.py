@@ -22,6 +22,8 @@ Note on ``legacy=True``: taming-transformers' original ``VectorQuantizer`` (and
 ``mean((sg[z_q] − z_e)²) + β·mean((z_q − sg[z_e])²)``, i.e. β multiplies the
 *codebook* term instead of the commitment term. ``legacy=True`` reproduces that
 weighting; the default ``legacy=False`` is the paper's formula above.
+
+Taught in notebook 01.
 """
 from __future__ import annotations
 

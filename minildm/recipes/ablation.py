@@ -20,6 +20,8 @@ row. The autoencoder of factor f has ``ch_mult`` from :meth:`AutoencoderConfig.f
 
 Each model is an artifact ``ae-kl-f{f}`` (:mod:`minildm.recipes.store`), built by
 ``python -m minildm ablate-f --preset P``; :func:`ablation_table` collects the rows.
+
+Taught in notebook 02.
 """
 from __future__ import annotations
 
@@ -133,15 +135,13 @@ def diffusion_cost(latent_shape: Sequence[int], preset: str | Preset | None = No
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ..models.unet import UNetConfig, UNetModel
+    from ..models.unet import UNetModel
 
     p = get_preset(preset)
     a = p.ablation
     dev = get_device(device)
     c, h, w = (int(v) for v in latent_shape)
-    config = UNetConfig(in_channels=c, out_channels=c, model_channels=a.unet_model_channels,
-                        channel_mult=a.unet_channel_mult, num_res_blocks=a.unet_num_res_blocks,
-                        attention_resolutions=a.unet_attention_resolutions, num_heads=a.unet_num_heads)
+    config = a.unet.config(c)
     if h % config.downsampling or w % config.downsampling:
         raise ValueError(f"the ablation UNet needs latent grids divisible by {config.downsampling}, got {h}×{w}")
     g = seed_everything(p.seed)

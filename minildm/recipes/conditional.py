@@ -138,17 +138,13 @@ class CondLDMSpec(LatentDiffusionRecipe):
                             else "layout-to-image LDM (boxes with shape and colour)")
 
     def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
-        from ..models.unet import UNetConfig
         from .registry import get_spec
 
         cp = preset.cond
         weighting = cp.loss_weighting_for(self.kind)
         fs = get_spec(self.first_stage_name(preset)).identity(preset)
         c = latent_channels(fs)
-        unet = UNetConfig(in_channels=c, out_channels=c, model_channels=cp.model_channels,
-                          channel_mult=cp.channel_mult, num_res_blocks=cp.num_res_blocks,
-                          attention_resolutions=cp.attention_resolutions, num_heads=cp.num_heads,
-                          context_dim=cp.context_dim, transformer_depth=cp.transformer_depth).to_dict()
+        unet = cp.unet.config(c, context_dim=cp.context_dim).to_dict()
         return {
             "model_class": "LatentDiffusion",
             "model": {"f": cp.f, "image_size": cp.image_size, "first_stage": fs, "unet": unet,

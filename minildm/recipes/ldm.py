@@ -90,15 +90,6 @@ def _images(split: str, n: int, image_size: int, seed: int, data: str = "shapes"
     return torch.stack([ds[i]["image"] for i in range(n)])
 
 
-def _unet_config(f_channels: int, preset: Preset) -> dict[str, Any]:
-    from ..models.unet import UNetConfig
-
-    lp = preset.ldm
-    return UNetConfig(in_channels=f_channels, out_channels=f_channels, model_channels=lp.model_channels,
-                      channel_mult=lp.channel_mult, num_res_blocks=lp.num_res_blocks,
-                      attention_resolutions=lp.attention_resolutions, num_heads=lp.num_heads).to_dict()
-
-
 def build_ldm(identity: Mapping[str, Any]) -> nn.Module:
     """An (untrained) :class:`~minildm.diffusion.ldm.LatentDiffusion` from an ``ldm-f{f}`` identity."""
     return build_latent_diffusion(identity)
@@ -176,7 +167,7 @@ class LDMSpec(LatentDiffusionRecipe):
         return {
             "model_class": "LatentDiffusion",
             "model": {"f": self.f, "image_size": self._image_size(preset), "first_stage": fs,
-                      "unet": _unet_config(c, preset),
+                      "unet": lp.unet.config(c).to_dict(),
                       "diffusion": {"schedule": lp.schedule, "num_timesteps": lp.timesteps, "parameterization": "eps"}},
             "recipe": {"kind": "ldm", "data": self.data, "first_stage": self.first_stage_name(), "budget_s": budget,
                        "batch_size": lp.batch_size, "lr": lp.lr, "ema_decay": lp.ema_decay,

@@ -20,9 +20,36 @@ import torch
 
 if TYPE_CHECKING:
     from ..models.encoder_decoder import AutoencoderConfig
+    from ..models.unet import UNetConfig
 
 PRESET_ENV = "MINILDM_PRESET"
 PRESET_NAMES = ("smoke", "cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class UNetSize:
+    """The size of a denoising UNet ε_θ (CompVis ``unet_config.params``), one section reused by every
+    preset that builds one: base width ``model_channels``, its multipliers per level ``channel_mult``
+    (the UNet downsamples len(channel_mult) − 1 times), ``num_res_blocks`` per level, attention at the
+    downsampling rates in ``attention_resolutions`` with ``num_heads`` heads, and ``transformer_depth``
+    transformer blocks per attention layer (with cross-attention when the model is conditional)."""
+
+    model_channels: int
+    channel_mult: tuple[int, ...]
+    num_res_blocks: int
+    attention_resolutions: tuple[int, ...]
+    num_heads: int
+    transformer_depth: int = 1
+
+    def config(self, channels: int, context_dim: int | None = None) -> "UNetConfig":
+        """The :class:`~minildm.models.unet.UNetConfig` of this size on latents of ``channels`` channels
+        (in = out), with cross-attention to a context of width ``context_dim`` if given."""
+        from ..models.unet import UNetConfig
+
+        extra = {"context_dim": context_dim, "transformer_depth": self.transformer_depth} if context_dim else {}
+        return UNetConfig(in_channels=channels, out_channels=channels, model_channels=self.model_channels,
+                          channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
+                          attention_resolutions=self.attention_resolutions, num_heads=self.num_heads, **extra)
 
 
 @dataclass(frozen=True)
@@ -90,10 +117,10 @@ class AblationPreset:
 
     One KL autoencoder per f in ``factors`` (f = 1 is the identity: pixel space) with
     ``z_channels[f]`` latent channels, trained with the ``variant`` recipe for ``steps`` steps on
-    ``image_size`` images (other sizes from :class:`AutoencoderPreset`); its ``ch_mult`` is the
-    preset's, extended by repeating the last entry to reach log2(f) + 1 levels.
+    ``image_size`` images (other sizes from :class:`AutoencoderPreset`); its ``ch_mult`` is
+    :meth:`~minildm.models.encoder_decoder.AutoencoderConfig.for_factor`'s for that f (log2(f) + 1 levels).
 
-    The diffusion side is measured with one fixed UNet (``unet_*``) on each latent grid:
+    The diffusion side is measured with one fixed UNet (``unet``) on each latent grid:
     ``unet_batch_size`` latents per training step, timed over ``timing_steps`` steps.
     """
 
@@ -102,11 +129,7 @@ class AblationPreset:
     variant: str
     image_size: int
     steps: int
-    unet_model_channels: int
-    unet_channel_mult: tuple[int, ...]
-    unet_num_res_blocks: int
-    unet_attention_resolutions: tuple[int, ...]
-    unet_num_heads: int
+    unet: UNetSize
     unet_batch_size: int
     timing_steps: int
 
@@ -135,7 +158,7 @@ class FirstStagePreset:
 class LDMPreset:
     """The latent DDPM and the pixel-vs-latent experiment (notebook 03, ``python -m minildm train-ldm``).
 
-    One :class:`~minildm.UNetModel` configuration (``model_channels`` …) is trained on the latents
+    One :class:`~minildm.UNetModel` size (``unet``) is trained on the latents
     of each first stage ``ae-kl-f{f}`` of notebook 02 for f in ``factors`` (f = 1: pixel space), each
     for the same wall-clock ``budget_s``, with the FID-style score measured at ``eval_points``
     evenly spaced times on ``n_fid`` DDIM samples of ``eval_ddim_steps`` steps.
@@ -143,11 +166,7 @@ class LDMPreset:
 
     factors: tuple[int, ...]
     image_size: int
-    model_channels: int
-    channel_mult: tuple[int, ...]
-    num_res_blocks: int
-    attention_resolutions: tuple[int, ...]
-    num_heads: int
+    unet: UNetSize
     schedule: str
     timesteps: int
     batch_size: int
@@ -177,7 +196,7 @@ class CheckerPreset:
 @dataclass(frozen=True)
 class CondPreset:
     """The conditional LDMs of notebook 04 (``python -m minildm train-cond``): a UNet with
-    cross-attention (``context_dim``, ``transformer_depth``) on the latents of ``kl-f{f}``
+    cross-attention (``unet``, with ``context_dim``) on the latents of ``kl-f{f}``
     (:class:`FirstStagePreset`), predicting ``parameterization`` (ε, x_0 or v; v by default: under the ε
     loss a layout model never learns where to draw: see
     :meth:`~minildm.diffusion.process.GaussianDiffusion.training_losses`), trained for ``steps``
@@ -191,13 +210,8 @@ class CondPreset:
 
     f: int
     image_size: int
-    model_channels: int
-    channel_mult: tuple[int, ...]
-    num_res_blocks: int
-    attention_resolutions: tuple[int, ...]
-    num_heads: int
+    unet: UNetSize
     context_dim: int
-    transformer_depth: int
     layout_depth: int
     schedule: str
     timesteps: int
@@ -240,17 +254,11 @@ class CondPreset:
 
 @dataclass(frozen=True)
 class T2ISize:
-    """One model size of the text-to-image scaling study: the UNet (``model_channels``,
-    ``channel_mult``, ``attention_resolutions``, ``transformer_depth``) and, for the encoder trained
+    """One model size of the text-to-image scaling study: the UNet (``unet``) and, for the encoder trained
     from scratch, its width ``context_dim`` and ``text_depth`` (a frozen encoder has its own width)."""
 
     name: str
-    model_channels: int
-    channel_mult: tuple[int, ...]
-    num_res_blocks: int
-    attention_resolutions: tuple[int, ...]
-    num_heads: int
-    transformer_depth: int
+    unet: UNetSize
     context_dim: int
     text_depth: int
 
@@ -350,22 +358,21 @@ _PRESETS: dict[str, Preset] = {
         features=FeatureNetPreset(image_size=64, width=8, feature_dim=16, batch_size=16, steps=10, lr=2e-3, n_train=64, n_eval=32),
         ablation=AblationPreset(
             factors=(1, 2, 4, 8, 16, 32), z_channels=((1, 3), (2, 3), (4, 3), (8, 4), (16, 16), (32, 64)), variant="l1-lpips", image_size=64,
-            steps=3, unet_model_channels=16, unet_channel_mult=(1, 2), unet_num_res_blocks=1,
-            unet_attention_resolutions=(2,), unet_num_heads=1, unet_batch_size=2, timing_steps=1,
+            steps=3, unet=UNetSize(16, (1, 2), 1, (2,), 1),
+            unet_batch_size=2, timing_steps=1,
         ),
         ldm=LDMPreset(
-            factors=(1, 2, 4, 8, 16), image_size=64, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-            attention_resolutions=(2,), num_heads=1, schedule="linear", timesteps=1000, batch_size=8, lr=1e-3,
+            factors=(1, 2, 4, 8, 16), image_size=64, unet=UNetSize(16, (1, 2), 1, (2,), 1),
+            schedule="linear", timesteps=1000, batch_size=8, lr=1e-3,
             ema_decay=0.999, budget_s=2.0, eval_points=2, n_fid=16, eval_ddim_steps=5, n_train=32,
         ),
         checker=CheckerPreset(image_size=64, width=8, batch_size=16, steps=10, lr=2e-3, n_train=64, n_eval=32),
-        cond=CondPreset(f=4, image_size=64, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                        attention_resolutions=(1, 2), num_heads=2, context_dim=16, transformer_depth=1, layout_depth=1,
+        cond=CondPreset(f=4, image_size=64, unet=UNetSize(16, (1, 2), 1, (1, 2), 2, 1), context_dim=16, layout_depth=1,
                         schedule="linear", timesteps=1000, batch_size=8, lr=1e-3, ema_decay=0.99, p_uncond=0.1,
                         steps=4, n_train=32, n_eval=8, eval_ddim_steps=4, guidance_scales=(1.0, 3.0)),
         t2i=T2IPreset(f=4, image_size=64, size="M", max_length=48, schedule="linear", timesteps=1000,
-                      sizes=(T2ISize("S", 8, (1, 2), 1, (2,), 2, 1, 16, 1), T2ISize("M", 16, (1, 2), 1, (1, 2), 2, 1, 16, 1),
-                             T2ISize("L", 24, (1, 2), 1, (1, 2), 2, 1, 24, 1)),
+                      sizes=(T2ISize("S", UNetSize(8, (1, 2), 1, (2,), 2, 1), 16, 1), T2ISize("M", UNetSize(16, (1, 2), 1, (1, 2), 2, 1), 16, 1),
+                             T2ISize("L", UNetSize(24, (1, 2), 1, (1, 2), 2, 1), 24, 1)),
                       batch_size=8, lr=1e-3, ema_decay=0.99, p_uncond=0.1, steps=4, n_train=32, holdout=T2I_HOLDOUT,
                       n_eval_per_kind=1, samples_per_prompt=1, eval_ddim_steps=4, guidance_scales=(1.0, 3.0),
                       curve_points=2, curve_prompts=1, curve_scale=3.0, checkpoint_every=2),
@@ -385,17 +392,16 @@ _PRESETS: dict[str, Preset] = {
                                   n_eval=512),
         ablation=AblationPreset(
             factors=(1, 2, 4, 8, 16, 32), z_channels=((1, 3), (2, 3), (4, 3), (8, 4), (16, 16), (32, 64)), variant="l1-lpips", image_size=64,
-            steps=1000, unet_model_channels=64, unet_channel_mult=(1, 2), unet_num_res_blocks=2,
-            unet_attention_resolutions=(2,), unet_num_heads=4, unet_batch_size=8, timing_steps=5,
+            steps=1000, unet=UNetSize(64, (1, 2), 2, (2,), 4),
+            unet_batch_size=8, timing_steps=5,
         ),
         ldm=LDMPreset(
-            factors=(1, 2, 4, 8, 16), image_size=64, model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1,
-            attention_resolutions=(4,), num_heads=4, schedule="linear", timesteps=1000, batch_size=32, lr=3e-4,
+            factors=(1, 2, 4, 8, 16), image_size=64, unet=UNetSize(64, (1, 2, 2), 1, (4,), 4),
+            schedule="linear", timesteps=1000, batch_size=32, lr=3e-4,
             ema_decay=0.999, budget_s=240.0, eval_points=3, n_fid=128, eval_ddim_steps=20, n_train=4000,
         ),
         checker=CheckerPreset(image_size=64, width=24, batch_size=32, steps=4000, lr=2e-3, n_train=8000, n_eval=512),
-        cond=CondPreset(f=4, image_size=64, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                        attention_resolutions=(2, 4), num_heads=4, context_dim=64, transformer_depth=1,
+        cond=CondPreset(f=4, image_size=64, unet=UNetSize(32, (1, 2, 2), 1, (2, 4), 4, 1), context_dim=64,
                         layout_depth=2, schedule="linear", timesteps=1000, batch_size=32, lr=1e-3, ema_decay=0.999,
                         p_uncond=0.1, steps=24000, n_train=8000, n_eval=224, eval_ddim_steps=20,
                         guidance_scales=(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5), warmup_steps=200,
@@ -407,9 +413,9 @@ _PRESETS: dict[str, Preset] = {
         t2i=T2IPreset(f=4, image_size=64, size="M", max_length=48, schedule="linear", timesteps=1000,
                       # the scaling study's three widths; M (the main model) is the widest a CPU trains in
                       # about an hour (4.3 GFLOP per step for S, 17 for M; 8,000 steps)
-                      sizes=(T2ISize("XS", 8, (1, 2, 2), 1, (2, 4), 2, 1, 16, 1),
-                             T2ISize("S", 16, (1, 2, 2), 1, (2, 4), 2, 1, 32, 2),
-                             T2ISize("M", 32, (1, 2, 2), 1, (2, 4), 4, 1, 64, 2)),
+                      sizes=(T2ISize("XS", UNetSize(8, (1, 2, 2), 1, (2, 4), 2, 1), 16, 1),
+                             T2ISize("S", UNetSize(16, (1, 2, 2), 1, (2, 4), 2, 1), 32, 2),
+                             T2ISize("M", UNetSize(32, (1, 2, 2), 1, (2, 4), 4, 1), 64, 2)),
                       batch_size=32, lr=1e-3, ema_decay=0.999, p_uncond=0.1, steps=8000, n_train=8000,
                       holdout=T2I_HOLDOUT, n_eval_per_kind=16, samples_per_prompt=2, eval_ddim_steps=20,
                       guidance_scales=(0.0, 1.0, 3.0, 5.0, 7.5), curve_points=4, curve_prompts=8, curve_scale=5.0,
@@ -437,26 +443,25 @@ _PRESETS: dict[str, Preset] = {
                                   n_eval=2000),
         ablation=AblationPreset(
             factors=(1, 2, 4, 8, 16, 32), z_channels=((1, 3), (2, 3), (4, 3), (8, 4), (16, 16), (32, 64)), variant="l1-lpips-gan", image_size=128,
-            steps=20000, unet_model_channels=128, unet_channel_mult=(1, 2, 2), unet_num_res_blocks=2,
-            unet_attention_resolutions=(2, 4), unet_num_heads=4, unet_batch_size=32, timing_steps=20,
+            steps=20000, unet=UNetSize(128, (1, 2, 2), 2, (2, 4), 4),
+            unet_batch_size=32, timing_steps=20,
         ),
         ldm=LDMPreset(
-            factors=(1, 2, 4, 8, 16), image_size=128, model_channels=128, channel_mult=(1, 2, 2, 4),
-            num_res_blocks=2, attention_resolutions=(4, 8), num_heads=8, schedule="linear", timesteps=1000,
+            factors=(1, 2, 4, 8, 16), image_size=128, unet=UNetSize(128, (1, 2, 2, 4), 2, (4, 8), 8),
+            schedule="linear", timesteps=1000,
             batch_size=64, lr=1e-4, ema_decay=0.9999, budget_s=3600.0, eval_points=6, n_fid=2000,
             eval_ddim_steps=50, n_train=50000,
         ),
         checker=CheckerPreset(image_size=128, width=48, batch_size=64, steps=8000, lr=1e-3, n_train=50000,
                               n_eval=2000),
-        cond=CondPreset(f=4, image_size=128, model_channels=128, channel_mult=(1, 2, 2, 4), num_res_blocks=2,
-                        attention_resolutions=(1, 2, 4, 8), num_heads=8, context_dim=256, transformer_depth=1,
+        cond=CondPreset(f=4, image_size=128, unet=UNetSize(128, (1, 2, 2, 4), 2, (1, 2, 4, 8), 8, 1), context_dim=256,
                         layout_depth=4, schedule="linear", timesteps=1000, batch_size=64, lr=1e-4, ema_decay=0.9999,
                         p_uncond=0.1, steps=100000, n_train=50000, n_eval=1120, eval_ddim_steps=50,
                         guidance_scales=(0.0, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5)),
         t2i=T2IPreset(f=4, image_size=128, size="M", max_length=48, schedule="linear", timesteps=1000,
-                      sizes=(T2ISize("S", 64, (1, 2, 2, 4), 2, (2, 4, 8), 4, 1, 128, 2),
-                             T2ISize("M", 128, (1, 2, 2, 4), 2, (2, 4, 8), 8, 1, 256, 4),
-                             T2ISize("L", 192, (1, 2, 3, 4), 2, (2, 4, 8), 8, 2, 384, 6)),
+                      sizes=(T2ISize("S", UNetSize(64, (1, 2, 2, 4), 2, (2, 4, 8), 4, 1), 128, 2),
+                             T2ISize("M", UNetSize(128, (1, 2, 2, 4), 2, (2, 4, 8), 8, 1), 256, 4),
+                             T2ISize("L", UNetSize(192, (1, 2, 3, 4), 2, (2, 4, 8), 8, 2), 384, 6)),
                       batch_size=128, lr=1e-4, ema_decay=0.9999, p_uncond=0.1, steps=100000, n_train=200000,
                       holdout=T2I_HOLDOUT, n_eval_per_kind=100, samples_per_prompt=4, eval_ddim_steps=50,
                       guidance_scales=(0.0, 1.0, 2.0, 3.0, 5.0, 7.5), curve_points=10, curve_prompts=50,

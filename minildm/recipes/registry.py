@@ -10,6 +10,8 @@ instance per artifact with the :func:`register` decorator::
 ``register(name, **kwargs)`` builds ``cls(**kwargs)`` and files it under ``name``. Importing
 :mod:`minildm.recipes` imports every recipe module, so the registry is complete whenever the store
 (:mod:`minildm.recipes.store`) is importable; this module imports no recipe.
+
+Every notebook loads its models through it (``load_or_train``).
 """
 from __future__ import annotations
 

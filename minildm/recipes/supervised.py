@@ -1,5 +1,7 @@
 """The shared recipe of the supervised helper networks (the feature network, the content checker):
 train a classifier on shapes images with the Trainer, evaluate it on the validation split.
+
+Their artifacts are used from notebook 02 on.
 """
 from __future__ import annotations
 

@@ -351,7 +351,6 @@ class T2ISpec(LatentDiffusionRecipe):
         self.description = f"text-to-image LDM, size {size}, text encoder: {enc}"
 
     def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
-        from ..models.unet import UNetConfig
         from .registry import get_spec
 
         tp = preset.t2i
@@ -360,10 +359,7 @@ class T2ISpec(LatentDiffusionRecipe):
         c = latent_channels(fs)
         cond = _conditioner_config(self.encoder, size, tp)
         context_dim = size.context_dim if self.encoder == "scratch" else 384
-        unet = UNetConfig(in_channels=c, out_channels=c, model_channels=size.model_channels,
-                          channel_mult=size.channel_mult, num_res_blocks=size.num_res_blocks,
-                          attention_resolutions=size.attention_resolutions, num_heads=size.num_heads,
-                          context_dim=context_dim, transformer_depth=size.transformer_depth).to_dict()
+        unet = size.unet.config(c, context_dim=context_dim).to_dict()
         return {
             "model_class": "LatentDiffusion",
             "model": {"f": tp.f, "image_size": tp.image_size, "first_stage": fs, "unet": unet, "cond_stage": cond,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from ..registry import register_dataset
 from ..transforms import check_channels, check_image_size, check_seed, uint8_to_tensor
 from .captions import caption_scene
 from .render import render
@@ -263,3 +264,17 @@ class ShapesStream(_ShapesBase, IterableDataset):
     def __repr__(self) -> str:
         return (f"ShapesStream(split={self.split!r}, image_size={self.image_size}, seed={self.seed}, "
                 f"start={self.start}, rank={self.rank}, world_size={self.world_size})")
+
+
+@register_dataset("shapes", options=("length", "seed", "channels", "label", "cache", "cache_mb", "start", "rank",
+                                     "world_size", "holdout"))
+def shapes_dataset(split: str, image_size: int, **options: Any) -> ShapesDataset | ShapesStream:
+    """``load_dataset("shapes", ...)``: a :class:`ShapesDataset`, or with ``length=None`` an endless
+    :class:`ShapesStream` (which alone takes ``start``, ``rank``, ``world_size``)."""
+    if "length" in options and options["length"] is None:
+        opts = {k: v for k, v in options.items() if k not in ("length", "cache", "cache_mb")}
+        return ShapesStream(split=split, image_size=image_size, **opts)
+    stream_only = [k for k in ("start", "rank", "world_size") if k in options]
+    if stream_only:
+        raise ValueError(f"option(s) {', '.join(stream_only)} apply only to the endless stream (length=None)")
+    return ShapesDataset(split=split, image_size=image_size, **options)
