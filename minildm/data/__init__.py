@@ -85,6 +85,13 @@ def load_dataset(name: str, split: str = "train", image_size: int = 64, **option
     return entry.build(split=split, image_size=image_size, **options)
 
 
+def load_images(name: str, split: str, n: int, image_size: int = 64, **options: Any) -> torch.Tensor:
+    """The images of the first ``n`` items of :func:`load_dataset` ``(name, split, image_size, length=n,
+    **options)``, stacked: (n, C, H, W) in [-1, 1]."""
+    ds = load_dataset(name, split, image_size, length=n, **options)
+    return torch.stack([ds[i]["image"] for i in range(n)])
+
+
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Batch items: images -> (B, C, H, W), labels and indices -> (B,) int64, captions -> list[str].
 
@@ -134,5 +141,5 @@ __all__ = [
     "BACKGROUND_NAMES", "COLOURS", "COLOUR_NAMES", "DATASETS", "DATASET_NAMES", "LABEL_KINDS", "POSITION_NAMES",
     "RELATIONS", "SHAPE_NAMES", "SHAPE_SYNONYMS", "SIZE_NAMES", "SPLITS", "Background", "FashionMNIST",
     "ImageFolder", "PhotoCrops", "Scene", "ShapeObject", "ShapesDataset", "ShapesStream", "collate",
-    "label_names", "load_dataset", "pad_boxes", "register_dataset", "relation", "render_scene", "shapes",
+    "label_names", "load_dataset", "load_images", "pad_boxes", "register_dataset", "relation", "render_scene", "shapes",
 ]

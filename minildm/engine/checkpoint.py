@@ -223,10 +223,6 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _to_str_metadata(meta: Mapping[str, Any]) -> dict[str, str]:
-    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
-
-
 def _serialize(tensors: dict[str, torch.Tensor], header: dict[str, str]) -> bytes:
     from safetensors.torch import save
 

@@ -40,6 +40,7 @@ from ..engine.device import get_device, seed_everything
 from ..engine.throughput import SavedTensorBytes, median_time
 from .presets import Preset, get_preset
 from .registry import TrainResult, register
+from ..data import load_images
 
 __all__ = [
     "ABLATION_VARIANT_NOTE",
@@ -249,13 +250,6 @@ class AblationSpec:
         return evaluate_first_stage(model, preset, device)
 
 
-def _val_images(preset: Preset, n: int, image_size: int) -> torch.Tensor:
-    from ..data import load_dataset
-
-    val = load_dataset("shapes", "val", image_size, length=n, seed=preset.seed)
-    return torch.stack([val[i]["image"] for i in range(n)])
-
-
 @torch.no_grad()
 def evaluate_first_stage(model: nn.Module, preset: str | Preset | None = None,
                          device: str | torch.device | None = None, progress: bool = True) -> dict[str, Any]:
@@ -274,7 +268,7 @@ def evaluate_first_stage(model: nn.Module, preset: str | Preset | None = None,
     size = p.ablation.image_size
     model = model.to(dev).eval()
     n = max(p.ae.n_eval, p.features.n_eval)
-    images = _val_images(p, n, size)
+    images = load_images("shapes", "val", n, size, seed=p.seed)
     metrics: dict[str, Any] = evaluate_reconstruction(model, list(images[:p.ae.n_eval]), n=p.ae.n_eval,
                                                       batch_size=p.ae.batch_size, device=dev)
     with torch.enable_grad():  # trains the feature network if it is not cached yet

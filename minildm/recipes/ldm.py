@@ -31,6 +31,7 @@ from ..engine.trainer import Trainer
 from .ablation import ablation_name
 from .latent_diffusion import LatentDiffusionRecipe, build_latent_diffusion, latent_channels
 from .store import load_or_train
+from ..data import load_images
 
 __all__ = [ "LDMSpec", "FashionAutoencoderSpec", "ldm_name", "build_ldm", "sample_fid",
            "sampling_throughput", "eval_curve", "FASHION_AE", "FASHION_LDM", "FASHION_SIZE"]
@@ -81,13 +82,6 @@ class FashionAutoencoderSpec:
 
     def evaluate(self, model: nn.Module, preset: Preset, device: torch.device) -> dict[str, Any]:
         return self._inner(preset).evaluate(model, self._preset(preset), device)
-
-
-def _images(split: str, n: int, image_size: int, seed: int, data: str = "shapes") -> torch.Tensor:
-    from ..data import load_dataset
-
-    ds = load_dataset(data, split, image_size, length=n, seed=seed)
-    return torch.stack([ds[i]["image"] for i in range(n)])
 
 
 def build_ldm(identity: Mapping[str, Any]) -> nn.Module:
@@ -189,7 +183,7 @@ class LDMSpec(LatentDiffusionRecipe):
 
     def latent_batches(self, ldm: nn.Module, preset: Preset, recipe: Mapping[str, Any],
                        progress: bool) -> LatentBatches:
-        train_images = _images("train", recipe["n_train"], self._image_size(preset), preset.seed, self.data)
+        train_images = load_images(self.data, "train", recipe["n_train"], self._image_size(preset), seed=preset.seed)
         ldm.compute_scale_factor(train_images[:1024])
         return LatentBatches.encode(ldm, train_images, recipe["batch_size"], seed=recipe["seed"])
 
@@ -207,7 +201,8 @@ class LDMSpec(LatentDiffusionRecipe):
         """Train for ``budget_s`` seconds; at ``eval_points`` evenly spaced times, the EMA weights' FID-style
         score on ``n_fid`` DDIM samples joins the log (points a resumed run already has are skipped)."""
         r = recipe
-        real = _images("val", r["n_fid"], self._image_size(preset), preset.seed, self.data) if self.shapes else None
+        size = self._image_size(preset)
+        real = load_images(self.data, "val", r["n_fid"], size, seed=preset.seed) if self.shapes else None
         done = {round(row["time_s"] / r["budget_s"] * r["eval_points"]) for row in eval_curve(trainer.log)}
         if not self.shapes:  # no feature network for this data: train through the budget, no evaluations
             trainer.fit(time_budget_s=max(0.0, r["budget_s"] - trainer.elapsed_s))
@@ -235,7 +230,7 @@ class LDMSpec(LatentDiffusionRecipe):
                                "eval_ddim_steps": lp.eval_ddim_steps}
         if self.shapes:
             feature_net = load_or_train("feature-net", preset, device=device).model
-            real = _images("val", lp.n_fid, lp.image_size, preset.seed)
+            real = load_images("shapes", "val", lp.n_fid, lp.image_size, seed=preset.seed)
             t0 = time.perf_counter()
             out["fid"] = sample_fid(model, feature_net, real, lp.n_fid, lp.eval_ddim_steps, seed=preset.seed + 1)
             out["images_per_s"] = lp.n_fid / (time.perf_counter() - t0)
