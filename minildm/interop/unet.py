@@ -201,7 +201,8 @@ def unet_config_from_diffusers(cfg: Any) -> UNetConfig:
     Raises ValueError naming every setting minildm's UNet does not implement (class or
     addition embeddings, dual or cross-only attention, per-block layer counts, ...).
     """
-    problems = [f"{k}={config_value(cfg, k, v)!r} (minildm: {v!r})" for k, v in _REQUIRED.items() if config_value(cfg, k, v) != v]
+    problems = [f"{k}={config_value(cfg, k, v)!r} (minildm: {v!r})" for k, v in _REQUIRED.items()
+                if config_value(cfg, k, v) != v]
     chans = [int(c) for c in config_value(cfg, "block_out_channels", ())]
     if not chans:
         raise ValueError("config has no block_out_channels")
@@ -240,7 +241,8 @@ def unet_config_from_diffusers(cfg: Any) -> UNetConfig:
             raise ValueError(f"attention_head_dim={heads}: minildm needs one head count or one head width for all "
                              "attention blocks")
         num_heads, head_channels = 1, dims.pop()
-    return UNetConfig(in_channels=int(config_value(cfg, "in_channels", 4)), out_channels=int(config_value(cfg, "out_channels", 4)),
+    return UNetConfig(in_channels=int(config_value(cfg, "in_channels", 4)),
+                      out_channels=int(config_value(cfg, "out_channels", 4)),
                       model_channels=ch, num_res_blocks=int(layers),
                       attention_resolutions=tuple(2 ** i for i in range(L) if attn[i]),
                       channel_mult=tuple(c // ch for c in chans), num_heads=num_heads,
