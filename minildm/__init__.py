@@ -26,7 +26,7 @@ and what uses them:
 from __future__ import annotations
 
 from .data import collate, load_dataset
-from .diffusion import DDIMSampler, GaussianDiffusion, LatentDiffusion
+from .diffusion import DDIMSampler, DDPMSampler, GaussianDiffusion, LatentDiffusion
 from .engine.device import get_device, seed_everything
 from .engine.ema import EMA
 from .models import (
@@ -46,8 +46,8 @@ from .recipes.presets import get_preset
 __version__ = "0.1.0"
 
 __all__ = [
-    "AutoencoderConfig", "AutoencoderKL", "DDIMSampler", "Decoder", "DiagonalGaussianDistribution", "EMA",
-    "Encoder", "GaussianDiffusion", "IdentityFirstStage", "LatentDiffusion", "UNetConfig", "UNetModel",
+    "AutoencoderConfig", "AutoencoderKL", "DDIMSampler", "DDPMSampler", "Decoder", "DiagonalGaussianDistribution",
+    "EMA", "Encoder", "GaussianDiffusion", "IdentityFirstStage", "LatentDiffusion", "UNetConfig", "UNetModel",
     "VQModel", "VectorQuantizer", "collate", "get_device", "get_preset", "load_dataset", "seed_everything",
     "__version__",
 ]

@@ -274,7 +274,9 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", nargs="+", required=True, help="one or more prompts (quote each)")
     parser.add_argument("--n", type=_positive_int, default=4, help="samples per prompt")
     parser.add_argument("--scale", type=float, default=3.0, help="guidance scale (>= 0)")
-    parser.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps")
+    parser.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim",
+                        help="ddim (--steps steps) or ddpm (all the diffusion's timesteps)")
+    parser.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (ignored by ddpm)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="samples.png", help="image grid to write (one row per prompt)")
 
@@ -294,10 +296,11 @@ def _sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--scale must be >= 0, got {args.scale}")
     art = load_or_train(args.model, preset, device=args.device, progress=not args.no_progress, root=args.out)
     images = generate(art.model, [p for p in prompts for _ in range(args.n)], guidance_scale=args.scale,
-                      steps=args.steps, seed=args.seed, progress=not args.no_progress)
+                      steps=args.steps, seed=args.seed, progress=not args.no_progress, sampler=args.sampler)
     save_image((images + 1) / 2, args.output, nrow=args.n, padding=1)
+    how = f"DDIM-{args.steps}" if args.sampler == "ddim" else f"DDPM-{art.model.diffusion.num_timesteps}"
     print(f"{len(images)} samples of {args.model} ({preset.name}) for {len(prompts)} prompt(s), s = {args.scale:g}, "
-          f"DDIM-{args.steps}: {args.output}")
+          f"{how}: {args.output}")
     return 0
 
 

@@ -59,6 +59,7 @@ def test_help_via_python_dash_m():
     (["train-ae", "--steps", "0"], "expected a positive integer"),
     (["train-ae", "--steps", "ten"], "expected a positive integer"),
     (["fly"], "invalid choice: 'fly'"),
+    (["sample", "--prompt", "a red circle", "--sampler", "euler"], "invalid choice: 'euler'"),
     ([], "required: COMMAND"),
 ])
 def test_bad_arguments_exit_2(argv, message, capsys):
@@ -82,3 +83,30 @@ def test_commands_plug_in():
     parser = build_parser()
     args = parser.parse_args(["train-ae", "--preset", "cpu", "--variant", "l2", "--regularizer", "vq", "--resume"])
     assert (args.preset, args.variant, args.regularizer, args.resume, args.steps) == ("cpu", "l2", "vq", True, None)
+
+
+@pytest.mark.parametrize("sampler, label", [("ddim", "DDIM-7"), ("ddpm", "DDPM-30")])
+def test_sample_sampler_option(sampler, label, tmp_path, capsys, monkeypatch):
+    """sample --sampler picks the sampler of the generated images (the model and generation are stubbed)."""
+    import types
+
+    import torch
+
+    import minildm.recipes.store as store
+    import minildm.recipes.text_to_image as t2i
+
+    calls = {}
+
+    def fake_generate(ldm, prompts, **kwargs):
+        calls.update(kwargs)
+        return torch.zeros(len(prompts), 3, 8, 8)
+
+    model = types.SimpleNamespace(diffusion=types.SimpleNamespace(num_timesteps=30))
+    monkeypatch.setattr(store, "load_or_train", lambda *a, **k: types.SimpleNamespace(model=model))
+    monkeypatch.setattr(t2i, "generate", fake_generate)
+    out = tmp_path / "grid.png"
+    argv = ["sample", "--prompt", "a red circle", "--n", "2", "--steps", "7", "--output", str(out), "--no-progress"]
+    assert main(argv + ["--sampler", sampler]) == 0
+    assert calls["sampler"] == sampler and calls["steps"] == 7 and out.exists()
+    assert f"{label}: {out}" in capsys.readouterr().out
+    assert build_parser().parse_args(["sample", "--prompt", "x"]).sampler == "ddim"

@@ -6,7 +6,7 @@ import torch
 
 from minildm.diffusion.guidance import guided_model
 from minildm.diffusion.process import GaussianDiffusion, make_beta_schedule
-from minildm.diffusion.samplers.ddim import DDIMSampler
+from minildm.diffusion.samplers import DDIMSampler, DDPMSampler
 
 
 @pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "cosine"])
@@ -68,7 +68,7 @@ def test_samplers_recover_a_point_mass_and_are_deterministic():
     d = GaussianDiffusion("linear", 200)
     x0 = torch.full((1, 2, 4, 4), 0.5)
     model = _perfect_model(d, x0)
-    for sample in (lambda g: d.ddpm_sample(model, (3, 2, 4, 4), generator=g),
+    for sample in (lambda g: DDPMSampler(d).sample(model, (3, 2, 4, 4), generator=g),
                    lambda g: DDIMSampler(d).sample(model, (3, 2, 4, 4), steps=20, generator=g),
                    lambda g: DDIMSampler(d).sample(model, (3, 2, 4, 4), steps=10, eta=1.0, generator=g)):
         a = sample(torch.Generator().manual_seed(1))
@@ -122,6 +122,22 @@ def test_guidance():
     assert torch.allclose(out, torch.full_like(out, 3.0))  # 0 + 3 · (1 − 0)
     with pytest.raises(ValueError, match=">= 0"):
         guided_model(model, -1.0)
+
+
+def test_guidance_passes_c_concat_to_both_halves():
+    seen = []
+
+    def model(x, t, context=None, c_concat=None):
+        seen.append(c_concat)
+        return x * 0 + context.mean(dim=(1, 2))[:, None, None, None] + c_concat
+
+    x, t = torch.zeros(2, 1, 2, 2), torch.tensor([1, 1])
+    ctx, null, cc = torch.ones(2, 3, 4), torch.zeros(1, 3, 4), torch.randn(2, 1, 2, 2)
+    out = guided_model(model, 3.0, null)(x, t, context=ctx, c_concat=cc)
+    assert torch.equal(seen[-1], torch.cat([cc, cc]))  # the spatial condition is kept for the ∅ half
+    assert torch.allclose(out, cc + 3.0)  # (0 + cc) + 3 · ((1 + cc) − (0 + cc))
+    assert torch.equal(guided_model(model, 1.0, null)(x, t, context=ctx, c_concat=cc), 1 + cc)
+    assert seen[-1] is cc
 
 
 def test_min_snr_weighting():

@@ -212,3 +212,16 @@ def test_config_conversion_errors() -> None:
         autoencoder_from_diffusers(torch.nn.Linear(2, 2))  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         autoencoder_to_diffusers(torch.nn.Linear(2, 2))  # type: ignore[arg-type]
+
+
+def test_shared_helpers_are_public_and_reexported() -> None:
+    """The converters' shared helpers live in minildm.interop.common; the old import paths still work."""
+    from types import SimpleNamespace
+
+    from minildm.interop import common, vae
+
+    assert common.config_value({"a": 1}, "a", 0) == 1 and common.config_value({}, "a", 0) == 0
+    assert common.config_value(SimpleNamespace(a=2), "a", 0) == 2
+    assert common.config_value(SimpleNamespace(), "a", 0) == 0
+    assert common.import_diffusers() is diffusers
+    assert vae.load_state_dict_exact is common.load_state_dict_exact is load_state_dict_exact

@@ -101,3 +101,61 @@ def test_task_loss_weighting():
     assert losses["capped"] != pytest.approx(losses["min_snr"])
     with pytest.raises(ValueError, match="loss_weighting"):
         LatentDiffusionTask(ldm, lr=1e-3, loss_weighting="max")
+
+
+def _concat_ldm(key: str, cc: int = 3, context_dim: int | None = None):
+    torch.manual_seed(0)
+    fs = IdentityFirstStage(IdentityConfig(3, 8))
+    unet = UNetModel(in_channels=3 + cc, out_channels=3, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                     attention_resolutions=(2,), num_heads=2, num_groups=4, context_dim=context_dim)
+    for p in unet.parameters():
+        p.data.normal_(0, 0.05)
+    return LatentDiffusion(fs, unet, GaussianDiffusion("linear", 20), image_size=8, conditioning_key=key)
+
+
+@pytest.mark.parametrize("key", ["concat", "hybrid"])
+def test_concat_conditioning_loss_and_sampling(key):
+    ldm = _concat_ldm(key, context_dim=6 if key == "hybrid" else None)
+    assert ldm.conditioning_key == key and ldm.concat_channels == 3
+    z, cc = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    ctx = {"context": torch.randn(2, 4, 6)} if key == "hybrid" else {}
+    loss = ldm.loss(z, c_concat=cc, generator=torch.Generator().manual_seed(0), **ctx)
+    loss.backward()
+    assert loss.ndim == 0 and torch.isfinite(loss) and ldm.model.input_blocks[0][0].weight.grad[:, 3:].abs().sum() > 0
+    other = ldm.loss(z, c_concat=torch.randn(2, 3, 8, 8), generator=torch.Generator().manual_seed(0), **ctx)
+    assert other.item() != pytest.approx(loss.item())  # the condition reaches the UNet
+    guide = {"guidance_scale": 3.0, "uncond": torch.zeros(1, 4, 6)} if key == "hybrid" else {}
+    for sampler in ("ddim", "ddpm"):
+        a = ldm.sample(2, sampler=sampler, steps=4, c_concat=cc, generator=torch.Generator().manual_seed(1), **ctx,
+                       **guide)
+        b = ldm.sample(2, sampler=sampler, steps=4, c_concat=cc, generator=torch.Generator().manual_seed(1), **ctx,
+                       **guide)
+        assert a.shape == (2, 3, 8, 8) and torch.equal(a, b)
+    eps = ldm.apply_model(z, torch.tensor([1, 5]), c_concat=cc, **ctx)
+    assert eps.shape == z.shape
+    with pytest.raises(ValueError, match=r"needs c_concat of shape \(2, 3, 8, 8\)"):
+        ldm.loss(z, **ctx)
+    with pytest.raises(ValueError, match=r"expects 6 input channels = 3 latent channels \+ 3 condition channels, "
+                                         r"got c_concat with 2 channels \(3 \+ 2 = 5\)"):
+        ldm.sample(2, c_concat=torch.randn(2, 2, 8, 8), **ctx)
+    with pytest.raises(ValueError, match=r"c_concat must have shape \(2, 3, 8, 8\)"):
+        ldm.loss(z, c_concat=torch.randn(2, 3, 4, 4), **ctx)
+
+
+def test_conditioning_key_channel_checks():
+    fs = IdentityFirstStage(IdentityConfig(3, 8))
+    unet7 = UNetModel(in_channels=7, out_channels=3, model_channels=16, channel_mult=(1,), num_groups=4)
+    with pytest.raises(ValueError, match=r"take the 3 latent channels, it has in_channels=7 .*'concat' or 'hybrid'"):
+        LatentDiffusion(fs, unet7, GaussianDiffusion("linear", 20), 8)
+    unet3 = UNetModel(in_channels=3, out_channels=3, model_channels=16, channel_mult=(1,), num_groups=4)
+    with pytest.raises(ValueError, match=r"count the 3 latent channels \+ the condition channels"):
+        LatentDiffusion(fs, unet3, GaussianDiffusion("linear", 20), 8, conditioning_key="concat")
+    with pytest.raises(ValueError, match="out_channels=7"):
+        LatentDiffusion(fs, UNetModel(in_channels=7, out_channels=7, model_channels=16, channel_mult=(1,),
+                                      num_groups=4), GaussianDiffusion("linear", 20), 8, conditioning_key="concat")
+    with pytest.raises(ValueError, match="unknown conditioning_key 'adm'"):
+        LatentDiffusion(fs, unet3, GaussianDiffusion("linear", 20), 8, conditioning_key="adm")
+    ldm = LatentDiffusion(fs, unet3, GaussianDiffusion("linear", 20), 8)
+    assert ldm.conditioning_key == "crossattn" and ldm.concat_channels == 0
+    with pytest.raises(ValueError, match="c_concat needs a model with conditioning_key='concat' or 'hybrid'"):
+        ldm.loss(torch.randn(2, 3, 8, 8), c_concat=torch.randn(2, 1, 8, 8))

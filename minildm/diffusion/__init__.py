@@ -1,13 +1,14 @@
 """Diffusion in the latent space (paper Sec. 3.2): the Gaussian process, its samplers, guidance, the LDM.
 
 * :mod:`minildm.diffusion.process`: schedules, q(x_t | x_0), the ε / x_0 / v losses (notebook 03)
-* :mod:`minildm.diffusion.samplers`: DDPM and DDIM behind one interface (notebook 03)
+* :mod:`minildm.diffusion.samplers`: DDPM and DDIM behind one interface and a registry (notebook 03)
 * :mod:`minildm.diffusion.guidance`: classifier-free guidance (notebooks 04, 05)
 * :mod:`minildm.diffusion.ldm`: ``LatentDiffusion``, first stage + UNet + process (notebooks 03–05)
 """
 from .guidance import guided_model
 from .ldm import LatentDiffusion
 from .process import GaussianDiffusion, make_beta_schedule
-from .samplers import DDIMSampler
+from .samplers import SAMPLERS, DDIMSampler, DDPMSampler, Sampler, get_sampler, register_sampler
 
-__all__ = ["DDIMSampler", "GaussianDiffusion", "LatentDiffusion", "guided_model", "make_beta_schedule"]
+__all__ = ["SAMPLERS", "DDIMSampler", "DDPMSampler", "GaussianDiffusion", "LatentDiffusion", "Sampler", "get_sampler",
+           "guided_model", "make_beta_schedule", "register_sampler"]

@@ -21,9 +21,11 @@ def guided_model(model: ModelFn, guidance_scale: float = 1.0, uncond: Tensor | N
                  uncond_mask: Tensor | None = None) -> ModelFn:
     """Classifier-free guidance (Ho & Salimans 2022): ε̃ = ε(x, ∅) + s · (ε(x, c) − ε(x, ∅)).
 
-    Returns ``fn(x, t, context=None, context_mask=None, **kw)``. With s ≠ 1 and a ``context``,
-    the conditional and unconditional halves run as *one* batched forward on [x, x] with
-    [context, uncond] (and [context_mask, uncond_mask]); the conditional half comes first.
+    Returns ``fn(x, t, context=None, context_mask=None, c_concat=None, **kw)``. With s ≠ 1 and a
+    ``context``, the conditional and unconditional halves run as *one* batched forward on [x, x] with
+    [context, uncond] (and [context_mask, uncond_mask]); the conditional half comes first. A spatial
+    condition ``c_concat`` (B, C_c, h, w) goes unchanged to both halves, [c_concat, c_concat]: only the
+    cross-attention condition y is replaced by ∅ (as in CompVis' "hybrid" models).
     ``uncond`` (1 or B, L, d) is the null condition ∅, ``uncond_mask`` its valid tokens.
     s = 1 (or no context) is the plain conditional model; s = 0 the unconditional one.
     """
@@ -31,11 +33,15 @@ def guided_model(model: ModelFn, guidance_scale: float = 1.0, uncond: Tensor | N
         raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
 
     def fn(x: Tensor, t: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
-           **kwargs: Any) -> Tensor:
+           c_concat: Tensor | None = None, **kwargs: Any) -> Tensor:
         if context_mask is not None:
             kwargs["context_mask"] = context_mask
         if context is None or guidance_scale == 1.0:
+            if c_concat is not None:
+                kwargs["c_concat"] = c_concat
             return model(x, t, context=context, **kwargs) if context is not None else model(x, t, **kwargs)
+        if c_concat is not None:  # the spatial condition is the same for both halves, only y becomes ∅
+            kwargs["c_concat"] = torch.cat([c_concat, c_concat])
         if uncond is None:
             raise ValueError("guidance_scale != 1 needs the unconditional context (uncond)")
         null = uncond.expand_as(context) if uncond.shape != context.shape else uncond

@@ -13,7 +13,7 @@ images.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -21,9 +21,13 @@ from torch import Tensor, nn
 
 from .guidance import guided_model
 from .process import GaussianDiffusion
-from .samplers.ddim import DDIMSampler
+from .samplers.base import Callback, get_sampler
 
-__all__ = ["LatentDiffusion"]
+__all__ = ["CONDITIONING_KEYS", "LatentDiffusion"]
+
+#: How the UNet sees a condition (CompVis ``conditioning_key``): cross-attention to the tokens
+#: τ_θ(y) (``context``), a spatial condition concatenated to the latent's channels (``c_concat``), or both.
+CONDITIONING_KEYS = ("crossattn", "concat", "hybrid")
 
 
 class LatentDiffusion(nn.Module):
@@ -32,19 +36,24 @@ class LatentDiffusion(nn.Module):
     Args:
         first_stage: :class:`~minildm.AutoencoderKL`, :class:`~minildm.VQModel` or
             :class:`~minildm.models.autoencoder.IdentityFirstStage` (pixel space); frozen and in eval mode.
-        unet: :class:`~minildm.UNetModel` with ``in_channels = out_channels =`` the latent channels.
+        unet: :class:`~minildm.UNetModel` with ``out_channels`` = the latent channels c and
+            ``in_channels`` = c (``"crossattn"``) or c + the channels of ``c_concat`` (``"concat"``, ``"hybrid"``).
         diffusion: the :class:`~minildm.diffusion.process.GaussianDiffusion` process.
         image_size: H = W of the images; the latent is (c, H/f, W/f).
         scale_factor: s (see the module docstring); 1.0 until :meth:`compute_scale_factor`.
 
-            cond_stage_model: the conditioner τ_θ (:mod:`minildm.conditioning.base`), trained with the UNet;
+        cond_stage_model: the conditioner τ_θ (:mod:`minildm.conditioning.base`), trained with the UNet;
             None for an unconditional model.
+        conditioning_key: ``"crossattn"`` (the default: τ_θ(y) through cross-attention, or nothing),
+            ``"concat"`` (a spatial condition ``c_concat`` (B, C_c, h, w), e.g. a masked image's latent,
+            concatenated to z_t's channels, paper Sec. 3.3 / 4.5) or ``"hybrid"`` (both).
 
-    Shapes: images (B, 3, H, W) in [-1, 1]; latents (B, c, H/f, W/f).
+    Shapes: images (B, 3, H, W) in [-1, 1]; latents (B, c, H/f, W/f); c_concat (B, C_c, H/f, W/f).
     """
 
     def __init__(self, first_stage: nn.Module, unet: nn.Module, diffusion: GaussianDiffusion, image_size: int,
-                 scale_factor: float = 1.0, cond_stage_model: nn.Module | None = None) -> None:
+                 scale_factor: float = 1.0, cond_stage_model: nn.Module | None = None,
+                 conditioning_key: str = "crossattn") -> None:
         super().__init__()
         self.first_stage_model = first_stage.eval()
         for p in self.first_stage_model.parameters():
@@ -57,10 +66,22 @@ class LatentDiffusion(nn.Module):
             raise ValueError(f"image_size {image_size} is not divisible by the first stage's f = {f}")
         c = int(getattr(first_stage.config, "embed_dim", None) or getattr(first_stage.config, "in_channels", 3))
         self.latent_shape = (c, self.image_size // f, self.image_size // f)
+        if conditioning_key not in CONDITIONING_KEYS:
+            raise ValueError(f"unknown conditioning_key {conditioning_key!r}: "
+                             f"choose one of {', '.join(CONDITIONING_KEYS)}")
+        self.conditioning_key = conditioning_key
         unet_c = unet.config
-        if unet_c.in_channels != c or unet_c.out_channels != c:
-            raise ValueError(f"the UNet must take and return {c} latent channels, it has "
-                             f"in_channels={unet_c.in_channels}, out_channels={unet_c.out_channels}")
+        if unet_c.out_channels != c:
+            raise ValueError(f"the UNet must return the {c} latent channels, it has out_channels={unet_c.out_channels}")
+        if conditioning_key == "crossattn" and unet_c.in_channels != c:
+            raise ValueError(f"the UNet must take the {c} latent channels, it has in_channels={unet_c.in_channels} "
+                             "(a spatial condition c_concat needs conditioning_key='concat' or 'hybrid')")
+        if conditioning_key != "crossattn" and unet_c.in_channels <= c:
+            raise ValueError(f"with conditioning_key={conditioning_key!r} the UNet's in_channels count the {c} latent "
+                             f"channels + the condition channels of c_concat, so must exceed {c}: got "
+                             f"in_channels={unet_c.in_channels}")
+        #: C_c, the channels of the spatial condition c_concat (0 without one)
+        self.concat_channels = unet_c.in_channels - c
         self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
         self.cond_stage_model = cond_stage_model
         if cond_stage_model is not None:
@@ -116,64 +137,106 @@ class LatentDiffusion(nn.Module):
         if z.ndim != 4 or tuple(z.shape[1:2]) != self.latent_shape[:1]:
             raise ValueError(f"latents must have shape (B, {self.latent_shape[0]}, h, w), got {tuple(z.shape)}")
 
+    def _check_concat(self, c_concat: Tensor | None, n: int) -> None:
+        """ValueError unless ``c_concat`` is (n, C_c, h, w) for a "concat"/"hybrid" model and None otherwise."""
+        if self.conditioning_key == "crossattn":
+            if c_concat is not None:
+                raise ValueError("c_concat needs a model with conditioning_key='concat' or 'hybrid', "
+                                 "this one has 'crossattn'")
+            return
+        c, h, w = self.latent_shape
+        expected = (n, self.concat_channels, h, w)
+        if c_concat is None:
+            raise ValueError(f"this model (conditioning_key={self.conditioning_key!r}) needs c_concat "
+                             f"of shape {expected}")
+        if not isinstance(c_concat, Tensor) or c_concat.ndim != 4 or tuple(c_concat.shape[2:]) != (h, w) \
+                or c_concat.shape[0] != n:
+            raise ValueError(f"c_concat must have shape {expected}, got "
+                             f"{tuple(c_concat.shape) if isinstance(c_concat, Tensor) else type(c_concat).__name__}")
+        if c_concat.shape[1] != self.concat_channels:
+            raise ValueError(f"the UNet expects {c + self.concat_channels} input channels = {c} latent channels + "
+                             f"{self.concat_channels} condition channels, got c_concat with {c_concat.shape[1]} "
+                             f"channels ({c} + {c_concat.shape[1]} = {c + c_concat.shape[1]})")
+
+    def apply_model(self, z_t: Tensor, t: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
+                    c_concat: Tensor | None = None) -> Tensor:
+        """One call of ε_θ (CompVis name): ε̂ = ε_θ([z_t, c_concat], t, τ_θ(y)), (B, c, h, w) -> (B, c, h, w).
+
+        ``context`` (B, L, d) and ``context_mask`` (B, L) feed the cross-attention, ``c_concat``
+        (B, C_c, h, w) is stacked onto z_t's channels ("concat" and "hybrid" models)."""
+        self._check_latent(z_t)
+        self._check_concat(c_concat, z_t.shape[0])
+        kwargs: dict[str, Tensor] = {}
+        if context_mask is not None:
+            kwargs["context_mask"] = context_mask
+        if c_concat is not None:
+            kwargs["c_concat"] = c_concat
+        return self.model(z_t, t, context=context, **kwargs)
+
     # -- training ----------------------------------------------------------------------------
     def loss(self, z: Tensor, context: Tensor | None = None, generator: torch.Generator | None = None,
-             **kwargs: Any) -> Tensor:
+             c_concat: Tensor | None = None, **kwargs: Any) -> Tensor:
         """Mean simple loss (paper Eq. 2) on a batch of *scaled latents* z (B, c, h, w); a
-        conditional model takes ``context`` = τ_θ(y) (and ``context_mask``) as well."""
+        conditional model takes ``context`` = τ_θ(y) (and ``context_mask``) as well, a "concat" or
+        "hybrid" one the spatial condition ``c_concat`` (B, C_c, h, w)."""
         self._check_latent(z)
         if tuple(z.shape[1:]) != self.latent_shape:
             raise ValueError(f"latents must have shape (B, {', '.join(map(str, self.latent_shape))}), "
                              f"got {tuple(z.shape)}")
         if context is not None:
             kwargs["context"] = context
-        return self.diffusion.training_losses(self.model, z, generator=generator, **kwargs).mean()
+        if c_concat is not None:
+            kwargs["c_concat"] = c_concat
+        return self.diffusion.training_losses(self.apply_model, z, generator=generator, **kwargs).mean()
 
     # -- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
                generator: torch.Generator | None = None, context: Tensor | None = None,
                guidance_scale: float = 1.0, uncond: Tensor | None = None, decode: bool = True,
-               progress: bool = False, callback: Callable[[int, Tensor, Tensor], None] | None = None,
-               x_T: Tensor | None = None, cond: Any = None) -> Tensor:
+               progress: bool = False, callback: Callback | None = None,
+               x_T: Tensor | None = None, cond: Any = None, mask: Tensor | None = None, x0: Tensor | None = None,
+               c_concat: Tensor | None = None) -> Tensor:
         """``n`` samples: images (n, 3, H, W) with ``decode``, else scaled latents (n, c, h, w).
 
-        ``sampler`` is ``"ddim"`` (``steps``, ``eta``) or ``"ddpm"`` (all T steps). A conditional
+        ``sampler`` names a registered sampler (:func:`~minildm.diffusion.samplers.get_sampler`):
+        ``"ddim"`` (``steps``, ``eta``) or ``"ddpm"`` (all T steps). A conditional
         model takes ``cond`` (n conditions y: labels, layouts, ...; τ_θ encodes them and ∅ is its
         null condition) and samples with classifier-free guidance of scale ``guidance_scale``
         (1: the conditional model alone, 0: the unconditional one). A raw ``context`` (n, L, d)
-        with its null ``uncond`` works too.
+        with its null ``uncond`` works too. A "concat" / "hybrid" model takes its spatial condition
+        ``c_concat`` (n, C_c, h, w), the same for both halves of the guidance. ``mask`` (1 = keep,
+        broadcastable to (n, c, h, w)) and ``x0`` (scaled latents) inpaint in latent space.
         """
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
-        if sampler not in ("ddim", "ddpm"):
-            raise ValueError(f"unknown sampler {sampler!r}: choose 'ddim' or 'ddpm'")
+        chosen = get_sampler(sampler, self.diffusion)
+        settings = {"steps": steps, "eta": eta}
+        options = {k: settings[k] for k in chosen.options}
+        self._check_concat(c_concat, n)
         device = self.scale_factor.device
         was_training = self.model.training
         self.model.eval()
         kwargs: dict[str, Any] = {"context": context} if context is not None else {}
+        if c_concat is not None:
+            kwargs["c_concat"] = c_concat.to(device)
         uncond_mask = None
         if cond is not None:
             if context is not None:
                 raise ValueError("pass either cond or context, not both")
-            kwargs["context"], mask = self.get_learned_conditioning(cond)
+            kwargs["context"], context_mask = self.get_learned_conditioning(cond)
             if kwargs["context"].shape[0] != n:
                 raise ValueError(f"cond holds {kwargs['context'].shape[0]} conditions for n={n} samples")
-            if mask is not None:
-                kwargs["context_mask"] = mask
+            if context_mask is not None:
+                kwargs["context_mask"] = context_mask
             uncond, uncond_mask = self.cond_stage_model.null(1)
         elif self.conditional and context is None:
             raise ValueError("this model is conditional: pass cond (one condition per sample)")
-        model_fn = guided_model(self.model, guidance_scale, uncond, uncond_mask)
+        model_fn = guided_model(self.apply_model, guidance_scale, uncond, uncond_mask)
         shape = (n, *self.latent_shape)
         try:
-            if sampler == "ddpm":
-                z = self.diffusion.ddpm_sample(model_fn, shape, generator=generator, device=device, x_T=x_T,
-                                               progress=progress, callback=callback, **kwargs)
-            else:
-                z = DDIMSampler(self.diffusion).sample(model_fn, shape, steps, eta, generator=generator,
-                                                       device=device, x_T=x_T, progress=progress,
-                                                       callback=callback, **kwargs)
+            z = chosen.sample(model_fn, shape, generator=generator, device=device, x_T=x_T, mask=mask, x0=x0,
+                              progress=progress, callback=callback, **options, **kwargs)
         finally:
             self.model.train(was_training)
         return self.decode_first_stage(z) if decode else z

@@ -1,4 +1,4 @@
-"""Gaussian diffusion (Ho et al. 2020; paper Sec. 3.2): schedules, the forward process, losses, samplers.
+"""Gaussian diffusion (Ho et al. 2020; paper Sec. 3.2): schedules, the forward process, losses.
 
 The forward process adds noise in T steps with variances β_1 … β_T:
 
@@ -11,17 +11,18 @@ ratio is SNR(t) = ᾱ_t / (1 − ᾱ_t).
 
 Timesteps are 0-based here, t ∈ {0, …, T − 1}, as in the CompVis code (t = 0 is the first noising step).
 
-Samplers (both seeded, deterministic given a generator, with classifier-free guidance):
+The samplers of the reverse process live in :mod:`minildm.diffusion.samplers` (both seeded,
+deterministic given a generator, with classifier-free guidance):
 
-* :meth:`GaussianDiffusion.ddpm_sample`: ancestral sampling through all T steps with the posterior
-  q(x_{t−1} | x_t, x̂_0) (variance β̃_t, "fixed small");
-* :class:`DDIMSampler`: Song et al. 2021, on S ≤ T evenly spaced timesteps; η = 0 is deterministic,
-  η = 1 matches DDPM's variance.
+* :class:`~minildm.diffusion.samplers.ddpm.DDPMSampler`: ancestral sampling through all T steps with
+  the posterior q(x_{t−1} | x_t, x̂_0) (variance β̃_t, "fixed small", :meth:`GaussianDiffusion.p_mean_variance`);
+* :class:`~minildm.diffusion.samplers.ddim.DDIMSampler`: Song et al. 2021, on S ≤ T evenly spaced
+  timesteps; η = 0 is deterministic, η = 1 matches DDPM's variance.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,48 +234,15 @@ class GaussianDiffusion:
             loss = loss * target_w.clamp(max=float(snr_gamma)) / w
         return loss
 
-    # -- DDPM sampling ---------------------------------------------------------------------
+    # -- the reverse process' posterior (used by DDPM sampling) ------------------------------
     def p_mean_variance(self, model: ModelFn, x_t: Tensor, t: Tensor, clip_denoised: bool = False,
                         **model_kwargs: Any) -> tuple[Tensor, Tensor, Tensor]:
-        """(mean, log-variance, x̂_0) of p(x_{t−1} | x_t) = q(x_{t−1} | x_t, x̂_0)."""
+        """(mean, log-variance, x̂_0) of p(x_{t−1} | x_t) = q(x_{t−1} | x_t, x̂_0), each (B, …) like x_t
+        (the log-variance (B, 1, …) broadcasts)."""
         out = model(x_t, t, **model_kwargs)
         x0 = self.predict_x0(x_t, t, out)
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
+        # μ̃_t = √ᾱ_{t−1} β_t / (1 − ᾱ_t) · x̂_0 + √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · x_t;  log β̃_t
         mean = _extract(self.posterior_mean_coef1, t, x_t) * x0 + _extract(self.posterior_mean_coef2, t, x_t) * x_t
         return mean, _extract(self.posterior_log_variance_clipped, t, x_t), x0
-
-    @torch.no_grad()
-    def ddpm_sample(self, model: ModelFn, shape: Sequence[int], *, generator: torch.Generator | None = None,
-                    device: str | torch.device = "cpu", x_T: Tensor | None = None, clip_denoised: bool = False,
-                    progress: bool = False, callback: Callable[[int, Tensor, Tensor], None] | None = None,
-                    **model_kwargs: Any) -> Tensor:
-        """Ancestral sampling x_T ~ N(0, I) -> x_0 through all T steps (Ho et al. 2020, Alg. 2).
-
-        ``callback(t, x_t, x̂_0)`` sees every step (e.g. to record the trajectory). Noise is drawn from
-        ``generator`` (on its own device), so a seeded generator gives the same samples on any device.
-        """
-        shape = tuple(int(s) for s in shape)
-        x = initial_noise(shape, generator, device) if x_T is None else x_T.to(device)
-        for i in timestep_iter(reversed(range(self.num_timesteps)), self.num_timesteps, progress, "DDPM"):
-            t = torch.full((shape[0],), i, device=device, dtype=torch.long)
-            mean, log_var, x0 = self.p_mean_variance(model, x, t, clip_denoised, **model_kwargs)
-            x = mean + (0.5 * log_var).exp() * initial_noise(shape, generator, device) if i > 0 else mean
-            if callback is not None:
-                callback(i, x, x0)
-        return x
-
-
-
-
-def initial_noise(shape: tuple[int, ...], generator: torch.Generator | None, device: str | torch.device) -> Tensor:
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device).to(device)
-
-
-def timestep_iter(it: Iterator[int] | Sequence[int], total: int, progress: bool, desc: str):
-    if not progress:
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, total=total, desc=desc, leave=False)

@@ -46,7 +46,7 @@ from torch import nn
 
 from ..models.nn.layers import attention_heads
 from ..models.unet import UNetConfig, UNetModel
-from .vae import _get, _import_diffusers, load_state_dict_exact
+from .common import config_value, import_diffusers, load_state_dict_exact
 
 if TYPE_CHECKING:  # pragma: no cover
     import diffusers
@@ -201,32 +201,33 @@ def unet_config_from_diffusers(cfg: Any) -> UNetConfig:
     Raises ValueError naming every setting minildm's UNet does not implement (class or
     addition embeddings, dual or cross-only attention, per-block layer counts, ...).
     """
-    problems = [f"{k}={_get(cfg, k, v)!r} (minildm: {v!r})" for k, v in _REQUIRED.items() if _get(cfg, k, v) != v]
-    chans = [int(c) for c in _get(cfg, "block_out_channels", ())]
+    problems = [f"{k}={config_value(cfg, k, v)!r} (minildm: {v!r})" for k, v in _REQUIRED.items()
+                if config_value(cfg, k, v) != v]
+    chans = [int(c) for c in config_value(cfg, "block_out_channels", ())]
     if not chans:
         raise ValueError("config has no block_out_channels")
     L, ch = len(chans), chans[0]
     if any(c % ch for c in chans):
         problems.append(f"block_out_channels={chans} are not multiples of the first")
-    down = list(_get(cfg, "down_block_types", ()))
-    up = list(_get(cfg, "up_block_types", ()))
+    down = list(config_value(cfg, "down_block_types", ()))
+    up = list(config_value(cfg, "up_block_types", ()))
     attn = [t == "CrossAttnDownBlock2D" for t in down]
     if len(down) != L or any(t not in ("CrossAttnDownBlock2D", "DownBlock2D") for t in down):
         problems.append(f"down_block_types={down}")
     if up != ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in attn[::-1]]:
         problems.append(f"up_block_types={up} do not mirror down_block_types={down}")
-    layers = _get(cfg, "layers_per_block", 2)
-    depth = _get(cfg, "transformer_layers_per_block", 1)
-    context_dim = _get(cfg, "cross_attention_dim", None)
+    layers = config_value(cfg, "layers_per_block", 2)
+    depth = config_value(cfg, "transformer_layers_per_block", 1)
+    context_dim = config_value(cfg, "cross_attention_dim", None)
     for name, value in (("layers_per_block", layers), ("transformer_layers_per_block", depth),
                         ("cross_attention_dim", context_dim)):
         if not isinstance(value, int):
             problems.append(f"{name}={value!r} (minildm: one int for all blocks)")
-    if _get(cfg, "num_attention_heads", None) is not None:
+    if config_value(cfg, "num_attention_heads", None) is not None:
         problems.append("num_attention_heads is set (diffusers reads attention_head_dim as the head count)")
-    heads = _get(cfg, "attention_head_dim", 8)
+    heads = config_value(cfg, "attention_head_dim", 8)
     heads = [int(heads)] * L if isinstance(heads, int) else [int(h) for h in heads]
-    shift = _get(cfg, "resnet_time_scale_shift", "default")
+    shift = config_value(cfg, "resnet_time_scale_shift", "default")
     if shift not in ("default", "scale_shift"):
         problems.append(f"resnet_time_scale_shift={shift!r}")
     if problems:
@@ -240,13 +241,14 @@ def unet_config_from_diffusers(cfg: Any) -> UNetConfig:
             raise ValueError(f"attention_head_dim={heads}: minildm needs one head count or one head width for all "
                              "attention blocks")
         num_heads, head_channels = 1, dims.pop()
-    return UNetConfig(in_channels=int(_get(cfg, "in_channels", 4)), out_channels=int(_get(cfg, "out_channels", 4)),
+    return UNetConfig(in_channels=int(config_value(cfg, "in_channels", 4)),
+                      out_channels=int(config_value(cfg, "out_channels", 4)),
                       model_channels=ch, num_res_blocks=int(layers),
                       attention_resolutions=tuple(2 ** i for i in range(L) if attn[i]),
                       channel_mult=tuple(c // ch for c in chans), num_heads=num_heads,
-                      num_head_channels=head_channels, dropout=float(_get(cfg, "dropout", 0.0)),
+                      num_head_channels=head_channels, dropout=float(config_value(cfg, "dropout", 0.0)),
                       use_scale_shift_norm=shift == "scale_shift", context_dim=int(context_dim),
-                      transformer_depth=int(depth), num_groups=int(_get(cfg, "norm_num_groups", 32)))
+                      transformer_depth=int(depth), num_groups=int(config_value(cfg, "norm_num_groups", 32)))
 
 
 def _check_groups(model: nn.Module, num_groups: int) -> None:
@@ -262,7 +264,7 @@ def unet_from_diffusers(unet: "diffusers.UNet2DConditionModel") -> UNetModel:
     Same outputs ``model(x, t, context, context_mask)`` as ``unet(x, t, encoder_hidden_states=context,
     encoder_attention_mask=context_mask).sample`` up to float rounding; same device, dtype and mode.
     """
-    diffusers = _import_diffusers()
+    diffusers = import_diffusers()
     if not isinstance(unet, diffusers.UNet2DConditionModel):
         raise TypeError(f"expected a diffusers.UNet2DConditionModel, got {type(unet).__name__}")
     config = unet_config_from_diffusers(unet.config)
@@ -277,7 +279,7 @@ def unet_from_diffusers(unet: "diffusers.UNet2DConditionModel") -> UNetModel:
 def unet_to_diffusers(model: UNetModel, sample_size: int | None = None) -> "diffusers.UNet2DConditionModel":
     """diffusers ``UNet2DConditionModel`` with the weights of a minildm :class:`UNetModel` (with
     cross-attention); same device, dtype and mode. ValueError where diffusers cannot express it."""
-    diffusers = _import_diffusers()
+    diffusers = import_diffusers()
     if not isinstance(model, UNetModel):
         raise TypeError(f"expected a minildm UNetModel, got {type(model).__name__}")
     kwargs = diffusers_unet_config(model.config, sample_size)

@@ -39,11 +39,11 @@ import re
 from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
-from torch import nn
 
 from ..models.autoencoder import AutoencoderKL
 from ..models.encoder_decoder import AutoencoderConfig
 from ..models.nn import group_count
+from .common import config_value, import_diffusers, load_state_dict_exact
 
 if TYPE_CHECKING:  # pragma: no cover
     import diffusers
@@ -244,30 +244,6 @@ def first_stage_state_dict(state_dict: Mapping[str, torch.Tensor],
     return {k: v for k, v in state_dict.items() if not k.startswith("loss.")}
 
 
-def load_state_dict_exact(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """``module.load_state_dict(state_dict)`` that raises ValueError listing missing keys,
-    unexpected keys and shape mismatches (all of them, not just the first)."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    mismatched = sorted(f"{k}: expected {tuple(own[k].shape)}, got {tuple(state_dict[k].shape)}"
-                        for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
-    if missing or unexpected or mismatched:
-        parts = []
-        for what, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                            ("shape mismatches", mismatched)):
-            if items:
-                parts.append(f"{what} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
-        raise ValueError(f"state dict does not fit {type(module).__name__}: " + "; ".join(parts))
-    module.load_state_dict(dict(state_dict), strict=True)
-
-
-def _get(cfg: Any, name: str, default: Any) -> Any:
-    if isinstance(cfg, Mapping):
-        return cfg.get(name, default)
-    return getattr(cfg, name, default)
-
-
 def config_from_diffusers(cfg: Any, resolution: int | None = None) -> AutoencoderConfig:
     """minildm :class:`AutoencoderConfig` from a diffusers ``AutoencoderKL`` config.
 
@@ -281,21 +257,21 @@ def config_from_diffusers(cfg: Any, resolution: int | None = None) -> Autoencode
         ValueError: for diffusers options this design cannot express (other activations or
             block types, missing quant convs, channel counts that are not multiples of the first).
     """
-    boc = tuple(int(c) for c in _get(cfg, "block_out_channels", (64,)))
+    boc = tuple(int(c) for c in config_value(cfg, "block_out_channels", (64,)))
     L = len(boc)
     ch = boc[0]
     if any(c % ch for c in boc):
         raise ValueError(f"block_out_channels {boc} must all be multiples of the first entry ({ch}) "
                          f"to be written as ch * ch_mult")
     ch_mult = tuple(c // ch for c in boc)
-    act = _get(cfg, "act_fn", "silu")
+    act = config_value(cfg, "act_fn", "silu")
     if act != "silu":
         raise ValueError(f"act_fn {act!r} is not supported; the CompVis design uses 'silu'")
     for flag in ("use_quant_conv", "use_post_quant_conv"):
-        if not _get(cfg, flag, True):
+        if not config_value(cfg, flag, True):
             raise ValueError(f"{flag}=False is not supported; minildm's AutoencoderKL always has it")
-    down_types = tuple(_get(cfg, "down_block_types", ("DownEncoderBlock2D",)))
-    up_types = tuple(_get(cfg, "up_block_types", ("UpDecoderBlock2D",)))
+    down_types = tuple(config_value(cfg, "down_block_types", ("DownEncoderBlock2D",)))
+    up_types = tuple(config_value(cfg, "up_block_types", ("UpDecoderBlock2D",)))
     if len(down_types) != L or len(up_types) != L:
         raise ValueError(f"expected {L} down and up block types (one per block_out_channels entry), "
                          f"got {len(down_types)} and {len(up_types)}")
@@ -313,7 +289,7 @@ def config_from_diffusers(cfg: Any, resolution: int | None = None) -> Autoencode
         raise ValueError(f"encoder attention levels {enc_attn} differ from decoder attention levels {dec_attn}; "
                          f"minildm uses the same attn_resolutions for both")
     if resolution is None:
-        size = _get(cfg, "sample_size", 256)
+        size = config_value(cfg, "sample_size", 256)
         if isinstance(size, (list, tuple)):
             if len(set(size)) != 1:
                 raise ValueError(f"non-square sample_size {tuple(size)}: pass resolution=... explicitly")
@@ -324,19 +300,19 @@ def config_from_diffusers(cfg: Any, resolution: int | None = None) -> Autoencode
         raise ValueError(f"resolution/sample_size {resolution} is not divisible by f = {f}; "
                          f"pass resolution=<a multiple of {f}>")
     attn_resolutions = tuple(resolution // 2**i for i in range(L) if enc_attn[i])
-    latent = int(_get(cfg, "latent_channels", 4))
+    latent = int(config_value(cfg, "latent_channels", 4))
     return AutoencoderConfig(
         resolution=resolution,
-        in_channels=int(_get(cfg, "in_channels", 3)),
-        out_ch=int(_get(cfg, "out_channels", 3)),
+        in_channels=int(config_value(cfg, "in_channels", 3)),
+        out_ch=int(config_value(cfg, "out_channels", 3)),
         ch=ch,
         ch_mult=ch_mult,
-        num_res_blocks=int(_get(cfg, "layers_per_block", 1)),
+        num_res_blocks=int(config_value(cfg, "layers_per_block", 1)),
         attn_resolutions=attn_resolutions,
         z_channels=latent,
         embed_dim=latent,
-        mid_attn=bool(_get(cfg, "mid_block_add_attention", True)),
-        norm_num_groups=int(_get(cfg, "norm_num_groups", 32)),
+        mid_attn=bool(config_value(cfg, "mid_block_add_attention", True)),
+        norm_num_groups=int(config_value(cfg, "norm_num_groups", 32)),
     )
 
 
@@ -380,15 +356,6 @@ def diffusers_config_from_config(config: AutoencoderConfig) -> dict[str, Any]:
     )
 
 
-def _import_diffusers() -> Any:
-    try:
-        import diffusers
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("diffusers is needed for this conversion: pip install diffusers "
-                          "(or install minildm with the [dev] extra)") from err
-    return diffusers
-
-
 def autoencoder_from_diffusers(vae: "diffusers.AutoencoderKL", resolution: int | None = None) -> AutoencoderKL:
     """minildm :class:`AutoencoderKL` with the weights of a diffusers ``AutoencoderKL``.
 
@@ -397,7 +364,7 @@ def autoencoder_from_diffusers(vae: "diffusers.AutoencoderKL", resolution: int |
     Note diffusers' ``vae.config.scaling_factor`` (0.18215 for SD 1.x) belongs to the
     latent diffusion model, not to the autoencoder.
     """
-    diffusers = _import_diffusers()
+    diffusers = import_diffusers()
     if not isinstance(vae, diffusers.AutoencoderKL):
         raise TypeError(f"expected a diffusers.AutoencoderKL, got {type(vae).__name__}")
     config = config_from_diffusers(vae.config, resolution=resolution)
@@ -414,7 +381,7 @@ def autoencoder_to_diffusers(ae: AutoencoderKL) -> "diffusers.AutoencoderKL":
     Same device, dtype and train/eval mode as ``ae``. Raises ValueError for configs
     diffusers cannot express (see :func:`diffusers_config_from_config`).
     """
-    diffusers = _import_diffusers()
+    diffusers = import_diffusers()
     if not isinstance(ae, AutoencoderKL):
         raise TypeError(f"expected a minildm AutoencoderKL, got {type(ae).__name__}")
     vae = diffusers.AutoencoderKL(**diffusers_config_from_config(ae.config))

@@ -21,8 +21,10 @@ self-attention, cross-attention to the condition tokens τ_θ(y) and a GEGLU fee
 
 (paper Eq. 3). All attention runs through :func:`torch.nn.functional.scaled_dot_product_attention`.
 
-Shapes: ``UNetModel(x, t, context=None)`` with x (B, C_in, H, W), t (B,) integer or float
-timesteps, context (B, L, context_dim) -> (B, C_out, H, W). H and W must be divisible by
+Shapes: ``UNetModel(x, t, context=None, c_concat=None)`` with x (B, C_in, H, W), t (B,) integer or
+float timesteps, context (B, L, context_dim) -> (B, C_out, H, W). A spatial condition ``c_concat``
+(B, C_c, H, W) is concatenated to x's channels (paper Sec. 3.3, "concatenation"; CompVis
+``conditioning_key="concat"``), so that then C_in = C_x + C_c. H and W must be divisible by
 2 ** (len(channel_mult) - 1).
 """
 from __future__ import annotations
@@ -180,7 +182,11 @@ class AttentionBlock(nn.Module):
 
 @dataclass
 class UNetConfig:
-    """Hyperparameters of :class:`UNetModel` (names as in CompVis ``UNetModel``)."""
+    """Hyperparameters of :class:`UNetModel` (names as in CompVis ``UNetModel``).
+
+    ``in_channels`` counts every input channel: the latent's plus those of a concatenated spatial
+    condition ``c_concat`` (e.g. 4 + 3 = 7); ``out_channels`` are the latent's alone.
+    """
 
     in_channels: int = 4
     out_channels: int = 4
@@ -231,14 +237,15 @@ class UNetConfig:
 
 
 class UNetModel(nn.Module):
-    """ADM / CompVis UNet: ``model(x, t, context=None) -> prediction`` (ε, x₀ or v).
+    """ADM / CompVis UNet: ``model(x, t, context=None, c_concat=None) -> prediction`` (ε, x₀ or v).
 
     Args:
         config: a :class:`UNetConfig` (or pass its fields as keyword arguments).
 
     Shapes: x (B, in_channels, H, W) with H, W multiples of ``config.downsampling``;
     t (B,) timesteps (int or float; a scalar is broadcast); context (B, L, context_dim)
-    when ``context_dim`` is set, with an optional ``context_mask`` (B, L) of valid tokens.
+    when ``context_dim`` is set, with an optional ``context_mask`` (B, L) of valid tokens;
+    c_concat (B, C_c, H, W) stacked onto x's channels (then x has in_channels − C_c channels).
     Output (B, out_channels, H, W).
     """
 
@@ -307,6 +314,20 @@ class UNetModel(nn.Module):
         self.use_checkpoint = bool(enabled)
         return self
 
+    def concat_condition(self, x: torch.Tensor, c_concat: torch.Tensor) -> torch.Tensor:
+        """[x, c_concat] along the channels: (B, C_x, H, W), (B, C_c, H, W) -> (B, C_x + C_c, H, W);
+        ValueError unless C_x + C_c = ``in_channels`` and batch and grid agree."""
+        n = self.config.in_channels
+        if x.ndim != 4 or c_concat.ndim != 4:
+            raise ValueError(f"x and c_concat must be (B, C, H, W), got {tuple(x.shape)} and {tuple(c_concat.shape)}")
+        if x.shape[1] + c_concat.shape[1] != n:
+            raise ValueError(f"the UNet expects in_channels={n} input channels, got {x.shape[1]} channels of x "
+                             f"+ {c_concat.shape[1]} of c_concat = {x.shape[1] + c_concat.shape[1]}")
+        if c_concat.shape[0] != x.shape[0] or c_concat.shape[2:] != x.shape[2:]:
+            raise ValueError(f"c_concat must have shape ({x.shape[0]}, {c_concat.shape[1]}, "
+                             f"{x.shape[2]}, {x.shape[3]}) like x, got {tuple(c_concat.shape)}")
+        return torch.cat([x, c_concat.to(x.dtype)], dim=1)
+
     def _block(self, block: nn.Module, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None,
                context_mask: torch.Tensor | None) -> torch.Tensor:
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
@@ -314,8 +335,16 @@ class UNetModel(nn.Module):
         return block(h, emb, context, context_mask)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor | float | int,
-                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                c_concat: torch.Tensor | None = None) -> torch.Tensor:
+        """ε̂ (or x̂_0, v̂) = ε_θ([x, c_concat], t, context): (B, C_x, H, W) -> (B, out_channels, H, W).
+
+        ``c_concat`` (B, C_c, H, W) is a spatial condition stacked onto x's channels before the first
+        convolution (CompVis ``conditioning_key="concat"``); then ``in_channels`` = C_x + C_c.
+        """
         c = self.config
+        if c_concat is not None:
+            x = self.concat_condition(x, c_concat)
         if x.ndim != 4 or x.shape[1] != c.in_channels:
             raise ValueError(f"x must have shape (B, {c.in_channels}, H, W), got {tuple(x.shape)}")
         d = c.downsampling
