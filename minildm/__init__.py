@@ -29,18 +29,8 @@ from .data import collate, load_dataset
 from .diffusion import DDIMSampler, DDPMSampler, GaussianDiffusion, LatentDiffusion
 from .engine.device import get_device, seed_everything
 from .engine.ema import EMA
-from .models import (
-                     AutoencoderConfig,
-                     AutoencoderKL,
-                     Decoder,
-                     DiagonalGaussianDistribution,
-                     Encoder,
-                     IdentityFirstStage,
-                     UNetConfig,
-                     UNetModel,
-                     VectorQuantizer,
-                     VQModel,
-)
+from .models import (AutoencoderConfig, AutoencoderKL, Decoder, DiagonalGaussianDistribution, Encoder,
+                     IdentityFirstStage, UNetConfig, UNetModel, VectorQuantizer, VQModel)
 from .recipes.presets import get_preset
 
 __version__ = "0.1.0"

@@ -249,7 +249,8 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from .recipes.presets import get_preset
     from .recipes.store import load_or_train
-    from .recipes.text_to_image import evaluate_t2i, parse_t2i_name
+    from .recipes.text_to_image_eval import evaluate_t2i
+    from .recipes.text_to_image import parse_t2i_name
 
     preset = get_preset(args.preset)
     parse_t2i_name(args.model)
@@ -287,7 +288,8 @@ def _sample(args: argparse.Namespace) -> int:
     from .conditioning.text import check_prompts
     from .recipes.presets import get_preset
     from .recipes.store import load_or_train
-    from .recipes.text_to_image import generate, parse_t2i_name
+    from .recipes.text_to_image_eval import generate
+    from .recipes.text_to_image import parse_t2i_name
 
     preset = get_preset(args.preset)
     parse_t2i_name(args.model)

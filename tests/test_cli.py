@@ -93,7 +93,7 @@ def test_sample_sampler_option(sampler, label, tmp_path, capsys, monkeypatch):
     import torch
 
     import minildm.recipes.store as store
-    import minildm.recipes.text_to_image as t2i
+    import minildm.recipes.text_to_image_eval as t2i
 
     calls = {}
 

@@ -11,8 +11,8 @@ from minildm.cli import main
 from minildm.engine import trainer as train_module
 from minildm.recipes.presets import get_preset
 from minildm.recipes.store import build_artifact, load_artifact
-from minildm.recipes.text_to_image import (T2ISpec, curve, evaluate_t2i, generate, parse_t2i_name, scaling_study,
-                                           t2i_name)
+from minildm.recipes.text_to_image import T2ISpec, curve, parse_t2i_name, scaling_study, t2i_name
+from minildm.recipes.text_to_image_eval import evaluate_t2i, generate
 
 PRESET = get_preset("smoke")
 
@@ -114,7 +114,7 @@ def test_names_and_commands(root, capsys, tmp_path):
 
 def test_reference_scores_real_and_reconstructed(root):
     from minildm.models.autoencoder import IdentityConfig, IdentityFirstStage
-    from minildm.recipes.text_to_image import reference_scores
+    from minildm.recipes.text_to_image_eval import reference_scores
 
     art = load_artifact("t2i-scratch-M", PRESET, root=root)
     ref = art.metrics["reference"]

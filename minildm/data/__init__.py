@@ -29,25 +29,9 @@ from .fashion_mnist import FashionMNIST
 from .photos import PhotoCrops
 from .image_folder import ImageFolder
 from .registry import DATASETS, register_dataset
-from .shapes import (
-    BACKGROUND_NAMES,
-    COLOUR_NAMES,
-    COLOURS,
-    LABEL_KINDS,
-    POSITION_NAMES,
-    RELATIONS,
-    SHAPE_NAMES,
-    SHAPE_SYNONYMS,
-    SIZE_NAMES,
-    Background,
-    Scene,
-    ShapeObject,
-    ShapesDataset,
-    ShapesStream,
-    label_names,
-    relation,
-    render_scene,
-)
+from .shapes import (BACKGROUND_NAMES, COLOUR_NAMES, COLOURS, LABEL_KINDS, POSITION_NAMES, RELATIONS, SHAPE_NAMES,
+                     SHAPE_SYNONYMS, SIZE_NAMES, Background, Scene, ShapeObject, ShapesDataset, ShapesStream,
+                     label_names, relation, render_scene)
 
 #: registered datasets (:mod:`minildm.data.registry`)
 DATASET_NAMES = tuple(DATASETS)

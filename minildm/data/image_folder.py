@@ -40,12 +40,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .registry import register_dataset
-from .transforms import (
-    center_crop_box,
-    check_channels,
-    check_image_size,
-    uint8_to_tensor,
-)
+from .transforms import center_crop_box, check_channels, check_image_size, uint8_to_tensor
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CAPTION_FILES = ("captions.json", "captions.jsonl", "metadata.jsonl", "captions.csv", "captions.tsv")

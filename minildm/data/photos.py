@@ -36,13 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .registry import register_dataset
-from .transforms import (
-    check_channels,
-    check_image_size,
-    check_seed,
-    resize,
-    to_channels,
-)
+from .transforms import check_channels, check_image_size, check_seed, resize, to_channels
 
 VERSION = 1
 SPLITS = ("train", "val", "test")

@@ -57,20 +57,9 @@ import torch
 from torch import nn
 
 from .batches import BatchRandom, batch_len, move_to_device, slice_batch
-from .checkpoint import (
-    load_checkpoint,
-    load_module_state,
-    minildm_version,
-    save_checkpoint,
-)
+from .checkpoint import load_checkpoint, load_module_state, minildm_version, save_checkpoint
 from .device import autocast_dtype, get_device
-from .distributed import (
-    all_reduce_max,
-    all_reduce_mean,
-    barrier,
-    dist_info,
-    shard_bounds,
-)
+from .distributed import all_reduce_max, all_reduce_mean, barrier, dist_info, shard_bounds
 
 __all__ = ["Trainer", "Callback", "CHECKPOINT_NAME",]
 

@@ -9,23 +9,11 @@ Each has a state-dict level (plain tensors, no diffusers needed: e.g. the files 
 Diffusion download read with safetensors) and a model level (diffusers imported lazily).
 """
 from .common import load_state_dict_exact
-from .unet import (
-                   convert_unet_state_dict_from_diffusers,
-                   convert_unet_state_dict_to_diffusers,
-                   diffusers_unet_config,
-                   unet_config_from_diffusers,
-                   unet_from_diffusers,
-                   unet_to_diffusers,
-)
-from .vae import (
-                   autoencoder_from_diffusers,
-                   autoencoder_to_diffusers,
-                   config_from_diffusers,
-                   convert_vae_state_dict_from_diffusers,
-                   convert_vae_state_dict_to_diffusers,
-                   diffusers_config_from_config,
-                   first_stage_state_dict,
-)
+from .unet import (convert_unet_state_dict_from_diffusers, convert_unet_state_dict_to_diffusers,
+                   diffusers_unet_config, unet_config_from_diffusers, unet_from_diffusers, unet_to_diffusers)
+from .vae import (autoencoder_from_diffusers, autoencoder_to_diffusers, config_from_diffusers,
+                  convert_vae_state_dict_from_diffusers, convert_vae_state_dict_to_diffusers,
+                  diffusers_config_from_config, first_stage_state_dict)
 
 __all__ = [
     "autoencoder_from_diffusers", "autoencoder_to_diffusers", "config_from_diffusers",

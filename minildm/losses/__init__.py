@@ -5,12 +5,7 @@
 * :mod:`minildm.losses.perceptual`: ``LPIPSWithDiscriminator`` (KL) and ``VQLPIPSWithDiscriminator``:
   L1 + LPIPS + adaptive-weight adversarial term + KL or codebook loss
 """
-from .discriminator import (
-           NLayerDiscriminator,
-           adopt_weight,
-           hinge_d_loss,
-           vanilla_d_loss,
-)
+from .discriminator import NLayerDiscriminator, adopt_weight, hinge_d_loss, vanilla_d_loss
 from .lpips import LPIPS, LPIPS_NETS, get_lpips
 from .perceptual import LPIPSWithDiscriminator, VQLPIPSWithDiscriminator
 

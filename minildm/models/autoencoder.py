@@ -40,13 +40,7 @@ import torch
 from torch import nn
 
 from .distributions import DiagonalGaussianDistribution
-from .encoder_decoder import (
-    AutoencoderConfig,
-    Decoder,
-    Encoder,
-    check_image_input,
-    count_parameters,
-)
+from .encoder_decoder import AutoencoderConfig, Decoder, Encoder, check_image_input, count_parameters
 from .quantize import QuantizerInfo, VectorQuantizer
 
 __all__ = [

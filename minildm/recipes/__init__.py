@@ -13,24 +13,9 @@
 
 Importing this package imports every recipe module, which registers its artifacts.
 """
-from . import (
-           ablation,
-           autoencoder,
-           checker,
-           conditional,
-           feature_net,
-           first_stage,
-           ldm,
-           text_to_image,
-)
+from . import ablation, autoencoder, checker, conditional, feature_net, first_stage, ldm, text_to_image
 from .registry import ARTIFACTS, get_spec, list_artifacts, register
-from .store import (
-           Artifact,
-           build_artifact,
-           load_artifact,
-           load_or_train,
-           reevaluate_artifact,
-)
+from .store import Artifact, build_artifact, load_artifact, load_or_train, reevaluate_artifact
 
 __all__ = ["ARTIFACTS", "Artifact", "ablation", "autoencoder", "build_artifact", "checker", "conditional",
            "feature_net", "first_stage", "get_spec", "ldm", "list_artifacts", "load_artifact", "load_or_train",

@@ -10,12 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..eval.checker import (
-    CheckerConfig,
-    ContentChecker,
-    checker_targets,
-    evaluate_checker,
-)
+from ..eval.checker import CheckerConfig, ContentChecker, checker_targets, evaluate_checker
 from .registry import register
 from .supervised import SupervisedArtifact
 

@@ -58,10 +58,7 @@ class FirstStageSpec:
         return f"first stage of the conditional LDMs: KL autoencoder, f = {self.f}"
 
     def _autoencoder_spec(self, preset: Preset) -> Any:
-        from ..models.encoder_decoder import (
-            AutoencoderConfig,
-            check_downsampling_factor,
-        )
+        from ..models.encoder_decoder import AutoencoderConfig, check_downsampling_factor
         from .autoencoder import AutoencoderSpec
 
         check_downsampling_factor(self.f)

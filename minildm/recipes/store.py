@@ -38,12 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine.checkpoint import (
-    load_module_state,
-    load_weights,
-    minildm_version,
-    save_weights,
-)
+from ..engine.checkpoint import load_module_state, load_weights, minildm_version, save_weights
 from ..engine.device import get_device
 from .presets import Preset, get_preset
 from .registry import get_spec

@@ -81,55 +81,15 @@ photographs) and mapped to [-1, 1] with x = u / 127.5 - 1.
 from __future__ import annotations
 
 from .captions import article, caption_corpus, caption_scene, join_phrases
-from .dataset import (
-    DEFAULT_LENGTHS,
-    MAX_IMAGE_SIZE,
-    MIN_IMAGE_SIZE,
-    SPLITS,
-    ShapesDataset,
-    ShapesStream,
-    generate,
-    render_scene,
-    scene_label,
-)
+from .dataset import (DEFAULT_LENGTHS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, SPLITS, ShapesDataset, ShapesStream, generate,
+                      render_scene, scene_label)
 from .geometry import HALF_EXTENTS, shape_sdf
 from .render import draw_object, outline_width, render, render_background
-from .scene import (
-    MARGIN,
-    MAX_OVERLAP,
-    VERSION,
-    Background,
-    Scene,
-    ShapeObject,
-    box_overlap,
-    item_rng,
-    make_object,
-    parse_holdout,
-    relation,
-    sample_background,
-    sample_scene,
-    scene_has,
-    size_word,
-    split_code,
-)
-from .vocabulary import (
-    BACKGROUND_NAMES,
-    BACKGROUND_WORDS,
-    COLOUR_NAMES,
-    COLOURS,
-    COUNT_WORDS,
-    LABEL_KINDS,
-    PLURALS,
-    POSITION_NAMES,
-    POSITION_PHRASES,
-    RELATION_PHRASES,
-    RELATIONS,
-    SHAPE_NAMES,
-    SHAPE_SYNONYMS,
-    SIZE_NAMES,
-    SIZE_RADII,
-    label_names,
-)
+from .scene import (MARGIN, MAX_OVERLAP, VERSION, Background, Scene, ShapeObject, box_overlap, item_rng, make_object,
+                    parse_holdout, relation, sample_background, sample_scene, scene_has, size_word, split_code)
+from .vocabulary import (BACKGROUND_NAMES, BACKGROUND_WORDS, COLOUR_NAMES, COLOURS, COUNT_WORDS, LABEL_KINDS,
+                         PLURALS, POSITION_NAMES, POSITION_PHRASES, RELATION_PHRASES, RELATIONS, SHAPE_NAMES,
+                         SHAPE_SYNONYMS, SIZE_NAMES, SIZE_RADII, label_names)
 
 __all__ = [
     "BACKGROUND_NAMES", "BACKGROUND_WORDS", "COLOURS", "COLOUR_NAMES", "COUNT_WORDS", "DEFAULT_LENGTHS",

@@ -18,15 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from .scene import Scene, ShapeObject, item_rng, relation, sample_scene
-from .vocabulary import (
-    BACKGROUND_WORDS,
-    COUNT_WORDS,
-    PLURALS,
-    POSITION_PHRASES,
-    RELATION_PHRASES,
-    SHAPE_NAMES,
-    SHAPE_SYNONYMS,
-)
+from .vocabulary import (BACKGROUND_WORDS, COUNT_WORDS, PLURALS, POSITION_PHRASES, RELATION_PHRASES, SHAPE_NAMES,
+                         SHAPE_SYNONYMS)
 
 
 def article(word: str) -> str:

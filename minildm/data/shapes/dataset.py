@@ -26,19 +26,8 @@ from ..registry import register_dataset
 from ..transforms import check_channels, check_image_size, check_seed, uint8_to_tensor
 from .captions import caption_scene
 from .render import render
-from .scene import (
-    VERSION,
-    Background,
-    Scene,
-    ShapeObject,
-    item_rng,
-    make_object,
-    parse_holdout,
-    sample_background,
-    sample_scene,
-    scene_has,
-    split_code,
-)
+from .scene import (VERSION, Background, Scene, ShapeObject, item_rng, make_object, parse_holdout, sample_background,
+                    sample_scene, scene_has, split_code)
 from .vocabulary import BACKGROUND_NAMES, COLOUR_NAMES, LABEL_KINDS, SHAPE_NAMES, label_names
 
 MIN_IMAGE_SIZE = 32

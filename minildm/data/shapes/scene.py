@@ -30,15 +30,8 @@ from typing import Any
 import numpy as np
 
 from .geometry import HALF_EXTENTS
-from .vocabulary import (
-    BACKGROUND_NAMES,
-    BACKGROUND_WORDS,
-    COLOUR_NAMES,
-    POSITION_NAMES,
-    SHAPE_NAMES,
-    SIZE_NAMES,
-    SIZE_RADII,
-)
+from .vocabulary import (BACKGROUND_NAMES, BACKGROUND_WORDS, COLOUR_NAMES, POSITION_NAMES, SHAPE_NAMES, SIZE_NAMES,
+                         SIZE_RADII)
 
 #: Bumped whenever the generator changes, so cached data from an older version never mixes in.
 VERSION = 1

@@ -16,8 +16,7 @@ import torch
 from torch import Tensor
 
 from ..process import ModelFn
-from .base import (Callback, Sampler, check_eta, check_sample_inputs, initial_noise, register_sampler,
-                   timestep_iter)
+from .base import Callback, Sampler, check_eta, check_sample_inputs, initial_noise, register_sampler, timestep_iter
 
 __all__ = ["DDIMSampler"]
 

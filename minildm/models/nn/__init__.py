@@ -8,13 +8,7 @@ from __future__ import annotations
 
 from .attention import AttnBlock
 from .blocks import Downsample, ResnetBlock, Upsample
-from .layers import (
-    DEFAULT_NUM_GROUPS,
-    GROUPNORM_EPS,
-    Normalize,
-    group_count,
-    nonlinearity,
-)
+from .layers import DEFAULT_NUM_GROUPS, GROUPNORM_EPS, Normalize, group_count, nonlinearity
 
 __all__ = [
     "AttnBlock",
