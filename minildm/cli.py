@@ -270,14 +270,17 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _sample_arguments(parser: argparse.ArgumentParser) -> None:
+    from .diffusion.samplers import SAMPLERS
+
     _add_common(parser)
     parser.add_argument("--model", default="t2i-scratch-M", help="text-to-image artifact (trained if missing)")
     parser.add_argument("--prompt", nargs="+", required=True, help="one or more prompts (quote each)")
     parser.add_argument("--n", type=_positive_int, default=4, help="samples per prompt")
     parser.add_argument("--scale", type=float, default=3.0, help="guidance scale (>= 0)")
-    parser.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim",
-                        help="ddim (--steps steps) or ddpm (all the diffusion's timesteps)")
-    parser.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (ignored by ddpm)")
+    parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddim",
+                        help="ddim (--steps steps), ddpm (all the diffusion's timesteps), or another registered one")
+    parser.add_argument("--steps", type=_positive_int, default=50,
+                        help="sampling steps, for samplers that take them (ddim; ddpm runs all timesteps)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="samples.png", help="image grid to write (one row per prompt)")
 
@@ -286,6 +289,7 @@ def _sample(args: argparse.Namespace) -> int:
     from torchvision.utils import save_image
 
     from .conditioning.text import check_prompts
+    from .diffusion.samplers import SAMPLERS
     from .recipes.presets import get_preset
     from .recipes.store import load_or_train
     from .recipes.text_to_image_eval import generate
@@ -300,7 +304,8 @@ def _sample(args: argparse.Namespace) -> int:
     images = generate(art.model, [p for p in prompts for _ in range(args.n)], guidance_scale=args.scale,
                       steps=args.steps, seed=args.seed, progress=not args.no_progress, sampler=args.sampler)
     save_image((images + 1) / 2, args.output, nrow=args.n, padding=1)
-    how = f"DDIM-{args.steps}" if args.sampler == "ddim" else f"DDPM-{art.model.diffusion.num_timesteps}"
+    takes_steps = "steps" in SAMPLERS[args.sampler].options
+    how = f"{args.sampler.upper()}-{args.steps if takes_steps else art.model.diffusion.num_timesteps}"
     print(f"{len(images)} samples of {args.model} ({preset.name}) for {len(prompts)} prompt(s), s = {args.scale:g}, "
           f"{how}: {args.output}")
     return 0
