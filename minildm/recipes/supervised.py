@@ -6,12 +6,14 @@ Their artifacts are used from notebook 02 on.
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
 from ..engine.batches import DatasetBatches
+from ..engine.device import seed_everything
 from ..engine.trainer import Trainer
 from .registry import TrainResult
 
@@ -42,23 +44,39 @@ def fit_on_dataset(task: Any, identity: Mapping[str, Any], *, device: Any, out_d
     return trainer
 
 
-class SupervisedArtifact:
-    """Mixin of the artifact specs of networks trained with supervision on a dataset (the feature
-    network, the content checker): a subclass gives ``name``, ``identity(preset, steps)``,
-    ``build_model(identity)`` and ``task(net, recipe)``; ``train`` follows the recipe."""
+class SupervisedArtifact(ABC):
+    """Base of the artifact specs of networks trained with supervision on a dataset (the feature
+    network, the content checker): a subclass gives ``name``, ``description``, ``identity``,
+    ``command``, ``build_model``, ``evaluate`` and ``task(net, recipe)``; ``train`` follows the recipe."""
 
     name: str
+    description: str
 
-    def task(self, net: nn.Module, recipe: Mapping[str, Any]) -> Any:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def identity(self, preset: Any, steps: int | None = None) -> dict[str, Any]:
+        """config.json: ``model``, ``recipe`` (``data``, ``batch_size``, ``steps``, ``seed``, ...), ``preset``."""
+
+    @abstractmethod
+    def command(self, preset: Any, steps: int | None = None) -> str:
+        """The CLI command that rebuilds the artifact."""
+
+    @abstractmethod
+    def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
+        """An untrained network of that identity."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, preset: Any, device: Any) -> dict[str, Any]:
+        """Its metrics on the validation split."""
+
+    @abstractmethod
+    def task(self, net: nn.Module, recipe: Mapping[str, Any]) -> Any:
+        """The Trainer task that fits ``net`` with the recipe's settings."""
 
     def train(self, preset: Any, *, steps: int | None, device: Any, out_dir: Any, resume: bool,
               progress: bool) -> TrainResult:
-        from ..engine.device import seed_everything
-
-        identity = self.identity(preset, steps)  # type: ignore[attr-defined]
+        identity = self.identity(preset, steps)
         seed_everything(preset.seed)
-        net = self.build_model(identity)  # type: ignore[attr-defined]
+        net = self.build_model(identity)
         trainer = fit_on_dataset(self.task(net, identity["recipe"]), identity, device=device, out_dir=out_dir,
                                  resume=resume, progress=progress, desc=f"{self.name} ({preset.name})")
         return TrainResult(net.eval(), trainer.log, trainer.elapsed_s)
