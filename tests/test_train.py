@@ -268,13 +268,28 @@ def test_progress_bar_of_a_time_budget_counts_seconds(capsys):
     # a run bounded by time (notebook 03's equal-compute runs) has no known step count: the bar shows
     # training seconds out of the budget and the step reached, not a total of max_steps
     trainer = Trainer(RegressionTask(), DatasetBatches(Items(), 4, collate_fn=stack), device="cpu",
-                      max_steps=10**9, progress=True)
+                      max_steps=None, progress=True)
     trainer.fit(time_budget_s=1.0)
     err = capsys.readouterr().err
     assert "1/1 s of training" in err and f"step={trainer.step}" in err
     assert "1000000000" not in err
     trainer.fit(time_budget_s=1.0)  # a second call continues the count of seconds
     assert "2/2 s of training" in capsys.readouterr().err
+
+
+def test_a_run_bounded_by_time_has_no_step_limit(tmp_path):
+    # max_steps=None: fit needs a time budget (or a step count); checkpoints keep None and resume with it
+    trainer = Trainer(RegressionTask(), DatasetBatches(Items(), 4, collate_fn=stack), device="cpu",
+                      max_steps=None, out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="bounded by time"):
+        trainer.fit()
+    trainer.fit(time_budget_s=0.2)
+    assert trainer.step > 0 and trainer.max_steps is None
+    trainer.fit(steps=2)
+    trainer.save()
+    resumed = Trainer(RegressionTask(), DatasetBatches(Items(), 4, collate_fn=stack), device="cpu",
+                      max_steps=None, out_dir=tmp_path, progress=False)
+    assert resumed.resume_if_present() and resumed.step == trainer.step and resumed.max_steps is None
 
 
 # ------------------------------------------------------------------ AutoencoderTask (real modules)

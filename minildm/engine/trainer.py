@@ -114,7 +114,8 @@ class Trainer:
         task: see the module docstring.
         data: object with ``batch(step)``.
         device: torch device (default: :func:`minildm.engine.device.get_device`).
-        max_steps: total steps of the run (``fit()`` trains up to here).
+        max_steps: total steps of the run (``fit()`` trains up to here); None for a run bounded only
+            by time (then every ``fit`` needs ``steps`` or ``time_budget_s``).
         seed: seeds the torch/NumPy/Python RNGs at construction (dropout, posterior sampling).
             The task's modules are built before, so seed before building them too.
         out_dir: directory for ``checkpoint.safetensors`` (periodic + final); None: no automatic saves.
@@ -139,13 +140,16 @@ class Trainer:
     """
 
     def __init__(self, task: Any, data: Any, *, device: str | torch.device | None = None,
-                 max_steps: int, seed: int = 0, out_dir: str | os.PathLike | None = None,
+                 max_steps: int | None, seed: int = 0, out_dir: str | os.PathLike | None = None,
                  checkpoint_every: int | None = None, grad_clip: float | None = None,
                  amp: bool = True, progress: bool = True, desc: str | None = None, log_every: int = 1,
                  config: Mapping[str, Any] | None = None,
                  callbacks: Sequence[Callback | Callable[["Trainer", dict[str, Any]], None]] = (),
                  accumulate: int = 1, precision: str = "auto") -> None:
-        for name, value, low in (("max_steps", max_steps, 0), ("log_every", log_every, 1), ("accumulate", accumulate, 1)):
+        checks = (("max_steps", max_steps, 0), ("log_every", log_every, 1), ("accumulate", accumulate, 1))
+        for name, value, low in checks:
+            if name == "max_steps" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         if checkpoint_every is not None:
@@ -347,10 +351,16 @@ class Trainer:
         if steps is not None:
             if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
                 raise ValueError(f"steps must be an int >= 0, got {steps!r}")
-            end = self.step + steps
-            self.max_steps = max(self.max_steps, end)
-        else:
+            end: float = self.step + steps
+            if self.max_steps is not None:
+                self.max_steps = max(self.max_steps, int(end))
+        elif self.max_steps is not None:
             end = self.max_steps
+        elif time_budget_s is not None:
+            end = math.inf  # a run bounded by time alone
+        else:
+            raise ValueError("this Trainer has max_steps=None (a run bounded by time): give fit() steps or "
+                             "time_budget_s")
         enabled = self.progress and self.dist.rank == 0
         timed = time_budget_s is not None  # the bar counts training seconds, not a step count it cannot know
         t0 = self.training_time_s()
@@ -495,8 +505,10 @@ class Trainer:
             self.config = dict(saved)
         self.load_state_dict(state, source=str(path))
         if self._max_steps_from_checkpoint:
-            self.max_steps = int(metadata.get("max_steps", self.step))
-        self.max_steps = max(self.max_steps, self.step)
+            saved_max = metadata.get("max_steps", self.step)
+            self.max_steps = None if saved_max is None else int(saved_max)
+        if self.max_steps is not None:
+            self.max_steps = max(self.max_steps, self.step)
         self.last_checkpoint = path
         return self
 
@@ -508,7 +520,7 @@ class Trainer:
             return False
         max_steps = self.max_steps
         self.resume()
-        self.max_steps = max(max_steps, self.step)
+        self.max_steps = None if max_steps is None else max(max_steps, self.step)
         return True
 
     @classmethod

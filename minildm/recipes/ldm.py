@@ -193,7 +193,7 @@ class LDMSpec(LatentDiffusionRecipe):
     def trainer_settings(self, preset: Preset, recipe: Mapping[str, Any], out_dir: Path | None,
                          **options: Any) -> dict[str, Any]:
         """No step limit: the run is bounded by its time budget (:meth:`fit`)."""
-        return {"max_steps": 10**9, "checkpoint_every": None, "log_every": 10,
+        return {"max_steps": None, "checkpoint_every": None, "log_every": 10,
                 "desc": f"{self.name} ({preset.name}, {recipe['budget_s']:.0f} s)"}
 
     def fit(self, trainer: Trainer, ldm: nn.Module, ema: EMA, deps: Mapping[str, nn.Module],
