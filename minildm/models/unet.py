@@ -75,10 +75,8 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
 
 
 class TimestepBlock(nn.Module):
-    """A module whose forward takes the timestep embedding as a second argument."""
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+    """Marks a module whose ``forward(x, emb)`` takes the timestep embedding as a second argument
+    (:class:`TimestepEmbedSequential` hands it over)."""
 
 
 class TimestepEmbedSequential(nn.Sequential):

@@ -41,6 +41,8 @@ from ..engine.throughput import SavedTensorBytes, median_time
 from .presets import Preset, get_preset
 from .registry import TrainResult, register
 from ..data import load_images
+from ..models.autoencoder import IdentityConfig, IdentityFirstStage
+from .autoencoder import AutoencoderSpec, DerivedAutoencoderSpec
 
 __all__ = [
     "ABLATION_VARIANT_NOTE",
@@ -197,8 +199,9 @@ def diffusion_cost(latent_shape: Sequence[int], preset: str | Preset | None = No
 @register("ae-kl-f16", f=16)
 @register("ae-kl-f32", f=32)
 @dataclass(frozen=True)
-class AblationSpec:
-    """Artifact ``ae-kl-f{f}`` of the ablation (the artifact-spec interface of :mod:`minildm.recipes.store`)."""
+class AblationSpec(DerivedAutoencoderSpec):
+    """Artifact ``ae-kl-f{f}`` of the ablation (the artifact-spec interface of :mod:`minildm.recipes.registry`);
+    f = 1 is the identity (pixel space), nothing to train."""
 
     f: int
 
@@ -211,22 +214,21 @@ class AblationSpec:
         return (f"f = {self.f} ablation: " + ("identity first stage (pixel space)" if self.f == 1
                                               else "KL autoencoder with the ablation recipe"))
 
-    def _autoencoder_spec(self, preset: Preset):
-        from .autoencoder import AutoencoderSpec
-
+    def autoencoder_spec(self, preset: Preset) -> AutoencoderSpec:
         return AutoencoderSpec(self.name, preset.ablation.variant, "kl", self.description,
                                model_overrides=first_stage_config(self.f, preset))
+
+    def recipe_preset(self, preset: Preset) -> Preset:
+        return ablation_preset(preset)
 
     def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
         first_stage_config(self.f, preset)  # validates f against the preset
         if self.f == 1:
-            from ..models.autoencoder import IdentityConfig
-
             return {"model_class": "IdentityFirstStage",
                     "model": IdentityConfig(3, preset.ablation.image_size).to_dict(),
                     "recipe": {"kind": "identity", "image_size": preset.ablation.image_size, "steps": 0},
                     "preset": preset.name}
-        return self._autoencoder_spec(preset).identity(ablation_preset(preset), steps)
+        return super().identity(preset, steps)
 
     def command(self, preset: Preset, steps: int | None = None) -> str:
         cmd = f"python -m minildm ablate-f --preset {preset.name} --f {self.f}"
@@ -235,16 +237,8 @@ class AblationSpec:
     def train(self, preset: Preset, *, steps: int | None, device: Any, out_dir: Path | None, resume: bool,
               progress: bool) -> TrainResult:
         if self.f == 1:
-            from ..models.autoencoder import IdentityConfig, IdentityFirstStage
-
             return TrainResult(IdentityFirstStage(IdentityConfig(3, preset.ablation.image_size)).to(device), [], 0.0)
-        return self._autoencoder_spec(preset).train(ablation_preset(preset), steps=steps, device=device,
-                                                    out_dir=out_dir, resume=resume, progress=progress)
-
-    def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
-        from .autoencoder import model_from_config
-
-        return model_from_config(identity["model_class"], identity["model"])
+        return super().train(preset, steps=steps, device=device, out_dir=out_dir, resume=resume, progress=progress)
 
     def evaluate(self, model: nn.Module, preset: Preset, device: torch.device) -> dict[str, Any]:
         return evaluate_first_stage(model, preset, device)

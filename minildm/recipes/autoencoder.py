@@ -17,6 +17,8 @@ regularizer ``kl``: + 1e-6 · KL(q(z|x) || N(0, I)) (AutoencoderKL, learned log-
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ from .presets import Preset, get_preset
 from .registry import TrainResult, register
 from .store import check_choice, check_steps, resume_config
 
-__all__ = ["REGULARIZERS", "VARIANTS", "AutoencoderSpec", "autoencoder_model_config", "autoencoder_recipe", "build_autoencoder", "model_from_config", "train_autoencoder"]
+__all__ = ["REGULARIZERS", "VARIANTS", "AutoencoderSpec", "DerivedAutoencoderSpec", "autoencoder_model_config", "autoencoder_recipe", "build_autoencoder", "model_from_config", "train_autoencoder"]
 
 #: loss settings of each variant (CompVis ``LPIPSWithDiscriminator`` / ``VQLPIPSWithDiscriminator`` args)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -281,3 +283,39 @@ class AutoencoderSpec:
         val = load_dataset(self.data, "val", ae.image_size, length=ae.n_eval, seed=preset.seed)
         return evaluate_reconstruction(model, val, n=ae.n_eval, batch_size=ae.batch_size, device=device,
                                        lpips_net=_EVAL_LPIPS_NET)
+
+
+class DerivedAutoencoderSpec(ABC):
+    """A first-stage artifact made by the autoencoder recipe with other sizes or data: the ablation's
+    ``ae-kl-f{f}`` (notebook 02), the conditional models' ``kl-f{f}`` (notebooks 04, 05) and
+    ``ae-kl-fashion`` (notebook 03). A subclass names the :class:`AutoencoderSpec` it runs
+    (:meth:`autoencoder_spec`) and the preset whose ``ae`` sizes it runs under (:meth:`recipe_preset`)."""
+
+    name: str
+    description: str
+
+    @abstractmethod
+    def autoencoder_spec(self, preset: Preset) -> AutoencoderSpec:
+        """The recipe: variant, regularizer, model overrides, data."""
+
+    @abstractmethod
+    def recipe_preset(self, preset: Preset) -> Preset:
+        """``preset`` with the autoencoder sizes (image size, steps, lr, ...) of this artifact."""
+
+    @abstractmethod
+    def command(self, preset: Preset, steps: int | None = None) -> str:
+        """The CLI command that rebuilds the artifact."""
+
+    def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
+        return self.autoencoder_spec(preset).identity(self.recipe_preset(preset), steps)
+
+    def train(self, preset: Preset, *, steps: int | None, device: Any, out_dir: Path | None, resume: bool,
+              progress: bool) -> TrainResult:
+        return self.autoencoder_spec(preset).train(self.recipe_preset(preset), steps=steps, device=device,
+                                                   out_dir=out_dir, resume=resume, progress=progress)
+
+    def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
+        return model_from_config(identity["model_class"], identity["model"])
+
+    def evaluate(self, model: nn.Module, preset: Preset, device: torch.device) -> dict[str, Any]:
+        return dict(self.autoencoder_spec(preset).evaluate(model, self.recipe_preset(preset), device))

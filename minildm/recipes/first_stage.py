@@ -12,14 +12,15 @@ Build it with ``python -m minildm train-first-stage --preset cpu`` (or ``load_or
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from .presets import Preset
-from .registry import TrainResult, register
+from .registry import register
+from ..models.encoder_decoder import AutoencoderConfig, check_downsampling_factor
+from .autoencoder import AutoencoderSpec, DerivedAutoencoderSpec
 
 __all__ = ["first_stage_name", "first_stage_preset", "FirstStageSpec"]
 
@@ -44,8 +45,8 @@ def first_stage_preset(preset: Preset) -> Preset:
 @register("kl-f16", f=16)
 @register("kl-f32", f=32)
 @dataclass(frozen=True)
-class FirstStageSpec:
-    """Artifact ``kl-f{f}`` (the artifact-spec interface of :mod:`minildm.recipes.store`)."""
+class FirstStageSpec(DerivedAutoencoderSpec):
+    """Artifact ``kl-f{f}`` (the artifact-spec interface of :mod:`minildm.recipes.registry`)."""
 
     f: int
 
@@ -57,32 +58,19 @@ class FirstStageSpec:
     def description(self) -> str:
         return f"first stage of the conditional LDMs: KL autoencoder, f = {self.f}"
 
-    def _autoencoder_spec(self, preset: Preset) -> Any:
-        from ..models.encoder_decoder import AutoencoderConfig, check_downsampling_factor
-        from .autoencoder import AutoencoderSpec
-
+    def autoencoder_spec(self, preset: Preset) -> AutoencoderSpec:
         check_downsampling_factor(self.f)
         z = preset.first_stage.z_channels
         return AutoencoderSpec(self.name, preset.first_stage.variant, "kl", self.description,
                                model_overrides={"ch_mult": AutoencoderConfig.for_factor(self.f).ch_mult,
                                                 "z_channels": z, "embed_dim": z})
 
-    def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
-        return self._autoencoder_spec(preset).identity(first_stage_preset(preset), steps)
+    def recipe_preset(self, preset: Preset) -> Preset:
+        return first_stage_preset(preset)
 
     def command(self, preset: Preset, steps: int | None = None) -> str:
         return (f"python -m minildm train-first-stage --preset {preset.name} --f {self.f}"
                 + (f" --steps {steps}" if steps is not None else ""))
-
-    def train(self, preset: Preset, *, steps: int | None, device: Any, out_dir: Path | None, resume: bool,
-              progress: bool) -> TrainResult:
-        return self._autoencoder_spec(preset).train(first_stage_preset(preset), steps=steps, device=device,
-                                                    out_dir=out_dir, resume=resume, progress=progress)
-
-    def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
-        from .autoencoder import model_from_config
-
-        return model_from_config(identity["model_class"], identity["model"])
 
     def evaluate(self, model: nn.Module, preset: Preset, device: torch.device) -> dict[str, Any]:
         """Reconstruction metrics on validation images and, as ``ceiling``, the content checker's
@@ -92,7 +80,7 @@ class FirstStageSpec:
         from .store import load_or_train
 
         p = first_stage_preset(preset)
-        metrics = dict(self._autoencoder_spec(preset).evaluate(model, p, device))
+        metrics = super().evaluate(model, preset, device)
         checker = load_or_train("checker", preset, device=device).model
         val = load_dataset("shapes", "val", p.ae.image_size, length=p.ae.n_eval, seed=preset.seed)
         metrics["ceiling"] = reconstruction_ceiling(checker, model.to(device), val, p.ae.n_eval)

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..engine.batches import LatentBatches
 from .presets import Preset
-from .registry import TrainResult, register
+from .registry import register
 from ..engine.ema import EMA
 from ..engine.tasks import LatentDiffusionTask
 from ..engine.trainer import Trainer
@@ -32,6 +32,8 @@ from .ablation import ablation_name
 from .latent_diffusion import LatentDiffusionRecipe, build_latent_diffusion, latent_channels
 from .store import load_or_train
 from ..data import load_images
+from .ablation import first_stage_config
+from .autoencoder import AutoencoderSpec, DerivedAutoencoderSpec
 
 __all__ = [ "LDMSpec", "FashionAutoencoderSpec", "ldm_name", "build_ldm", "sample_fid",
            "sampling_throughput", "eval_curve", "FASHION_AE", "FASHION_LDM", "FASHION_SIZE"]
@@ -48,40 +50,22 @@ def ldm_name(f: int) -> str:
 
 
 @register("ae-kl-fashion")
-class FashionAutoencoderSpec:
+class FashionAutoencoderSpec(DerivedAutoencoderSpec):
     """Artifact ``ae-kl-fashion``: a KL autoencoder with f = 4, c = 3 on Fashion-MNIST at 32 px, trained
-    with the ablation's recipe and step count (it delegates to :class:`~minildm.recipes.autoencoder.AutoencoderSpec`)."""
+    with the ablation's recipe and step count."""
 
     name = FASHION_AE
     description = "KL autoencoder f = 4 on Fashion-MNIST (32 px)"
 
-    def _inner(self, preset: Preset):
-        from .ablation import first_stage_config
-        from .autoencoder import AutoencoderSpec
-
+    def autoencoder_spec(self, preset: Preset) -> AutoencoderSpec:
         return AutoencoderSpec(self.name, preset.ablation.variant, "kl", self.description,
                                model_overrides=first_stage_config(4, preset), data="fashion_mnist")
 
-    @staticmethod
-    def _preset(preset: Preset) -> Preset:
+    def recipe_preset(self, preset: Preset) -> Preset:
         return preset.with_ae(image_size=FASHION_SIZE, steps=preset.ablation.steps)
-
-    def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
-        return self._inner(preset).identity(self._preset(preset), steps)
 
     def command(self, preset: Preset, steps: int | None = None) -> str:
         return f"python -m minildm train-ldm --preset {preset.name} --data fashion_mnist"
-
-    def train(self, preset: Preset, **kwargs: Any) -> TrainResult:
-        return self._inner(preset).train(self._preset(preset), **kwargs)
-
-    def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
-        from .autoencoder import model_from_config
-
-        return model_from_config(identity["model_class"], identity["model"])
-
-    def evaluate(self, model: nn.Module, preset: Preset, device: torch.device) -> dict[str, Any]:
-        return self._inner(preset).evaluate(model, self._preset(preset), device)
 
 
 def build_ldm(identity: Mapping[str, Any]) -> nn.Module:
