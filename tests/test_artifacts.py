@@ -7,9 +7,13 @@ import pytest
 import torch
 
 from minildm.recipes import store as artifacts
-from minildm.recipes.autoencoder import AutoencoderSpec, autoencoder_recipe, build_autoencoder
+from minildm.recipes.autoencoder import (
+    AutoencoderSpec,
+    autoencoder_recipe,
+    build_autoencoder,
+)
 from minildm.recipes.presets import get_preset
-from minildm.recipes.registry import ARTIFACTS, list_artifacts
+from minildm.recipes.registry import ARTIFACTS, TrainResult, list_artifacts
 from minildm.recipes.store import artifact_dir, load_or_train
 
 SMOKE2 = get_preset("smoke").with_ae(steps=2)
@@ -215,3 +219,54 @@ def test_reevaluate_rewrites_metrics_and_keeps_training_facts(tmp_path, trained,
     assert json.loads((path / "metrics.json").read_text()) == after
     with pytest.raises(ValueError, match="not found"):
         reevaluate_artifact("ae-kl-l2", preset, device="cpu", root=tmp_path / "empty")
+
+
+def test_non_finite_weights_are_never_published_nor_loaded(tmp_path, trained, monkeypatch):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    # a build whose training diverged saves nothing (and evaluates nothing)
+    spec = ARTIFACTS["ae-kl-l2"]
+    good = trained[1]
+
+    def diverged(*args, **kwargs):
+        model = type(good.model)(good.model.config)
+        with torch.no_grad():
+            next(model.parameters()).fill_(float("nan"))
+        return TrainResult(model, [], 0.0)
+
+    monkeypatch.setattr(type(spec), "train", lambda self, *a, **k: diverged())
+    with pytest.raises(FloatingPointError, match="non-finite weights"):
+        artifacts.build_artifact("ae-kl-l2", SMOKE2, progress=False, root=tmp_path / "new")
+    assert not artifact_dir("ae-kl-l2", SMOKE2, tmp_path / "new").exists()
+    monkeypatch.undo()
+    # an artifact whose weights hold NaN is refused on load, naming the file
+    root = tmp_path / "copy"
+    shutil.copytree(trained[0], root)
+    weights = root / "smoke" / "ae-kl-l2" / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = next(iter(tensors))
+    tensors[name] = torch.full_like(tensors[name], float("inf"))
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        metadata = f.metadata()
+    save_file(tensors, str(weights), metadata=metadata)
+    with pytest.raises(ValueError, match="non-finite weights.*model.safetensors|model.safetensors.*non-finite"):
+        load_or_train("ae-kl-l2", SMOKE2, progress=False, root=root)
+
+
+@pytest.mark.parametrize("file, content, message", [
+    ("config.json", "[]", "holds a list"),
+    ("metrics.json", "{}", "lacks 'command'"),
+    ("log.json", "{}", "holds a dict"),
+])
+def test_artifact_files_of_the_wrong_shape_are_clear_errors(tmp_path, trained, file, content, message):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(trained[0], root)
+    (root / "smoke" / "ae-kl-l2" / file).write_text(content)
+    with pytest.raises(ValueError, match=f"{file}.*corrupted.*{message}.*Rebuild it with"):
+        load_or_train("ae-kl-l2", SMOKE2, progress=False, root=root)

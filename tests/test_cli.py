@@ -110,3 +110,69 @@ def test_sample_sampler_option(sampler, label, tmp_path, capsys, monkeypatch):
     assert calls["sampler"] == sampler and calls["steps"] == 7 and out.exists()
     assert f"{label}: {out}" in capsys.readouterr().out
     assert build_parser().parse_args(["sample", "--prompt", "x"]).sampler == "ddim"
+
+
+# ------------------------------------------------------------------ user and environment errors: one line, status 2
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("scale", ["inf", "nan", "1e309", "-1", "x"])
+def test_sample_refuses_bad_guidance_scales_before_work(scale, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["sample", "--prompt", "a red star", "--scale", scale, "--output", str(tmp_path / "x.png"),
+              "--out", str(tmp_path / "cache"), "--preset", "smoke"])
+    assert exit_.value.code == 2
+    assert "guidance scale must be a finite number >= 0" in _one_line_error(capsys)
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("output, message", [
+    ("missing-dir/x.png", "does not exist"), ("x.txt", "must end in .png"), (".", "must end in"),
+])
+def test_sample_checks_the_output_before_any_training(output, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    status = main(["sample", "--prompt", "a red star", "--output", output, "--out", str(tmp_path / "cache"),
+                   "--preset", "smoke", "--no-progress"])
+    assert status == 2 and message in _one_line_error(capsys)
+    assert not (tmp_path / "cache").exists()  # nothing was trained
+
+
+def test_sample_bounds_the_grid(tmp_path, capsys):
+    status = main(["sample", "--prompt", "a red star", "--n", "10000000", "--output", str(tmp_path / "x.png"),
+                   "--out", str(tmp_path / "cache"), "--preset", "smoke"])
+    assert status == 2 and "a grid holds at most" in _one_line_error(capsys)
+
+
+def test_absurd_step_counts_and_out_files_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train-ae", "--preset", "smoke", "--steps", "99999999999999999999999"])
+    assert exit_.value.code == 2 and "at most 10,000,000" in _one_line_error(capsys)
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert main(["train-ae", "--preset", "smoke", "--out", str(a_file)]) == 2
+    assert "is a file, not a folder" in _one_line_error(capsys)
+
+
+def test_diverged_training_and_unreadable_files_are_one_line(tmp_path, capsys, monkeypatch):
+    from minildm.recipes.registry import ARTIFACTS
+
+    def diverge(self, *args, **kwargs):
+        raise FloatingPointError("non-finite loss nan at step 3 (optimizer 'ae'); no checkpoint was written.")
+
+    monkeypatch.setattr(type(ARTIFACTS["ae-kl-l2"]), "train", diverge)
+    argv = ["train-ae", "--preset", "smoke", "--variant", "l2", "--out", str(tmp_path), "--no-progress"]
+    assert main(argv) == 2 and "non-finite loss nan" in _one_line_error(capsys)
+    with pytest.raises(FloatingPointError):
+        main(["--debug", *argv])  # --debug shows the traceback
+    monkeypatch.undo()
+
+    def unreadable(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "smoke"))
+
+    monkeypatch.setattr(type(ARTIFACTS["ae-kl-l2"]), "train", unreadable)
+    assert main(argv) == 2
+    assert _one_line_error(capsys) == f"error: Permission denied: {tmp_path / 'smoke'}"

@@ -277,6 +277,18 @@ def test_progress_bar_of_a_time_budget_counts_seconds(capsys):
     assert "2/2 s of training" in capsys.readouterr().err
 
 
+def test_non_finite_weights_are_never_checkpointed(tmp_path):
+    trainer = Trainer(RegressionTask(), DatasetBatches(Items(), 4, collate_fn=stack), device="cpu",
+                      max_steps=2, out_dir=tmp_path, progress=False)
+    trainer.fit()
+    good = trainer.default_checkpoint_path().read_bytes()
+    with torch.no_grad():
+        next(trainer.task.modules()["net"].parameters()).fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match="non-finite weights.*last checkpoint.*left untouched"):
+        trainer.save()
+    assert trainer.default_checkpoint_path().read_bytes() == good
+
+
 def test_a_run_bounded_by_time_has_no_step_limit(tmp_path):
     # max_steps=None: fit needs a time budget (or a step count); checkpoints keep None and resume with it
     trainer = Trainer(RegressionTask(), DatasetBatches(Items(), 4, collate_fn=stack), device="cpu",

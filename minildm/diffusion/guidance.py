@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checks import check_number
 from .process import ModelFn
 
 __all__ = ["guided_model"]
@@ -29,8 +30,7 @@ def guided_model(model: ModelFn, guidance_scale: float = 1.0, uncond: Tensor | N
     ``uncond`` (1 or B, L, d) is the null condition ∅, ``uncond_mask`` its valid tokens.
     s = 1 (or no context) is the plain conditional model; s = 0 the unconditional one.
     """
-    if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool) or guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+    guidance_scale = check_number("guidance_scale", guidance_scale, minimum=0)
 
     def fn(x: Tensor, t: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
            c_concat: Tensor | None = None, **kwargs: Any) -> Tensor:

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..checks import check_number
+
 __all__ = [
     "SCHEDULES",
     "PARAMETERIZATIONS",
@@ -48,9 +50,8 @@ LOSS_WEIGHTINGS = ("min_snr", "capped")
 def check_loss_weighting(snr_gamma: float | None, loss_weighting: str) -> None:
     """ValueError unless ``snr_gamma`` is a number > 0 or None and ``loss_weighting`` one of
     :data:`LOSS_WEIGHTINGS` (see :meth:`GaussianDiffusion.training_losses`)."""
-    if snr_gamma is not None and (isinstance(snr_gamma, bool) or not isinstance(snr_gamma, (int, float))
-                                  or not snr_gamma > 0):
-        raise ValueError(f"snr_gamma must be a number > 0 or None, got {snr_gamma!r}")
+    if snr_gamma is not None:
+        check_number("snr_gamma (or None)", snr_gamma, minimum=0, strict=True)
     if loss_weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"unknown loss_weighting {loss_weighting!r}: choose one of {', '.join(LOSS_WEIGHTINGS)}")
 

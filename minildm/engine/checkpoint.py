@@ -40,6 +40,8 @@ from torch import nn
 
 __all__ = [
     "FORMAT_VERSION",
+    "check_finite_weights",
+    "non_finite_tensors",
     "flatten_state",
     "unflatten_state",
     "save_checkpoint",
@@ -347,6 +349,26 @@ def load_weights(path: str | os.PathLike,
     tensors, header = _read(path, device, _WEIGHTS_FORMAT, "weights")
     config = _json_field(header, "config", path, "weights")
     return tensors, config
+
+
+def non_finite_tensors(tensors: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in ``tensors`` (a state dict, nested dicts flattened by the
+    caller) that hold a NaN or an infinity. Weights like that must never be saved or published: a
+    model with them draws black images without any error."""
+    bad = []
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            bad.append(name)
+    return bad
+
+
+def check_finite_weights(module_or_state: nn.Module | Mapping[str, Any], what: str) -> None:
+    """FloatingPointError naming ``what`` and the first non-finite tensors, if there are any."""
+    state = module_or_state.state_dict() if isinstance(module_or_state, nn.Module) else module_or_state
+    bad = non_finite_tensors(state)
+    if bad:
+        shown = ", ".join(bad[:4]) + (f", ... ({len(bad)} of {len(state)} tensors)" if len(bad) > 4 else "")
+        raise FloatingPointError(f"{what} has non-finite weights ({shown})")
 
 
 def load_module_state(module: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True,

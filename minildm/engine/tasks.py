@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import check_number
 from ..diffusion.process import check_loss_weighting
 
 __all__ = ["AutoencoderTask", "LatentDiffusionTask", "lr_at", "lr_schedule"]
@@ -58,8 +59,7 @@ class AutoencoderTask:
         if not isinstance(model, nn.Module) or not hasattr(model, "get_last_layer"):
             raise TypeError("model must be an AutoencoderKL or VQModel (an nn.Module with get_last_layer()), "
                             f"got {type(model).__name__}")
-        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
-            raise ValueError(f"lr must be a number > 0, got {lr!r}")
+        check_number("lr", lr, minimum=0, strict=True)
         if len(tuple(betas)) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         self.vq = _is_vq(model)
@@ -221,8 +221,7 @@ class LatentDiffusionTask:
                  per_sample_rng: bool = False, snr_gamma: float | None = None, warmup_steps: int = 0,
                  decay_steps: int | None = None, min_lr_ratio: float = 0.1,
                  loss_weighting: str = "min_snr") -> None:
-        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
-            raise ValueError(f"lr must be a number > 0, got {lr!r}")
+        check_number("lr", lr, minimum=0, strict=True)
         lr_at(lr, 0, warmup_steps, decay_steps, min_lr_ratio)  # validates the schedule
         self.warmup_steps, self.decay_steps, self.min_lr_ratio = int(warmup_steps), decay_steps, float(min_lr_ratio)
         self._optimizer: torch.optim.Optimizer | None = None

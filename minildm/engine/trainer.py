@@ -56,10 +56,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checks import check_number
 from .batches import BatchRandom, batch_len, move_to_device, slice_batch
-from .checkpoint import load_checkpoint, load_module_state, minildm_version, save_checkpoint
+from .checkpoint import (
+    check_finite_weights,
+    load_checkpoint,
+    load_module_state,
+    minildm_version,
+    save_checkpoint,
+)
 from .device import autocast_dtype, get_device
-from .distributed import all_reduce_max, all_reduce_mean, barrier, dist_info, shard_bounds
+from .distributed import (
+    all_reduce_max,
+    all_reduce_mean,
+    barrier,
+    dist_info,
+    shard_bounds,
+)
 
 __all__ = ["Trainer", "Callback", "CHECKPOINT_NAME",]
 
@@ -157,8 +170,8 @@ class Trainer:
                 raise ValueError(f"checkpoint_every must be a positive int or None, got {checkpoint_every!r}")
             if out_dir is None:
                 raise ValueError("checkpoint_every needs out_dir (where to write the checkpoints)")
-        if grad_clip is not None and not (float(grad_clip) > 0):
-            raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip!r}")
+        if grad_clip is not None:
+            check_number("grad_clip (or None)", grad_clip, minimum=0, strict=True)
         if not callable(getattr(data, "batch", None)):
             raise TypeError(f"data must have a batch(step) method (e.g. DatasetBatches), got {type(data).__name__}")
         for attr in ("modules", "configure_optimizers", "training_step", "optimizer_names"):
@@ -346,8 +359,8 @@ class Trainer:
         so far. Saves a checkpoint every ``checkpoint_every`` steps and at the end (when ``out_dir``
         is set). A non-finite loss raises FloatingPointError before anything is written.
         """
-        if time_budget_s is not None and not float(time_budget_s) >= 0:
-            raise ValueError(f"time_budget_s must be >= 0 or None, got {time_budget_s!r}")
+        if time_budget_s is not None:
+            time_budget_s = check_number("time_budget_s (or None)", time_budget_s, minimum=0)
         if steps is not None:
             if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
                 raise ValueError(f"steps must be an int >= 0, got {steps!r}")
@@ -441,6 +454,13 @@ class Trainer:
     def save(self, path: str | os.PathLike | None = None) -> Path:
         """Write a checkpoint atomically (default ``out_dir/checkpoint.safetensors``); return its path."""
         path = Path(path) if path is not None else self.default_checkpoint_path()
+        for name, module in self.modules.items():
+            where = (f"the last checkpoint {str(self.last_checkpoint)!r} was left untouched"
+                     if self.last_checkpoint else "no checkpoint was written")
+            try:
+                check_finite_weights(module, f"after step {self.step}, {name!r}")
+            except FloatingPointError as err:
+                raise FloatingPointError(f"{err}; {where}. Try a lower learning rate or grad_clip=1.0.") from None
         metadata = {"config": self.config, "minildm_version": minildm_version(),
                     "task": type(self.task).__name__, "step": self.step, "max_steps": self.max_steps}
         if self.dist.rank == 0:  # the ranks hold identical states; one writes, the others wait

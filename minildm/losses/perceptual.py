@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_number
 from .discriminator import D_LOSSES, NLayerDiscriminator, adopt_weight, weights_init
 from .lpips import LPIPS, check_image_pair, check_lpips_net
 
@@ -66,8 +67,7 @@ class _PerceptualAdversarialLoss(nn.Module):
         check_lpips_net(lpips_net)
         for name, value in (("pixelloss_weight", pixelloss_weight), ("disc_factor", disc_factor),
                             ("disc_weight", disc_weight), ("perceptual_weight", perceptual_weight)):
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+            check_number(name, value, minimum=0)
         self.pixel_weight = float(pixelloss_weight)
         self.pixel_loss = pixel_loss
         self.perceptual_weight = float(perceptual_weight)
@@ -208,8 +208,7 @@ class LPIPSWithDiscriminator(_PerceptualAdversarialLoss):
         super().__init__(disc_start, pixelloss_weight, pixel_loss, disc_num_layers, disc_in_channels,
                          disc_factor, disc_weight, perceptual_weight, disc_loss, lpips_net, disc_ndf,
                          use_actnorm)
-        if not isinstance(kl_weight, (int, float)) or kl_weight < 0:
-            raise ValueError(f"kl_weight must be a number >= 0, got {kl_weight!r}")
+        check_number("kl_weight", kl_weight, minimum=0)
         self.kl_weight = float(kl_weight)
         self.logvar = nn.Parameter(torch.ones(()) * float(logvar_init))
 
@@ -256,8 +255,7 @@ class VQLPIPSWithDiscriminator(_PerceptualAdversarialLoss):
         super().__init__(disc_start, pixelloss_weight, pixel_loss, disc_num_layers, disc_in_channels,
                          disc_factor, disc_weight, perceptual_weight, disc_loss, lpips_net, disc_ndf,
                          use_actnorm)
-        if not isinstance(codebook_weight, (int, float)) or codebook_weight < 0:
-            raise ValueError(f"codebook_weight must be a number >= 0, got {codebook_weight!r}")
+        check_number("codebook_weight", codebook_weight, minimum=0)
         self.codebook_weight = float(codebook_weight)
 
     def forward(self, codebook_loss: Tensor, inputs: Tensor, reconstructions: Tensor,

@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..eval.checker import CheckerConfig, ContentChecker, checker_targets, evaluate_checker
+from ..checks import check_number
+from ..eval.checker import (
+    CheckerConfig,
+    ContentChecker,
+    checker_targets,
+    evaluate_checker,
+)
 from .registry import register
 from .supervised import SupervisedArtifact
 
@@ -25,8 +31,7 @@ class CheckerTask:
     progress_keys = ("train/loss",)
 
     def __init__(self, net: ContentChecker, lr: float, weight_decay: float = 1e-4) -> None:
-        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
-            raise ValueError(f"lr must be a number > 0, got {lr!r}")
+        check_number("lr", lr, minimum=0, strict=True)
         self.net, self.lr, self.weight_decay = net, float(lr), float(weight_decay)
 
     def modules(self) -> dict[str, nn.Module]:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import check_number
 from ..eval.fid import HEADS, FeatureNet, FeatureNetConfig, shapes_targets
 from .registry import register
 from .supervised import SupervisedArtifact
@@ -29,8 +30,7 @@ class FeatureNetTask:
     progress_keys = ("train/loss",)
 
     def __init__(self, net: nn.Module, lr: float, weight_decay: float = 1e-4) -> None:
-        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
-            raise ValueError(f"lr must be a number > 0, got {lr!r}")
+        check_number("lr", lr, minimum=0, strict=True)
         self.net = net
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)

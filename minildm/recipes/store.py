@@ -38,7 +38,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine.checkpoint import load_module_state, load_weights, minildm_version, save_weights
+from ..engine.checkpoint import (
+    check_finite_weights,
+    load_module_state,
+    load_weights,
+    minildm_version,
+    non_finite_tensors,
+    save_weights,
+)
 from ..engine.device import get_device
 from .presets import Preset, get_preset
 from .registry import get_spec
@@ -129,13 +136,21 @@ def artifact_dir(name: str, preset: str | Preset | None = None, root: str | os.P
     return artifact_root(root) / get_preset(preset).name / name
 
 
-def _read_json(path: Path, rebuild: str) -> Any:
+def _read_json(path: Path, rebuild: str, kind: type = dict, required: tuple[str, ...] = ()) -> Any:
+    """The JSON file ``path`` of an artifact, which must hold a ``kind`` (with the ``required`` keys);
+    ValueError naming the file and the rebuild command otherwise."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
+        if not isinstance(value, kind):
+            raise ValueError(f"it holds a {type(value).__name__}, not a JSON {'object' if kind is dict else 'list'}")
+        missing = [k for k in required if k not in value]
+        if missing:
+            raise ValueError(f"it lacks {', '.join(map(repr, missing))}")
+        return value
     except FileNotFoundError as err:
         raise ValueError(f"artifact file {str(path)!r} is missing; the artifact is incomplete. "
                          f"Rebuild it with `{rebuild}` (or load_or_train(..., retrain=True)).") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
         raise ValueError(f"artifact file {str(path)!r} is corrupted ({err}). "
                          f"Rebuild it with `{rebuild}` (or load_or_train(..., retrain=True)).") from err
 
@@ -160,7 +175,7 @@ def load_artifact(name: str, preset: str | Preset | None = None, *, device: str 
     if not path.is_dir():
         raise ValueError(f"artifact {name!r} not found at {str(path)!r}; build it with `{rebuild}` "
                          "or load_or_train(...)")
-    config = _read_json(path / "config.json", rebuild)
+    config = _read_json(path / "config.json", rebuild, required=("model_class", "model"))
     expected = spec.identity(p, steps)
     saved = {k: config.get(k) for k in expected}
     diffs = _differences(saved, json.loads(json.dumps(expected)))
@@ -169,8 +184,8 @@ def load_artifact(name: str, preset: str | Preset | None = None, *, device: str 
         raise ValueError(f"mismatched artifact {str(path / 'config.json')!r}: it was made with a different "
                          f"config than preset {p.name!r} gives now ({shown}). Rebuild it with `{rebuild}` "
                          "(or load_or_train(..., retrain=True)).")
-    metrics = _read_json(path / "metrics.json", rebuild)
-    log = _read_json(path / "log.json", rebuild)
+    metrics = _read_json(path / "metrics.json", rebuild, required=("command",))
+    log = _read_json(path / "log.json", rebuild, kind=list)
     weights_file = path / "model.safetensors"
     model = spec.build_model(config)
     try:
@@ -178,6 +193,9 @@ def load_artifact(name: str, preset: str | Preset | None = None, *, device: str 
         if weights_config.get("model") != config.get("model"):
             raise ValueError(f"mismatched checkpoint {str(weights_file)!r}: its config differs from config.json")
         load_module_state(model, state, source=str(weights_file))
+        if non_finite_tensors(state):
+            raise ValueError(f"{str(weights_file)!r} holds non-finite weights ({len(non_finite_tensors(state))} "
+                             "tensors with NaN or inf): the model would draw blank images.")
     except ValueError as err:
         raise ValueError(f"artifact {name!r}: {err} Rebuild it with `{rebuild}` "
                          "(or load_or_train(..., retrain=True)).") from err
@@ -224,6 +242,7 @@ def build_artifact(name: str, preset: str | Preset | None = None, *, steps: int 
         result = spec.train(p, steps=steps, device=dev, out_dir=partial, resume=resume,
                             progress=progress, **dict(options or {}))
         model, log = result.model, result.log
+        check_finite_weights(model, f"the trained {name!r} (nothing was saved)")
         if rank != 0:
             return None
         from ..engine.distributed import local_only

@@ -10,9 +10,15 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
 import torch
 from torch import nn
+
+from ..checks import check_number
 from .presets import Preset, get_preset
+
+__all__ = ["EvalCurve", "VALIDATION_PROMPTS", "ValidationGrid", "best_scale", "evaluate_t2i", "generate",
+           "reference_scores", "t2i_dataset"]
 
 
 #: prompts of the validation grids saved during training (the last two hold held-out pairs)
@@ -33,13 +39,11 @@ def generate(ldm: nn.Module, prompts: Sequence[str], *, guidance_scale: float = 
              seed: int = 0, batch_size: int = 64, progress: bool = False, sampler: str = "ddim") -> torch.Tensor:
     """Images (N, 3, H, W) for ``prompts`` (one sample each; repeat a prompt for more), DDIM with
     classifier-free guidance. ValueError for an empty prompt list, an empty or over-long prompt, or
-    ``guidance_scale`` < 0."""
+    a ``guidance_scale`` that is not a finite number >= 0."""
     from ..conditioning.text import check_prompts
 
     prompts = check_prompts(prompts)
-    if not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:
-        raise ValueError(f"guidance_scale must be a number >= 0 (0: unconditional, 1: no guidance), "
-                         f"got {guidance_scale!r}")
+    guidance_scale = check_number("guidance_scale (0: unconditional, 1: no guidance)", guidance_scale, minimum=0)
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(0, len(prompts), batch_size):
@@ -81,8 +85,7 @@ def evaluate_t2i(ldm: nn.Module, checker: nn.Module, preset: Preset | str | None
     p = get_preset(preset)
     tp = p.t2i
     scales = list(tp.guidance_scales if scales is None else scales)
-    if any(not s >= 0 for s in scales):
-        raise ValueError(f"guidance scales must be >= 0, got {scales}")
+    scales = [check_number("guidance scale", s, minimum=0) for s in scales]
     k = samples_per_prompt or tp.samples_per_prompt
     sets = prompt_set(n_per_kind or tp.n_eval_per_kind, tp.holdout, seed=p.seed)
     real_features = None

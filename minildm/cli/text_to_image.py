@@ -1,0 +1,120 @@
+"""The text-to-image commands of notebook 05: ``evaluate`` (compositional accuracy), ``sample``
+(an image grid for prompts) and ``scaling-study``.
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from .args import MAX_GRID, add_common, check_output_file, guidance_scale, positive_int
+
+
+# ------------------------------------------------------------------------------------ train-ldm
+def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common(parser)
+    parser.add_argument("--model", default="t2i-scratch-M",
+                        help="text-to-image artifact t2i-<scratch|minilm>-<size> (trained if missing)")
+    parser.add_argument("--scales", type=guidance_scale, nargs="+", default=None, metavar="S",
+                        help="guidance scales (default: the preset's); 0 = unconditional, 1 = no guidance")
+    parser.add_argument("--n-per-kind", type=positive_int, default=None,
+                        help="prompts per kind (single, position, two) and group (default: the preset's)")
+    parser.add_argument("--samples-per-prompt", type=positive_int, default=None, help="default: the preset's")
+    parser.add_argument("--steps", type=positive_int, default=None, help="DDIM steps (default: the preset's)")
+    parser.add_argument("--seed", type=int, default=1, help="sampling seed")
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from ..recipes.presets import get_preset
+    from ..recipes.store import load_or_train
+    from ..recipes.text_to_image import parse_t2i_name
+    from ..recipes.text_to_image_eval import evaluate_t2i
+
+    preset = get_preset(args.preset)
+    parse_t2i_name(args.model)
+    progress = not args.no_progress
+    art = load_or_train(args.model, preset, device=args.device, progress=progress, root=args.out)
+    checker = load_or_train("checker", preset, device=args.device, progress=progress, root=args.out).model
+    features = load_or_train("feature-net", preset, device=args.device, progress=progress, root=args.out).model
+    rows = evaluate_t2i(art.model, checker, preset, scales=args.scales, n_per_kind=args.n_per_kind,
+                        samples_per_prompt=args.samples_per_prompt, steps=args.steps, seed=args.seed,
+                        feature_net=features, progress=progress)
+    print(f"{args.model} (preset {preset.name}): compositional accuracy read by the checker, "
+          f"seen vs held-out (colour, shape) pairs {', '.join(preset.t2i.holdout)}")
+    print_t2i_eval(rows)
+    return 0
+
+
+def sample_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..diffusion.samplers import SAMPLERS
+
+    add_common(parser)
+    parser.add_argument("--model", default="t2i-scratch-M", help="text-to-image artifact (trained if missing)")
+    parser.add_argument("--prompt", nargs="+", required=True, help="one or more prompts (quote each)")
+    parser.add_argument("--n", type=positive_int, default=4, help="samples per prompt")
+    parser.add_argument("--scale", type=guidance_scale, default=3.0, help="guidance scale (a number >= 0)")
+    parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddim",
+                        help="ddim (--steps steps), ddpm (all the diffusion's timesteps), or another registered one")
+    parser.add_argument("--steps", type=positive_int, default=50,
+                        help="sampling steps, for samplers that take them (ddim; ddpm runs all timesteps)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default="samples.png", help="image grid to write (one row per prompt)")
+
+
+def sample(args: argparse.Namespace) -> int:
+    from torchvision.utils import save_image
+
+    from ..conditioning.text import check_prompts
+    from ..diffusion.samplers import SAMPLERS
+    from ..recipes.presets import get_preset
+    from ..recipes.store import load_or_train
+    from ..recipes.text_to_image import parse_t2i_name
+    from ..recipes.text_to_image_eval import generate
+
+    preset = get_preset(args.preset)
+    parse_t2i_name(args.model)
+    prompts = check_prompts(args.prompt)
+    output = check_output_file(args.output)
+    if args.n * len(prompts) > MAX_GRID:
+        raise ValueError(f"--n {args.n} x {len(prompts)} prompt(s) = {args.n * len(prompts):,} images in one grid; "
+                         f"a grid holds at most {MAX_GRID:,}: sample fewer per call (each call with its own --seed)")
+    art = load_or_train(args.model, preset, device=args.device, progress=not args.no_progress, root=args.out)
+    images = generate(art.model, [p for p in prompts for _ in range(args.n)], guidance_scale=args.scale,
+                      steps=args.steps, seed=args.seed, progress=not args.no_progress, sampler=args.sampler)
+    save_image((images + 1) / 2, output, nrow=args.n, padding=1)
+    takes_steps = "steps" in SAMPLERS[args.sampler].options
+    how = f"{args.sampler.upper()}-{args.steps if takes_steps else art.model.diffusion.num_timesteps}"
+    print(f"{len(images)} samples of {args.model} ({preset.name}) for {len(prompts)} prompt(s), s = {args.scale:g}, "
+          f"{how}: {args.output}")
+    return 0
+
+
+def scaling_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common(parser)
+    parser.add_argument("--encoder", choices=["scratch", "minilm"], default="scratch")
+    parser.add_argument("--sizes", nargs="+", default=None, help="model sizes (default: all of the preset's)")
+
+
+def scaling(args: argparse.Namespace) -> int:
+    from ..recipes.text_to_image import scaling_study
+
+    res = scaling_study(args.preset, sizes=args.sizes, encoder=args.encoder, device=args.device,
+                        progress=not args.no_progress, root=args.out)
+    print(f"scaling study ({res['preset']}, encoder {res['encoder']}): loss and seen-prompt accuracy vs compute")
+    print(f"{'size':<5} {'params':>9} {'step':>6} {'PFLOP':>9} {'val loss':>9} {'all-correct':>12}")
+    for m in res["models"]:
+        for c in m["curve"]:
+            print(f"{m['size']:<5} {m['params'] / 1e6:>8.2f}M {c['step']:>6} {c['compute'] / 1e15:>9.3f} "
+                  f"{c['loss']:>9.4f} {c.get('all_correct', float('nan')):>12.3f}")
+    print(f"saved to {res['path']}")
+    return 0
+
+
+def print_t2i_eval(rows: Sequence[dict]) -> None:
+    keys = ["acc_colour", "acc_shape", "acc_count", "acc_position", "all_correct"]
+    kinds = sorted({k for r in rows for k in r if k.startswith("all_correct_")})
+    print(f"{'group':<9} {'scale':>5} " + " ".join(f"{k.removeprefix('acc_'):>9}" for k in keys)
+          + " " + " ".join(f"{'ok-' + k.removeprefix('all_correct_'):>11}" for k in kinds) + f" {'FD-feat':>8}")
+    for r in rows:
+        fid = f"{r['fid']:>8.1f}" if "fid" in r else f"{'–':>8}"
+        print(f"{r['group']:<9} {r['scale']:>5g} " + " ".join(f"{r[k]:>9.3f}" for k in keys) + " "
+              + " ".join(f"{r.get(k, float('nan')):>11.3f}" for k in kinds) + f" {fid}")
