@@ -176,3 +176,31 @@ def test_diverged_training_and_unreadable_files_are_one_line(tmp_path, capsys, m
     monkeypatch.setattr(type(ARTIFACTS["ae-kl-l2"]), "train", unreadable)
     assert main(argv) == 2
     assert _one_line_error(capsys) == f"error: Permission denied: {tmp_path / 'smoke'}"
+
+
+def test_sample_streams_many_samples_to_a_folder(tmp_path, capsys, monkeypatch):
+    """--output-dir writes every sample as it is drawn: any --n, no grid in memory (model stubbed)."""
+    import types
+
+    import torch
+
+    import minildm.recipes.store as store
+    import minildm.recipes.text_to_image_eval as t2i
+
+    batches = []
+
+    def fake_batches(ldm, prompts, **kwargs):
+        for i in range(0, len(prompts), 3):
+            batches.append(len(prompts[i:i + 3]))
+            yield torch.zeros(len(prompts[i:i + 3]), 3, 8, 8)
+
+    model = types.SimpleNamespace(diffusion=types.SimpleNamespace(num_timesteps=30))
+    monkeypatch.setattr(store, "load_or_train", lambda *a, **k: types.SimpleNamespace(model=model))
+    monkeypatch.setattr(t2i, "generate_batches", fake_batches)
+    folder = tmp_path / "many"
+    argv = ["sample", "--prompt", "a red circle", "a blue star", "--n", "600", "--output-dir", str(folder),
+            "--no-progress"]
+    assert main(argv) == 0
+    files = sorted(p.name for p in folder.iterdir())
+    assert len(files) == 1200 and files[0] == "000-000000.png" and files[-1] == "001-000599.png"
+    assert max(batches) == 3 and "1200 samples" in capsys.readouterr().out

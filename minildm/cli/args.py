@@ -63,6 +63,18 @@ def check_output_file(path: str, suffixes: Sequence[str] = (".png", ".jpg", ".jp
     return out
 
 
+def check_output_folder(path: str) -> Path:
+    """The folder ``path`` (created if missing, with its parents) if a run can write files into it;
+    ValueError (before any work) when it is a file or not writable."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--output-dir {path!r} is a file, not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"--output-dir {path!r} is not writable")
+    return folder
+
+
 def check_artifact_root(root: str | None) -> None:
     """ValueError (before any work) when ``--out`` names something that is not a folder."""
     if root is not None and Path(root).exists() and not Path(root).is_dir():

@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from .args import MAX_GRID, add_common, check_output_file, guidance_scale, positive_int
+from .args import (
+    MAX_GRID,
+    add_common,
+    check_output_file,
+    check_output_folder,
+    guidance_scale,
+    positive_int,
+)
 
 
 # ------------------------------------------------------------------------------------ train-ldm
@@ -57,7 +64,10 @@ def sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=positive_int, default=50,
                         help="sampling steps, for samplers that take them (ddim; ddpm runs all timesteps)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="samples.png", help="image grid to write (one row per prompt)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--output", default="samples.png", help="image grid to write (one row per prompt)")
+    where.add_argument("--output-dir", default=None, metavar="DIR",
+                       help="write every sample as its own PNG into DIR (any --n; written as they are sampled)")
 
 
 def sample(args: argparse.Namespace) -> int:
@@ -68,23 +78,37 @@ def sample(args: argparse.Namespace) -> int:
     from ..recipes.presets import get_preset
     from ..recipes.store import load_or_train
     from ..recipes.text_to_image import parse_t2i_name
-    from ..recipes.text_to_image_eval import generate
+    from ..recipes.text_to_image_eval import generate, generate_batches
 
     preset = get_preset(args.preset)
     parse_t2i_name(args.model)
     prompts = check_prompts(args.prompt)
-    output = check_output_file(args.output)
-    if args.n * len(prompts) > MAX_GRID:
-        raise ValueError(f"--n {args.n} x {len(prompts)} prompt(s) = {args.n * len(prompts):,} images in one grid; "
-                         f"a grid holds at most {MAX_GRID:,}: sample fewer per call (each call with its own --seed)")
+    requests = [p for p in prompts for _ in range(args.n)]
+    if args.output_dir is not None:
+        folder = check_output_folder(args.output_dir)
+    else:
+        output = check_output_file(args.output)
+        if len(requests) > MAX_GRID:
+            raise ValueError(f"--n {args.n} x {len(prompts)} prompt(s) = {len(requests):,} images in one grid; a grid "
+                             f"holds at most {MAX_GRID:,}: use --output-dir to write each sample as its own file")
     art = load_or_train(args.model, preset, device=args.device, progress=not args.no_progress, root=args.out)
-    images = generate(art.model, [p for p in prompts for _ in range(args.n)], guidance_scale=args.scale,
-                      steps=args.steps, seed=args.seed, progress=not args.no_progress, sampler=args.sampler)
-    save_image((images + 1) / 2, output, nrow=args.n, padding=1)
+    options = dict(guidance_scale=args.scale, steps=args.steps, seed=args.seed, progress=not args.no_progress,
+                   sampler=args.sampler)
+    if args.output_dir is not None:
+        written = 0
+        for batch in generate_batches(art.model, requests, **options):
+            for image in batch:
+                save_image((image + 1) / 2, folder / f"{written // args.n:03d}-{written % args.n:06d}.png")
+                written += 1
+        where, count = f"{folder} (prompt-sample.png)", written
+    else:
+        images = generate(art.model, requests, **options)
+        save_image((images + 1) / 2, output, nrow=args.n, padding=1)
+        where, count = args.output, len(images)
     takes_steps = "steps" in SAMPLERS[args.sampler].options
     how = f"{args.sampler.upper()}-{args.steps if takes_steps else art.model.diffusion.num_timesteps}"
-    print(f"{len(images)} samples of {args.model} ({preset.name}) for {len(prompts)} prompt(s), s = {args.scale:g}, "
-          f"{how}: {args.output}")
+    print(f"{count} samples of {args.model} ({preset.name}) for {len(prompts)} prompt(s), s = {args.scale:g}, "
+          f"{how}: {where}")
     return 0
 
 

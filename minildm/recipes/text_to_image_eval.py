@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from torch import nn
 from ..checks import check_number
 from .presets import Preset, get_preset
 
-__all__ = ["EvalCurve", "VALIDATION_PROMPTS", "ValidationGrid", "best_scale", "evaluate_t2i", "generate",
+__all__ = ["EvalCurve", "VALIDATION_PROMPTS", "ValidationGrid", "best_scale", "evaluate_t2i", "generate", "generate_batches",
            "reference_scores", "t2i_dataset"]
 
 
@@ -34,23 +34,30 @@ def t2i_dataset(preset: Preset, split: str = "train", n: int | None = None) -> A
     return load_dataset("shapes", split, tp.image_size, length=n or tp.n_train, seed=preset.seed, holdout=holdout)
 
 
-@torch.no_grad()
-def generate(ldm: nn.Module, prompts: Sequence[str], *, guidance_scale: float = 3.0, steps: int = 20,
-             seed: int = 0, batch_size: int = 64, progress: bool = False, sampler: str = "ddim") -> torch.Tensor:
-    """Images (N, 3, H, W) for ``prompts`` (one sample each; repeat a prompt for more), DDIM with
-    classifier-free guidance. ValueError for an empty prompt list, an empty or over-long prompt, or
-    a ``guidance_scale`` that is not a finite number >= 0."""
+def generate_batches(ldm: nn.Module, prompts: Sequence[str], *, guidance_scale: float = 3.0, steps: int = 20,
+                     seed: int = 0, batch_size: int = 64, progress: bool = False,
+                     sampler: str = "ddim") -> Iterator[torch.Tensor]:
+    """:func:`generate`, one batch of ``batch_size`` images (B, 3, H, W) at a time, so that any number of
+    samples can be written to disk as they come (the same images, in the same order, as ``generate``)."""
     from ..conditioning.text import check_prompts
 
     prompts = check_prompts(prompts)
     guidance_scale = check_number("guidance_scale (0: unconditional, 1: no guidance)", guidance_scale, minimum=0)
     g = torch.Generator().manual_seed(seed)
-    out = []
     for i in range(0, len(prompts), batch_size):
         chunk = list(prompts[i:i + batch_size])
-        out.append(ldm.sample(len(chunk), sampler=sampler, steps=steps, cond=chunk,
-                              guidance_scale=float(guidance_scale), generator=g, progress=progress).cpu())
-    return torch.cat(out)
+        with torch.no_grad():
+            yield ldm.sample(len(chunk), sampler=sampler, steps=steps, cond=chunk, guidance_scale=guidance_scale,
+                             generator=g, progress=progress).cpu()
+
+
+def generate(ldm: nn.Module, prompts: Sequence[str], *, guidance_scale: float = 3.0, steps: int = 20,
+             seed: int = 0, batch_size: int = 64, progress: bool = False, sampler: str = "ddim") -> torch.Tensor:
+    """Images (N, 3, H, W) for ``prompts`` (one sample each; repeat a prompt for more), DDIM with
+    classifier-free guidance. ValueError for an empty prompt list, an empty or over-long prompt, or
+    a ``guidance_scale`` that is not a finite number >= 0."""
+    return torch.cat(list(generate_batches(ldm, prompts, guidance_scale=guidance_scale, steps=steps, seed=seed,
+                                           batch_size=batch_size, progress=progress, sampler=sampler)))
 
 
 def _score_row(checker: nn.Module, images: torch.Tensor, requests: Sequence[Any], **labels: Any) -> dict[str, Any]:
