@@ -4,7 +4,7 @@ Each command is a :class:`Command` in :data:`COMMANDS`: a function that adds its
 subparser and a function that runs it. The commands follow the notebooks: ``train-ae`` (01),
 ``ablate-f`` and ``train-features`` (02), ``train-ldm`` (03, and 05 with ``--cond text``),
 ``train-checker``, ``train-first-stage`` and ``train-cond`` (04), ``evaluate``, ``sample`` and
-``scaling-study`` (05), ``reevaluate`` (any artifact).
+``scaling-study`` (05), ``reevaluate`` (any artifact), ``check-data`` (an image folder of your own).
 
 Errors in the arguments exit with status 2 and argparse's usage message; a ValueError raised by
 the library (unknown preset, unusable checkpoint, ...) is printed as ``error: ...`` on stderr,
@@ -472,6 +472,22 @@ def _reevaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------- check-data
+def _check_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="image folder (as for load_dataset('image_folder', root=PATH))")
+    parser.add_argument("--captions", default=None, metavar="FILE",
+                        help="captions file (default: captions.json, metadata.jsonl, ... in PATH if present)")
+    parser.add_argument("--size", type=_positive_int, default=64, help="image size to decode to (default 64)")
+
+
+def _check_data(args: argparse.Namespace) -> int:
+    from .data.image_folder import check_image_folder
+
+    result = check_image_folder(args.path, captions=args.captions, image_size=args.size)
+    print(result.report())
+    return 0 if result.ok else 2
+
+
 COMMANDS: dict[str, Command] = {
     "train-ae": Command("train-ae", "train a first-stage autoencoder (notebook 01) and cache it as an artifact",
                         _train_ae_arguments, _train_ae),
@@ -495,6 +511,9 @@ COMMANDS: dict[str, Command] = {
                           "settings and rewrite its metrics (the weights are kept)", _reevaluate_arguments, _reevaluate),
     "train-cond": Command("train-cond", "train the class-conditional and layout-to-image LDMs (notebook 04)",
                           _train_cond_arguments, _train_cond),
+    "check-data": Command("check-data", "open every image of an image folder (and its captions file) once and "
+                          "list the unreadable ones; exit status 2 if there are any", _check_data_arguments,
+                          _check_data),
 }
 
 

@@ -110,3 +110,38 @@ def test_sample_sampler_option(sampler, label, tmp_path, capsys, monkeypatch):
     assert calls["sampler"] == sampler and calls["steps"] == 7 and out.exists()
     assert f"{label}: {out}" in capsys.readouterr().out
     assert build_parser().parse_args(["sample", "--prompt", "x"]).sampler == "ddim"
+
+
+def test_check_data_lists_unreadable_images(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "cats").mkdir()
+    for name in ("a.png", "b.jpg", "cats/c.png", "cats/d.png"):
+        Image.fromarray(rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)).save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert main(["check-data", str(tmp_path), "--size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "4 images" in out and "all readable" in out
+
+    data = (tmp_path / "cats" / "c.png").read_bytes()
+    (tmp_path / "cats" / "c.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "b.jpg").write_bytes(b"garbage")
+    assert main(["check-data", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert "2 of 4 images are readable, 2 are not" in out
+    assert "  cats/c.png: image file is truncated" in out and "  b.jpg: cannot identify image file" in out
+
+    captions = tmp_path / "caps.json"
+    captions.write_text('{"a.png": "x",}')
+    assert main(["check-data", str(tmp_path), "--captions", str(captions)]) == 2
+    out = capsys.readouterr().out
+    assert f"{captions}" in out and "line 1, column 15" in out
+    captions.write_text('{"a.png": "a photo"}')
+    (tmp_path / "b.jpg").unlink()
+    (tmp_path / "cats" / "c.png").unlink()
+    assert main(["check-data", str(tmp_path), "--captions", str(captions)]) == 0
+    assert "1 caption" in capsys.readouterr().out
+    assert main(["check-data", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
