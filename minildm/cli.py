@@ -8,14 +8,17 @@ subparser and a function that runs it. The commands follow the notebooks: ``trai
 
 Errors in the arguments exit with status 2 and argparse's usage message; a ValueError raised by
 the library (unknown preset, unusable checkpoint, ...) is printed as ``error: ...`` on stderr,
-also with status 2 and without a traceback.
+also with status 2 and without a traceback. Warnings (e.g. a ``sample`` prompt made mostly of words
+the text encoder does not know) are printed as one line ``warning: ...`` on stderr.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TextIO
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
@@ -534,12 +537,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the command, return its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)  # bad arguments: SystemExit(2) with argparse's message
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():  # warnings as one line each: "warning: ..." on stderr
+            warnings.showwarning = _show_warning
+            return int(args._run(args) or 0)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
