@@ -270,3 +270,83 @@ def test_artifact_files_of_the_wrong_shape_are_clear_errors(tmp_path, trained, f
     (root / "smoke" / "ae-kl-l2" / file).write_text(content)
     with pytest.raises(ValueError, match=f"{file}.*corrupted.*{message}.*Rebuild it with"):
         load_or_train("ae-kl-l2", SMOKE2, progress=False, root=root)
+
+
+def _concurrent_build(root: str, out: str, first: bool, holding, waiting, threads: int) -> None:
+    """One of the two processes of the test below: load_or_train ae-kl-l2 (smoke, 2 steps) into ``root``
+    and write to ``out`` whether this process trained and the artifact's recorded training time. The first
+    process, once training (i.e. inside the build), tells the second to start and waits until it has."""
+    import os
+    import time
+    from pathlib import Path
+
+    torch.set_num_threads(threads)  # as the reference run in this process (the sums' order depends on it)
+    trained: list[int] = []
+    original = AutoencoderSpec.train
+
+    def train(self, *args, **kwargs):
+        trained.append(os.getpid())
+        if first:
+            holding.set()
+            waiting.wait(60)
+            time.sleep(0.5)  # the second process is now at the artifact (its check of the cache came first)
+        return original(self, *args, **kwargs)
+
+    AutoencoderSpec.train = train
+    if not first:
+        holding.wait(60)
+        waiting.set()
+    art = load_or_train("ae-kl-l2", SMOKE2, device="cpu", progress=False, root=root)
+    Path(out).write_text(json.dumps({"trained": bool(trained), "train_time_s": art.metrics["train_time_s"],
+                                     "pid": os.getpid()}))
+
+
+def test_two_processes_building_one_artifact(trained, tmp_path, capfd):
+    """Two real processes build the same artifact into one root at (nearly) the same time: the second
+    waits for the first and then loads its artifact; the weights are those of a single run."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    root = tmp_path / "cache"
+    holding, waiting = ctx.Event(), ctx.Event()
+    outs = [tmp_path / "first.json", tmp_path / "second.json"]
+    procs = [ctx.Process(target=_concurrent_build, args=(str(root), str(out), i == 0, holding, waiting,
+                                                               torch.get_num_threads()))
+             for i, out in enumerate(outs)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    first, second = (json.loads(out.read_text()) for out in outs)
+    assert first["trained"] and not second["trained"]  # the second loaded the first's artifact
+    assert second["train_time_s"] == first["train_time_s"]
+    err = capfd.readouterr().err
+    assert f"held by process {first['pid']}" in err and "waiting" in err
+    art = artifacts.load_artifact("ae-kl-l2", SMOKE2, device="cpu", root=root)
+    single = trained[1].model.state_dict()
+    for k, v in art.model.state_dict().items():
+        assert torch.equal(v, single[k]), k
+    assert sorted(p.name for p in (root / "smoke").iterdir()) == ["ae-kl-l2"]  # no partial, temp or lock left
+
+
+def test_build_removes_leftovers_of_a_crashed_build_and_reuses(trained, tmp_path, monkeypatch):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(trained[0], root)
+    smoke = root / "smoke"
+    leftovers = [smoke / ".ae-kl-l2.k3j_x9q.tmp", smoke / ".ae-kl-l2.old"]
+    others = [smoke / ".ae-kl-l2x.old", smoke / ".ae-kl-l2x.abc.tmp"]  # another artifact's: kept
+    for d in leftovers + others:
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"half written")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again instead of loading")
+
+    monkeypatch.setattr(AutoencoderSpec, "train", no_training)
+    art = artifacts.build_artifact("ae-kl-l2", SMOKE2, device="cpu", progress=False, root=root, reuse=True)
+    assert art.metrics == trained[1].metrics
+    assert not any(d.exists() for d in leftovers) and all(d.is_dir() for d in others)
+    assert not (smoke / ".ae-kl-l2.lock").exists()

@@ -204,3 +204,70 @@ def test_sample_streams_many_samples_to_a_folder(tmp_path, capsys, monkeypatch):
     files = sorted(p.name for p in folder.iterdir())
     assert len(files) == 1200 and files[0] == "000-000000.png" and files[-1] == "001-000599.png"
     assert max(batches) == 3 and "1200 samples" in capsys.readouterr().out
+
+
+def test_check_data_lists_unreadable_images(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "cats").mkdir()
+    for name in ("a.png", "b.jpg", "cats/c.png", "cats/d.png"):
+        Image.fromarray(rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)).save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert main(["check-data", str(tmp_path), "--size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "4 images" in out and "all readable" in out
+
+    data = (tmp_path / "cats" / "c.png").read_bytes()
+    (tmp_path / "cats" / "c.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "b.jpg").write_bytes(b"garbage")
+    assert main(["check-data", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert "2 of 4 images are readable, 2 are not" in out
+    assert "  cats/c.png: image file is truncated" in out and "  b.jpg: cannot identify image file" in out
+
+    captions = tmp_path / "caps.json"
+    captions.write_text('{"a.png": "x",}')
+    assert main(["check-data", str(tmp_path), "--captions", str(captions)]) == 2
+    out = capsys.readouterr().out
+    assert f"{captions}" in out and "line 1, column 15" in out
+    captions.write_text('{"a.png": "a photo"}')
+    (tmp_path / "b.jpg").unlink()
+    (tmp_path / "cats" / "c.png").unlink()
+    assert main(["check-data", str(tmp_path), "--captions", str(captions)]) == 0
+    assert "1 caption" in capsys.readouterr().out
+    assert main(["check-data", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_sample_warns_about_unknown_words_in_one_line(tmp_path, capsys, monkeypatch):
+    """sample with a prompt the text encoder mostly cannot read: one line 'warning: ...' on stderr; with no
+    known word at all: error, exit status 2 (a tiny untrained text-to-image model stands in for the artifact)."""
+    import types
+
+    import torch
+
+    import minildm.recipes.store as store
+    from minildm.conditioning.text import TransformerTextEmbedder, WordTokenizer
+    from minildm.diffusion.ldm import LatentDiffusion
+    from minildm.diffusion.process import GaussianDiffusion
+    from minildm.models.autoencoder import IdentityConfig, IdentityFirstStage
+    from minildm.models.unet import UNetModel
+
+    torch.manual_seed(0)
+    tok = WordTokenizer.fit(["a red circle", "a blue square on the left"], max_length=12)
+    unet = UNetModel(in_channels=3, out_channels=3, model_channels=8, channel_mult=(1,), num_res_blocks=1,
+                     attention_resolutions=(1,), num_heads=2, num_groups=4, context_dim=8)
+    ldm = LatentDiffusion(IdentityFirstStage(IdentityConfig(3, 4)), unet, GaussianDiffusion("linear", 10),
+                          image_size=4, cond_stage_model=TransformerTextEmbedder(tok, 8, depth=1, heads=2)).eval()
+    monkeypatch.setattr(store, "load_or_train", lambda *a, **k: types.SimpleNamespace(model=ldm))
+    out = tmp_path / "grid.png"
+    argv = ["sample", "--n", "2", "--steps", "2", "--output", str(out), "--no-progress", "--prompt"]
+    assert main(argv + ["a red circle", "a xyzzy plugh frobozz"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: prompt 'a xyzzy plugh frobozz': 3 of its 4 words")
+    assert "vocabulary of 8 words" in err[0] and out.exists()
+    assert main(argv + ["xyzzy plugh frobozz"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: prompt 0 ('xyzzy plugh frobozz') has no word")

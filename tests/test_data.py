@@ -512,3 +512,53 @@ def test_a_registered_dataset_is_loadable_by_name():
             register_dataset("dummy", options=())(dummy)
     finally:
         DATASETS.pop("dummy", None)
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_truncated_image_is_a_value_error_naming_the_file(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, size=(24, 24, 3), dtype=np.uint8)).save(tmp_path / f"im{i}.png")
+    ds = load_dataset("image_folder", "train", 16, root=tmp_path, val_fraction=0, test_fraction=0)
+    assert ds[0]["image"].shape == (3, 16, 16)
+    _truncate(tmp_path / ds.files[0])
+    with pytest.raises(ValueError) as err:
+        ds[0]
+    msg = str(err.value)
+    assert "\n" not in msg and str(tmp_path / ds.files[0]) in msg and "truncated" in msg
+    assert f"python -m minildm check-data {tmp_path}" in msg
+    (tmp_path / "im1.png").write_bytes(b"not a png at all")
+    with pytest.raises(ValueError, match="im1.png"):
+        ds[ds.files.index("im1.png")]
+
+
+def test_malformed_caption_files_name_file_line_and_column(tmp_path):
+    bad = tmp_path / "captions.json"
+    bad.write_text('{\n  "a.png": "a red car",\n  "b.png": "a dog" "c.png"\n}\n')
+    with pytest.raises(ValueError) as err:
+        read_captions(bad)
+    msg = str(err.value)
+    assert "\n" not in msg and str(bad) in msg and "line 3, column 20" in msg and "JSON" in msg
+    lines = tmp_path / "metadata.jsonl"
+    lines.write_text('{"file_name": "a.png", "text": "a red car"}\n{"file_name": "b.png", "text": \n')
+    with pytest.raises(ValueError, match=rf"{lines}:2.*column"):
+        read_captions(lines)
+    lines.write_text('["a.png", "a red car"]\n')
+    with pytest.raises(ValueError, match=rf"{lines}:1.*file_name"):
+        read_captions(lines)
+    binary = tmp_path / "c.csv"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ValueError, match=rf"{binary}.*UTF-8"):
+        read_captions(binary)
+    # a dataset with a broken captions file in its folder says which file
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="captions.json.*line 3"):
+        load_dataset("image_folder", "train", 8, root=tmp_path, val_fraction=0, test_fraction=0)

@@ -114,3 +114,33 @@ def test_frozen_clip_needs_local_weights(tmp_path):
 
     with pytest.raises(ValueError, match="nothing is downloaded"):
         frozen_clip(str(tmp_path / "no-such-clip"))
+
+
+def test_unreadable_prompts_warn_or_raise(tokenizer):
+    import warnings
+
+    from minildm.conditioning.text import UnknownWordsWarning
+
+    enc = TransformerTextEmbedder(tokenizer, 16, depth=1, heads=2).eval()
+    words = tokenizer.vocab_size - len(WordTokenizer.SPECIALS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning for prompts the model can read
+        enc(["a red star", "a golden star"])
+        enc(["a red xyzzy plugh"])  # half of the words unknown: not more than half
+        enc(["xyzzy plugh frobozz"], drop=torch.tensor([False]))  # a training batch (with its dropout mask)
+    with pytest.warns(UnknownWordsWarning) as record:
+        enc(["a xyzzy plugh frobozz", "a xyzzy plugh frobozz", "a red star"])
+    assert len(record) == 1  # once per distinct prompt
+    msg = str(record[0].message)
+    assert "\n" not in msg and "'a xyzzy plugh frobozz'" in msg and "3 of its 4 words" in msg
+    assert "xyzzy, plugh, frobozz" in msg and f"vocabulary of {words} words" in msg
+    with pytest.warns(UnknownWordsWarning, match="красный, круг"):
+        enc(["a красный круг"])
+    for prompt, unknown in [("xyzzy plugh frobozz", "xyzzy, plugh, frobozz"), ("!!! ??? ...", "!!!, ???, ..."),
+                            ("красный круг", "красный, круг")]:
+        with pytest.raises(ValueError) as err:
+            enc(["a red star", prompt])
+        msg = str(err.value)
+        assert "\n" not in msg and f"prompt 1 ({prompt!r})" in msg and unknown in msg
+        assert f"vocabulary of {words} words" in msg and "a, " in msg  # a few known words as examples
+    assert tokenizer.unknown_words("A Red, xyzzy! star-ish") == ["xyzzy!"]

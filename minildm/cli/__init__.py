@@ -4,23 +4,26 @@ Each command is a :class:`Command` in :data:`COMMANDS`: a function that adds its
 subparser and a function that runs it. The commands follow the notebooks: ``train-ae`` (01),
 ``ablate-f`` and ``train-features`` (02), ``train-ldm`` (03, and 05 with ``--cond text``),
 ``train-checker``, ``train-first-stage`` and ``train-cond`` (04), ``evaluate``, ``sample`` and
-``scaling-study`` (05), ``reevaluate`` (any artifact).
+``scaling-study`` (05), ``reevaluate`` (any artifact), ``check-data`` (an image folder of your own).
 
 Errors in the arguments exit with status 2 and argparse's usage message. Errors of the user or the
 environment (a ValueError of the library: unknown preset, unusable checkpoint, non-finite number;
 a FloatingPointError: training diverged; an OSError: a file that cannot be read or written) print one
 line ``error: ...`` on stderr, also with status 2 and without a traceback (``--debug`` shows it).
-Output paths, counts and scales are checked before any training or sampling starts.
+Output paths, counts and scales are checked before any training or sampling starts. Warnings (e.g. a
+``sample`` prompt made mostly of words the text encoder does not know) print one line ``warning: ...``.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 from .args import check_artifact_root, one_line
+from .data import check_data, check_data_arguments
 from .text_to_image import (
     evaluate,
     evaluate_arguments,
@@ -83,6 +86,9 @@ COMMANDS: dict[str, Command] = {
                           "settings and rewrite its metrics (the weights are kept)", reevaluate_arguments, reevaluate),
     "train-cond": Command("train-cond", "train the class-conditional and layout-to-image LDMs (notebook 04)",
                           train_cond_arguments, train_cond),
+    "check-data": Command("check-data", "open every image of an image folder (and its captions file) once and "
+                          "list the unreadable ones; exit status 2 if there are any", check_data_arguments,
+                          check_data),
 }
 
 
@@ -111,13 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` of the command line: one line ``warning: ...`` on stderr."""
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the command, return its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)  # bad arguments: SystemExit(2) with argparse's message
     try:
         check_artifact_root(getattr(args, "out", None))
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():  # warnings as one line each
+            warnings.showwarning = show_warning
+            return int(args._run(args) or 0)
     except (ValueError, FloatingPointError, OSError) as err:  # the user's or the environment's, not a bug
         if args.debug:
             raise

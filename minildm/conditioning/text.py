@@ -19,13 +19,18 @@ Every encoder has the interface of :mod:`minildm.conditioning.base`:
 ``max_length`` (so conditional and null contexts line up), ``encoder.null(B)`` the empty
 caption ∅ (Stable Diffusion's unconditional prompt ``""``), and ``embed_dim`` = d. User prompts
 must be non-empty and fit in ``max_length`` tokens (a ValueError says by how much one does not);
-``drop`` replaces prompts by ∅ for conditioning dropout.
+``drop`` replaces prompts by ∅ for conditioning dropout. The from-scratch encoder knows only the
+words of its training captions: a prompt it is asked to read (at sampling or evaluation) with more
+than half of its words outside the vocabulary gives an :class:`UnknownWordsWarning`, one with no
+known word a ValueError (:meth:`WordTokenizer.check_known`). Frozen pretrained encoders read any
+text with their subword tokenizers and are not checked.
 
 Taught in notebook 05.
 """
 from __future__ import annotations
 
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -35,7 +40,7 @@ from torch import Tensor, nn
 
 from .base import Conditioning, check_drop, register_conditioner
 
-__all__ = ["WordTokenizer", "TransformerTextEmbedder",
+__all__ = ["WordTokenizer", "TransformerTextEmbedder", "UnknownWordsWarning",
            "check_prompts"]
 
 _WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
@@ -55,6 +60,10 @@ def check_prompts(prompts: str | Sequence[str]) -> list[str]:
             raise ValueError(f"prompt {i} is empty: describe the image (for unconditional samples use "
                              "guidance_scale=0)")
     return prompts
+
+
+class UnknownWordsWarning(UserWarning):
+    """A prompt is mostly made of words the text encoder never saw in training (read as [UNK])."""
 
 
 class WordTokenizer:
@@ -129,6 +138,33 @@ class WordTokenizer:
             ids[i, : len(row)] = torch.tensor(row)
         return {"input_ids": ids, "mask": ids != self.pad_id}
 
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of ``text`` (split at white space, lower-cased) that the vocabulary cannot read:
+        none of their tokens is in it (``"star!"`` is known by ``star``, ``"xyzzy"`` and ``"!!!"`` are not)."""
+        return [w for w in text.lower().split() if not any(t in self.stoi for t in self.tokenize(w))]
+
+    def check_known(self, prompts: Sequence[str]) -> None:
+        """Warn (:class:`UnknownWordsWarning`) once per distinct prompt more than half of whose words are
+        unknown (:meth:`unknown_words`), listing them and the vocabulary's size; raise ValueError if a
+        prompt has no known word at all (the model would sample from [UNK] tokens alone)."""
+        first: dict[str, int] = {}
+        for i, text in enumerate(prompts):
+            first.setdefault(text, i)
+        for text, i in first.items():
+            unknown, n = self.unknown_words(text), len(text.split())
+            if not unknown or 2 * len(unknown) <= n:
+                continue
+            listed = ", ".join(dict.fromkeys(unknown))
+            words = self.vocab_size - len(self.SPECIALS)
+            if len(unknown) == n:
+                examples = ", ".join([w for w in self.itos[len(self.SPECIALS):] if w.isalnum()][:12])
+                raise ValueError(f"prompt {i} ({text!r}) has no word the text encoder knows ({listed} are outside "
+                                 f"its vocabulary of {words} words, learnt from the training captions): describe "
+                                 f"the image with words such as {examples}")
+            warnings.warn(f"prompt {text!r}: {len(unknown)} of its {n} words are unknown to the text encoder "
+                          f"({listed}; vocabulary of {words} words) and read as [UNK]: the samples will not "
+                          "follow them", UnknownWordsWarning, stacklevel=4)
+
     def decode(self, ids: Tensor | Sequence[int]) -> str:
         """Words of one id sequence, without special tokens other than [UNK]."""
         skip = {self.pad_id, self.bos_id, self.eos_id}
@@ -149,7 +185,9 @@ class TransformerTextEmbedder(nn.Module):
         h_0 = E_tok[ids] + E_pos,  h_ℓ = h_{ℓ−1} + MHA(LN(h_{ℓ−1})) + FFN(LN(·)),  τ_θ(y) = LN(h_depth)
 
     with padding masked out of the attention. Shapes: B prompts -> context (B, L, embed_dim),
-    mask (B, L); L = ``tokenizer.max_length``.
+    mask (B, L); L = ``tokenizer.max_length``. Prompts given without ``drop`` (to be read, not a
+    training batch) are checked with :meth:`WordTokenizer.check_known`: a warning when more than half
+    of a prompt's words are unknown, a ValueError when all are.
     """
 
     def __init__(self, tokenizer: WordTokenizer | Mapping[str, Any], embed_dim: int, depth: int = 2,
@@ -186,6 +224,8 @@ class TransformerTextEmbedder(nn.Module):
     def forward(self, prompts: str | Sequence[str], drop: Tensor | None = None,
                 truncation: bool = False) -> Conditioning:
         prompts = check_prompts(prompts)
+        if drop is None:  # prompts to read (sampling, evaluation); training batches come with their dropout mask
+            self.tokenizer.check_known(prompts)
         drop = check_drop(drop, len(prompts))
         tok = self.tokenizer.encode(prompts, truncation=truncation)
         if drop is not None and bool(drop.any()):

@@ -18,6 +18,11 @@ Later calls load it. The directory is written to a temporary folder and renamed 
 crash never leaves a half-written artifact. A crashed *training* run resumes from
 ``<name>.partial/checkpoint.safetensors`` (exactly, see :mod:`minildm.engine.trainer`).
 
+A build holds the lock ``<root>/<preset>/.<name>.lock`` (:class:`~minildm.engine.filelock.FileLock`)
+from training to the final rename, so two runs of the same artifact (two notebooks, a notebook and
+the CLI) never write over each other: the second waits, saying which process it waits for, and
+:func:`load_or_train` then loads what the first one built instead of training again.
+
 Recipes register their specs with :func:`minildm.recipes.registry.register`; this module only
 stores, loads and builds what the registry names. Taught in notebook 01 (and used by every notebook).
 """
@@ -27,7 +32,9 @@ import contextvars
 import json
 import math
 import os
+import re
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -47,6 +54,7 @@ from ..engine.checkpoint import (
     save_weights,
 )
 from ..engine.device import get_device
+from ..engine.filelock import FileLock
 from .presets import Preset, get_preset
 from .registry import get_spec
 
@@ -211,10 +219,43 @@ def _partial_dir(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
+def _lock_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.lock")
+
+
+def _artifact_lock(path: Path) -> FileLock:
+    """The lock of the artifact at ``path``; a process that has to wait for it says so on stderr."""
+    lock = _lock_path(path)
+
+    def waiting(pid: int | None) -> None:
+        holder = f"process {pid}" if pid is not None else "another process"
+        print(f"artifact {path.name!r} is being built by another run (lock {str(lock)!r} held by {holder}); "
+              "waiting for it to finish", file=sys.stderr, flush=True)
+
+    return FileLock(lock, on_wait=waiting)
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Delete the temporary ``.<name>.*.tmp`` and ``.<name>.old`` folders a crashed build of the artifact
+    at ``path`` left (call with its lock held: no other build of it is running)."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[A-Za-z0-9_]+\.tmp|\.{re.escape(path.name)}\.old")
+    if path.parent.is_dir():
+        for leftover in path.parent.iterdir():
+            if leftover.is_dir() and pattern.fullmatch(leftover.name):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
 def build_artifact(name: str, preset: str | Preset | None = None, *, steps: int | None = None,
                    device: str | torch.device | None = None, progress: bool = True, resume: bool = True,
-                   root: str | os.PathLike | None = None, options: Mapping[str, Any] | None = None) -> Artifact | None:
+                   root: str | os.PathLike | None = None, options: Mapping[str, Any] | None = None,
+                   reuse: bool = False) -> Artifact | None:
     """Train artifact ``name``, evaluate it on the val split and save it (replacing an old one).
+
+    The build holds the artifact's lock ``<root>/<preset>/.<name>.lock`` from training to the final
+    rename: another build of the same artifact waits for it (printing one line on stderr naming the
+    process it waits for). With ``reuse``, an artifact that exists once the lock is taken (another run
+    built it meanwhile) is loaded (:func:`load_artifact`) instead of trained again. Temporary folders
+    a crashed build left are removed when the lock is taken.
 
     Periodic checkpoints go to ``<name>.partial/``; with ``resume`` an interrupted run continues
     from there (a checkpoint made with other settings raises ValueError: delete the folder or
@@ -223,14 +264,37 @@ def build_artifact(name: str, preset: str | Preset | None = None, *, steps: int 
     ``train`` (e.g. ``accumulate``, ``precision``), which do not change the artifact's identity.
     Under ``torchrun`` every rank trains; rank 0 alone evaluates and writes, the others return None.
     """
-    from ..engine.distributed import barrier, dist_info
+    from ..engine.distributed import dist_info
 
-    spec = get_spec(name)
+    get_spec(name)
     check_steps(steps)
     p = get_preset(preset)
     dev = get_device(device)
     rank = dist_info().rank
     final = artifact_dir(name, p, root)
+    lock = _artifact_lock(final)
+    if rank == 0:  # rank 0 alone writes; the other ranks wait for its decision below
+        lock.acquire()
+    try:
+        return _build_locked(name, p, final, steps=steps, dev=dev, progress=progress, resume=resume, root=root,
+                             options=options, reuse=reuse)
+    finally:
+        lock.release()
+
+
+def _build_locked(name: str, p: Preset, final: Path, *, steps: int | None, dev: torch.device, progress: bool,
+                  resume: bool, root: str | os.PathLike | None, options: Mapping[str, Any] | None,
+                  reuse: bool) -> Artifact | None:
+    """:func:`build_artifact` once rank 0 holds the artifact's lock."""
+    from ..engine.distributed import all_reduce_max, barrier, dist_info
+
+    spec = get_spec(name)
+    rank = dist_info().rank
+    if rank == 0:
+        _remove_leftovers(final)
+    built = rank == 0 and reuse and final.is_dir()
+    if all_reduce_max(float(built), dev) > 0:  # every rank follows rank 0
+        return load_artifact(name, p, device=dev, root=root, steps=steps) if rank == 0 else None
     partial = _partial_dir(final)
     if resume and partial.exists() and not _resumable(partial, spec.identity(p, steps)):
         resume = False
@@ -319,7 +383,9 @@ def load_or_train(name: str, preset: str | Preset | None = None, *, device: str 
                   root: str | os.PathLike | None = None) -> Artifact:
     """The cached artifact ``name`` for ``preset``, training (and caching) it first if needed.
 
-    ``retrain=True`` trains from scratch and replaces the cache. A corrupted or mismatched cache
+    ``retrain=True`` trains from scratch and replaces the cache. If another run (another process) is
+    building the same artifact, this call waits for it and then loads its result (see
+    :func:`build_artifact`); with ``retrain=True`` it waits and then trains anew. A corrupted or mismatched cache
     entry raises ValueError naming the file and the command that rebuilds it (or use retrain=True).
     Unknown names raise ValueError listing the known ones (:func:`list_artifacts`).
     """
@@ -327,7 +393,8 @@ def load_or_train(name: str, preset: str | Preset | None = None, *, device: str 
     p = get_preset(preset)
     if not retrain and artifact_dir(name, p, root).is_dir():
         return load_artifact(name, p, device=device, root=root)
-    return build_artifact(name, p, device=device, progress=progress, resume=not retrain, root=root)
+    return build_artifact(name, p, device=device, progress=progress, resume=not retrain, root=root,
+                          reuse=not retrain)
 
 
 def reevaluate_artifact(name: str, preset: str | Preset | None = None, *,
