@@ -350,3 +350,20 @@ def test_build_removes_leftovers_of_a_crashed_build_and_reuses(trained, tmp_path
     assert art.metrics == trained[1].metrics
     assert not any(d.exists() for d in leftovers) and all(d.is_dir() for d in others)
     assert not (smoke / ".ae-kl-l2.lock").exists()
+
+
+def test_no_progress_reaches_the_dependencies_and_files_follow_the_umask(tmp_path, capfd):
+    # kl-f4 trains the checker on the way (for its evaluation): with progress=False, no bar at all; the
+    # artifact folders and files get the umask's modes (mkdtemp / mkstemp alone make them 0700 / 0600)
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        art = artifacts.build_artifact("kl-f4", "smoke", steps=2, device="cpu", progress=False, root=tmp_path)
+    finally:
+        os.umask(old)
+    err = capfd.readouterr().err
+    assert "checker (smoke)" not in err and "kl-f4 (smoke)" not in err, err[-500:]
+    assert stat.S_IMODE(art.path.stat().st_mode) == 0o755
+    assert stat.S_IMODE((art.path / "model.safetensors").stat().st_mode) == 0o644

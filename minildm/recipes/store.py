@@ -52,6 +52,7 @@ from ..engine.checkpoint import (
     minildm_version,
     non_finite_tensors,
     save_weights,
+    umask_mode,
 )
 from ..engine.device import get_device
 from ..engine.filelock import FileLock
@@ -125,6 +126,8 @@ class Artifact:
 #: the root of the artifact being built: the artifacts it needs (a first stage, the feature
 #: network) are looked up and cached under the same root
 _BUILD_ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("minildm_build_root", default=None)
+#: whether the artifact being built shows progress bars: the artifacts it needs follow it (``--no-progress``)
+_BUILD_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar("minildm_build_progress", default=True)
 
 
 def artifact_root(root: str | os.PathLike | None = None) -> Path:
@@ -302,6 +305,7 @@ def _build_locked(name: str, p: Preset, final: Path, *, steps: int | None, dev: 
         shutil.rmtree(partial)
     barrier()
     token = _BUILD_ROOT.set(artifact_root(root))
+    progress_token = _BUILD_PROGRESS.set(progress)
     try:
         result = spec.train(p, steps=steps, device=dev, out_dir=partial, resume=resume,
                             progress=progress, **dict(options or {}))
@@ -314,6 +318,7 @@ def _build_locked(name: str, p: Preset, final: Path, *, steps: int | None, dev: 
         with local_only():  # rank 0 alone (anything it trains for the evaluation is not data-parallel)
             metrics: dict[str, Any] = dict(spec.evaluate(model, p, dev))
     finally:
+        _BUILD_PROGRESS.reset(progress_token)
         _BUILD_ROOT.reset(token)
     identity = spec.identity(p, steps)
     metrics.update(result.facts)
@@ -329,6 +334,7 @@ def _build_locked(name: str, p: Preset, final: Path, *, steps: int | None, dev: 
 
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=final.parent))
+    os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700: a shared cache must stay readable
     try:
         save_weights(tmp / "model.safetensors", model, {"model_class": config["model_class"],
                                                         "model": config["model"]})
@@ -379,7 +385,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 
 def load_or_train(name: str, preset: str | Preset | None = None, *, device: str | torch.device | None = None,
-                  progress: bool = True, retrain: bool = False,
+                  progress: bool | None = None, retrain: bool = False,
                   root: str | os.PathLike | None = None) -> Artifact:
     """The cached artifact ``name`` for ``preset``, training (and caching) it first if needed.
 
@@ -387,10 +393,14 @@ def load_or_train(name: str, preset: str | Preset | None = None, *, device: str 
     building the same artifact, this call waits for it and then loads its result (see
     :func:`build_artifact`); with ``retrain=True`` it waits and then trains anew. A corrupted or mismatched cache
     entry raises ValueError naming the file and the command that rebuilds it (or use retrain=True).
-    Unknown names raise ValueError listing the known ones (:func:`list_artifacts`).
+    Unknown names raise ValueError listing the known ones (:func:`list_artifacts`). ``progress``:
+    progress bars while training (default: those of the artifact being built, if this one is its
+    dependency, else shown).
     """
     get_spec(name)
     p = get_preset(preset)
+    if progress is None:
+        progress = _BUILD_PROGRESS.get()
     if not retrain and artifact_dir(name, p, root).is_dir():
         return load_artifact(name, p, device=device, root=root)
     return build_artifact(name, p, device=device, progress=progress, resume=not retrain, root=root,
