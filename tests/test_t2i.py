@@ -98,7 +98,9 @@ def test_names_and_commands(root, capsys, tmp_path):
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "held_out" in out and "all_correct" in out
-    assert main(["evaluate", "--preset", "smoke", "--out", str(root), "--scales", "-2"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # refused by the argument parser, before anything is loaded
+        main(["evaluate", "--preset", "smoke", "--out", str(root), "--scales", "-2"])
+    assert exit_.value.code == 2
     res = scaling_study(PRESET, sizes=["M"], root=root, progress=False, out=tmp_path / "scaling.json")
     saved = json.loads((tmp_path / "scaling.json").read_text())
     assert saved["models"][0]["size"] == "M" and len(saved["models"][0]["curve"]) == 2
@@ -109,7 +111,9 @@ def test_names_and_commands(root, capsys, tmp_path):
                  "--steps", "2", "--output", str(grid), "--no-progress"]) == 0
     assert grid.stat().st_size > 0 and "4 samples" in capsys.readouterr().out
     assert main(["sample", "--preset", "smoke", "--out", str(root), "--prompt", "", "--output", str(grid)]) == 2
-    assert main(["sample", "--preset", "smoke", "--out", str(root), "--prompt", "a red star", "--scale", "-1"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # refused by the argument parser
+        main(["sample", "--preset", "smoke", "--out", str(root), "--prompt", "a red star", "--scale", "-1"])
+    assert exit_.value.code == 2
 
 
 def test_reference_scores_real_and_reconstructed(root):

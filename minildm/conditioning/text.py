@@ -46,8 +46,13 @@ __all__ = ["WordTokenizer", "TransformerTextEmbedder", "UnknownWordsWarning",
 _WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 
 
+#: the longest prompt accepted (the text encoders read at most a few dozen tokens of it)
+MAX_PROMPT_CHARS = 1000
+
+
 def check_prompts(prompts: str | Sequence[str]) -> list[str]:
-    """``prompts`` as a list of non-empty strings; ValueError for an empty list or an empty prompt."""
+    """``prompts`` as a list of non-empty strings of at most :data:`MAX_PROMPT_CHARS` characters;
+    ValueError for an empty list, an empty prompt or an absurdly long one."""
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
@@ -59,6 +64,9 @@ def check_prompts(prompts: str | Sequence[str]) -> list[str]:
         if not p.strip():
             raise ValueError(f"prompt {i} is empty: describe the image (for unconditional samples use "
                              "guidance_scale=0)")
+        if len(p) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt {i} has {len(p):,} characters; at most {MAX_PROMPT_CHARS:,} (the text encoders "
+                             "read a few dozen tokens)")
     return prompts
 
 

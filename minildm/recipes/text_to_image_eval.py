@@ -42,7 +42,7 @@ def generate_batches(ldm: nn.Module, prompts: Sequence[str], *, guidance_scale: 
     from ..conditioning.text import check_prompts
 
     prompts = check_prompts(prompts)
-    guidance_scale = check_number("guidance_scale (0: unconditional, 1: no guidance)", guidance_scale, minimum=0)
+    guidance_scale = check_number("guidance_scale", guidance_scale, minimum=0)
     g = torch.Generator().manual_seed(seed)
     for i in range(0, len(prompts), batch_size):
         chunk = list(prompts[i:i + batch_size])
