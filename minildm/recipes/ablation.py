@@ -246,7 +246,7 @@ class AblationSpec(DerivedAutoencoderSpec):
 
 @torch.no_grad()
 def evaluate_first_stage(model: nn.Module, preset: str | Preset | None = None,
-                         device: str | torch.device | None = None, progress: bool = True) -> dict[str, Any]:
+                         device: str | torch.device | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Every per-f measurement of the ablation for one first stage (see the module docstring).
 
     Reconstruction metrics on ``preset.ae.n_eval`` validation images, the FID-style score on
