@@ -3,13 +3,15 @@
 #                and write the executed copies and figures to $(OUT)/
 #   make test  - set up .venv if missing, then run the unit tests and nbval over the notebooks
 #                (smoke preset)
-# Variables: PYTHON (interpreter that creates .venv), PRESET (for run), OUT (output folder).
+# Variables: PYTHON (interpreter that creates .venv), PRESET (for run), OUT (output folder),
+#            NB (run only the notebooks whose name starts with it, e.g. NB=03).
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PRESET ?= cpu
 OUT    ?= outputs
+NB     ?=
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
@@ -38,15 +40,11 @@ data:
 	else echo "note: Fashion-MNIST not found. Run 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu)" \
 	  "or pass download=True to minildm.data.load_dataset('fashion_mnist', ...)"; fi
 
+# One line per cell as it runs (with its time), each notebook's wall time at the end; NB=03 runs one.
 run: install
 	@mkdir -p $(OUT)/figures
-	@for nb in $(NOTEBOOKS); do \
-	  echo "== $$nb (MINILDM_PRESET=$(PRESET))"; \
-	  MINILDM_PRESET=$(PRESET) MINILDM_FIGURES=$(abspath $(OUT))/figures \
-	  MINILDM_ARTIFACTS=$(abspath artifacts) \
-	  $(PY) -m jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 \
-	    --output-dir $(OUT) "$$nb" || exit 1; \
-	done
+	MINILDM_PRESET=$(PRESET) MINILDM_FIGURES=$(abspath $(OUT))/figures MINILDM_ARTIFACTS=$(abspath artifacts) \
+	  $(PY) -m minildm.notebook.run $(NOTEBOOKS) --out $(OUT) $(if $(NB),--only $(NB))
 	@echo "executed notebooks and figures are in $(OUT)/"
 
 # Unit tests, then every notebook under nbval (smoke preset, fresh artifact cache).
