@@ -24,7 +24,7 @@ def built(tmp_path_factory):
 
 
 def test_configs_per_factor():
-    assert first_stage_config(8, "cpu") == {"ch_mult": (1, 2, 2, 4), "z_channels": 4, "embed_dim": 4}
+    assert first_stage_config(8, "cpu") == {"ch_mult": (1, 2, 4, 4), "z_channels": 4, "embed_dim": 4}
     assert first_stage_config(32, "cpu")["z_channels"] == 64
     with pytest.raises(ValueError, match="power of two"):
         first_stage_config(3, "cpu")

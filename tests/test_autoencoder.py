@@ -27,7 +27,7 @@ def tiny(f: int = 4, **kw) -> AutoencoderConfig:
 
 
 # --- config -----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("ch_mult, f", [((1,), 1), ((1, 2), 2), ((1, 2, 4), 4), ((1, 2, 2, 4), 8),
+@pytest.mark.parametrize("ch_mult, f", [((1,), 1), ((1, 2), 2), ((1, 2, 4), 4), ((1, 2, 4, 4), 8),
                                          ((1, 1, 2, 2, 4), 16), ((1, 1, 2, 2, 4, 4), 32)])
 def test_f_from_ch_mult(ch_mult: tuple[int, ...], f: int) -> None:
     cfg = AutoencoderConfig(resolution=64, ch=8, ch_mult=ch_mult, num_res_blocks=1, z_channels=4)

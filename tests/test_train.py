@@ -500,3 +500,18 @@ def test_dataset_batches_parts_load_only_their_slice():
     loaded.clear()
     part = data.batch(2, part=(1, 3))
     assert len(loaded) == 2 and torch.equal(part["x"], full["x"][1:3])
+
+
+def test_warmup_scales_the_first_steps_and_restores_the_rates():
+    """With warmup_steps=4 the first SGD step moves the weights by a quarter of a plain step; the optimizer's
+    rates are the task's own afterwards (the warm-up composes with any schedule the task sets)."""
+    moves = {}
+    for warmup in (0, 4):
+        task, _, trainer = make(max_steps=1, warmup_steps=warmup)
+        before = task.aux.weight.detach().clone()
+        trainer.fit()
+        moves[warmup] = (task.aux.weight.detach() - before).abs().max().item()
+        assert [g["lr"] for g in trainer.optimizers["aux"].param_groups] == [1e-2]
+    assert moves[4] == pytest.approx(moves[0] / 4, rel=1e-4)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        make(warmup_steps=-1)

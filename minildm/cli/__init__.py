@@ -4,7 +4,9 @@ Each command is a :class:`Command` in :data:`COMMANDS`: a function that adds its
 subparser and a function that runs it. The commands follow the notebooks: ``train-ae`` (01),
 ``ablate-f`` and ``train-features`` (02), ``train-ldm`` (03, and 05 with ``--cond text``),
 ``train-checker``, ``train-first-stage`` and ``train-cond`` (04), ``evaluate``, ``sample`` and
-``scaling-study`` (05), ``reevaluate`` (any artifact), ``check-data`` (an image folder of your own).
+``scaling-study`` (05), ``reevaluate`` (any artifact), ``check-data`` (an image folder of your own),
+``ship`` (publish cached artifacts as shipped weights; ``--init-from shipped`` on a training command
+continues from them).
 
 Errors in the arguments exit with status 2 and argparse's usage message. Errors of the user or the
 environment (a ValueError of the library: unknown preset, unusable checkpoint, non-finite number;
@@ -24,6 +26,7 @@ from typing import NoReturn, TextIO
 
 from .args import check_artifact_root, one_line
 from .data import check_data, check_data_arguments
+from .weights import ship, ship_arguments
 from .text_to_image import (
     evaluate,
     evaluate_arguments,
@@ -89,6 +92,8 @@ COMMANDS: dict[str, Command] = {
     "check-data": Command("check-data", "open every image of an image folder (and its captions file) once and "
                           "list the unreadable ones; exit status 2 if there are any", check_data_arguments,
                           check_data),
+    "ship": Command("ship", "publish cached artifacts as the shipped weights under data/weights/ (fp16, with "
+                    "provenance); --list shows them", ship_arguments, ship),
 }
 
 

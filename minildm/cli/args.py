@@ -92,6 +92,13 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_init_from(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--init-from", default=None, metavar="SOURCE",
+                        help="continue training from weights: 'shipped' (those under data/weights/) or an artifact "
+                             "folder or its model.safetensors; a fresh optimizer with warm-up trains --steps more "
+                             "steps (default: the preset's), and shipping the result adds up the steps and hours")
+
+
 # ------------------------------------------------------------------------------------ ablate-f
 def factor_arg(value: str) -> int:
     from ..models.encoder_decoder import check_downsampling_factor

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from .args import add_common, factor_arg, positive_int
+from .args import add_common, add_init_from, factor_arg, positive_int
 from .text_to_image import print_t2i_eval
 
 
@@ -23,6 +23,7 @@ def train_ae_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training steps (default: the preset's)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run from its checkpoint (<artifact>.partial/)")
+    add_init_from(parser)
 
 
 def train_ae(args: argparse.Namespace) -> int:
@@ -32,7 +33,7 @@ def train_ae(args: argparse.Namespace) -> int:
     preset = get_preset(args.preset)
     name = f"ae-{args.regularizer}-{args.variant}"
     artifact = build_artifact(name, preset, steps=args.steps, device=args.device,
-                              progress=not args.no_progress, resume=args.resume, root=args.out)
+                              progress=not args.no_progress, resume=args.resume, root=args.out, init_from=args.init_from)
     print(f"{name} (preset {preset.name}): reconstruction of {artifact.metrics.get('n', '?')} "
           "shapes val images")
     print(format_metrics(artifact.metrics))
@@ -49,6 +50,7 @@ def train_first_stage_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the preset's)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run from its checkpoint (<artifact>.partial/)")
+    add_init_from(parser)
 
 
 def train_first_stage(args: argparse.Namespace) -> int:
@@ -61,7 +63,8 @@ def train_first_stage(args: argparse.Namespace) -> int:
     if f not in FACTORS:
         raise ValueError(f"f={f}: the first stage has factors {' '.join(map(str, FACTORS))}")
     artifact = build_artifact(first_stage_name(f), preset, steps=args.steps, device=args.device,
-                              progress=not args.no_progress, resume=args.resume, root=args.out)
+                              progress=not args.no_progress, resume=args.resume, root=args.out,
+                              init_from=args.init_from)
     ceiling = artifact.metrics.pop("ceiling", {})
     print(f"{artifact.name} (preset {preset.name}): reconstruction of {artifact.metrics.get('n', '?')} "
           "shapes val images")
@@ -81,6 +84,7 @@ def ablate_f_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=positive_int, default=None,
                         help="training steps per autoencoder (default: the preset's)")
     parser.add_argument("--retrain", action="store_true", help="train again even where an artifact exists")
+    add_init_from(parser)
 
 
 def ablate_f(args: argparse.Namespace) -> int:
@@ -94,9 +98,10 @@ def ablate_f(args: argparse.Namespace) -> int:
         if f not in preset.ablation.factors:
             raise ValueError(f"f={f} is not in the ablation of preset {preset.name!r}: "
                              f"choose from {' '.join(map(str, preset.ablation.factors))}")
-        if args.retrain or args.steps is not None or not artifact_dir(ablation_name(f), preset, args.out).is_dir():
+        if (args.retrain or args.steps is not None or args.init_from
+                or not artifact_dir(ablation_name(f), preset, args.out).is_dir()):
             build_artifact(ablation_name(f), preset, steps=args.steps, device=args.device,
-                           progress=not args.no_progress, root=args.out)
+                           progress=not args.no_progress, root=args.out, init_from=args.init_from)
     if args.steps is None:
         rows = ablation_table(preset, factors=factors, train=False, device=args.device, root=args.out,
                               save=args.f is None)
@@ -110,6 +115,7 @@ def train_features_arguments(parser: argparse.ArgumentParser) -> None:
     add_common(parser)
     parser.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the preset's)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    add_init_from(parser)
 
 
 def train_features(args: argparse.Namespace) -> int:
@@ -118,7 +124,7 @@ def train_features(args: argparse.Namespace) -> int:
 
     preset = get_preset(args.preset)
     art = build_artifact("feature-net", preset, steps=args.steps, device=args.device,
-                         progress=not args.no_progress, resume=args.resume, root=args.out)
+                         progress=not args.no_progress, resume=args.resume, root=args.out, init_from=args.init_from)
     print(f"feature-net (preset {preset.name}), accuracy on {art.metrics['n']} shapes val images: "
           + ", ".join(f"{k[4:]} {v:.3f}" for k, v in art.metrics.items() if k.startswith("acc_")))
     print(f"saved to {art.path}")
@@ -132,7 +138,7 @@ def train_checker(args: argparse.Namespace) -> int:
 
     preset = get_preset(args.preset)
     art = build_artifact("checker", preset, steps=args.steps, device=args.device,
-                         progress=not args.no_progress, resume=args.resume, root=args.out)
+                         progress=not args.no_progress, resume=args.resume, root=args.out, init_from=args.init_from)
     m = art.metrics
     print(f"checker (preset {preset.name}) on {m['n']} shapes val images: main object shape {m['acc_shape']:.3f}, "
           f"colour {m['acc_colour']:.3f}, count {m['acc_count']:.3f}, position {m['acc_position']:.3f}; "
@@ -157,9 +163,9 @@ def train_cond(args: argparse.Namespace) -> int:
     preset = get_preset(args.preset)
     for kind in args.cond:
         name = cond_name(kind)
-        if args.steps is not None or args.resume or not artifact_dir(name, preset, args.out).is_dir():
+        if args.steps is not None or args.resume or args.init_from or not artifact_dir(name, preset, args.out).is_dir():
             art = build_artifact(name, preset, steps=args.steps, device=args.device, progress=not args.no_progress,
-                                 resume=args.resume, root=args.out)
+                                 resume=args.resume, root=args.out, init_from=args.init_from)
         else:
             art = load_artifact(name, preset, device=args.device, root=args.out)
         m = art.metrics
@@ -183,6 +189,7 @@ def train_ldm_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=positive_int, default=None, metavar="SECONDS",
                         help="training time per model in seconds (default: the preset's)")
     parser.add_argument("--retrain", action="store_true", help="train again even where an artifact exists")
+    add_init_from(parser)
     text = parser.add_argument_group("text-to-image (notebook 05; also under torchrun --nproc_per_node N)")
     text.add_argument("--cond", choices=["none", "text"], default="none",
                       help="none: the unconditional pixel-vs-latent experiment; text: a text-to-image LDM")
@@ -209,7 +216,7 @@ def train_t2i(args: argparse.Namespace) -> int:
     preset = get_preset(args.preset)
     name = t2i_name(args.encoder, preset.t2i.get_size(args.size).name)
     cached = artifact_dir(name, preset, args.out).is_dir()
-    if cached and not (args.retrain or args.resume or args.steps is not None):  # as train-cond: load, don't retrain
+    if cached and not (args.retrain or args.resume or args.init_from or args.steps is not None):  # as train-cond: load, don't retrain
         if dist_info().rank != 0:  # under torchrun rank 0 alone reports
             return 0
         art = load_artifact(name, preset, device=args.device, root=args.out)
@@ -217,7 +224,7 @@ def train_t2i(args: argparse.Namespace) -> int:
         _, device = init_distributed(args.device)
         try:
             art = build_artifact(name, preset, steps=args.steps, device=device,
-                                 progress=not args.no_progress, resume=args.resume, root=args.out,
+                                 progress=not args.no_progress, resume=args.resume, root=args.out, init_from=args.init_from,
                                  options={"accumulate": args.accumulate, "precision": args.precision,
                                           "grad_checkpointing": args.grad_checkpointing})
         finally:
@@ -265,9 +272,9 @@ def train_ldm(args: argparse.Namespace) -> int:
         names = [ldm_name(f) for f in factors]
     print(f"{'model':<12} {'latent':>10} {'steps':>7} {'train s':>8} {'FD-feat':>8} {'images/s':>9}")
     for name in names:
-        if args.retrain or args.budget is not None or not artifact_dir(name, preset, args.out).is_dir():
+        if args.retrain or args.budget is not None or args.init_from or not artifact_dir(name, preset, args.out).is_dir():
             art = build_artifact(name, preset, steps=args.budget, device=args.device,
-                                 progress=not args.no_progress, root=args.out)
+                                 progress=not args.no_progress, root=args.out, init_from=args.init_from)
         else:
             art = load_artifact(name, preset, device=args.device, root=args.out)
         m = art.metrics

@@ -146,6 +146,8 @@ class Trainer:
             must split evenly into them.
         precision: autocast dtype when ``amp``: ``"auto"`` (:func:`minildm.engine.device.autocast_dtype`),
             ``"bf16"``, ``"fp16"`` (with a GradScaler on CUDA) or ``"fp32"`` (no autocast).
+        warmup_steps: scale every learning rate by min(1, (step+1)/warmup_steps), on top of the task's own
+            schedule (a run continued from trained weights with a fresh optimizer); 0: none.
 
     Under ``torchrun`` (an initialised process group) the Trainer trains data-parallel with
     DistributedDataParallel; see the module docstring. Attributes: ``step`` (steps done), ``log`` (list of dicts with "step" and float losses),
@@ -158,8 +160,9 @@ class Trainer:
                  amp: bool = True, progress: bool = True, desc: str | None = None, log_every: int = 1,
                  config: Mapping[str, Any] | None = None,
                  callbacks: Sequence[Callback | Callable[["Trainer", dict[str, Any]], None]] = (),
-                 accumulate: int = 1, precision: str = "auto") -> None:
-        checks = (("max_steps", max_steps, 0), ("log_every", log_every, 1), ("accumulate", accumulate, 1))
+                 accumulate: int = 1, precision: str = "auto", warmup_steps: int = 0) -> None:
+        checks = (("max_steps", max_steps, 0), ("log_every", log_every, 1), ("accumulate", accumulate, 1),
+                  ("warmup_steps", warmup_steps, 0))
         for name, value, low in checks:
             if name == "max_steps" and value is None:
                 continue
@@ -193,6 +196,7 @@ class Trainer:
         self.config: dict[str, Any] = dict(config or {})
         self.callbacks = list(callbacks)
         self.accumulate = accumulate
+        self.warmup_steps = warmup_steps
         self.dist = dist_info()
         self.per_sample_rng = bool(getattr(task, "per_sample_rng", False))
 
@@ -323,7 +327,13 @@ class Trainer:
         if self.grad_clip is not None:
             self.scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(self._params(optimizer), self.grad_clip)
+        factor = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        rates = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:  # warm-up on top of whatever rate the task set
+            group["lr"] *= factor
         self.scaler.step(optimizer)
+        for group, lr in zip(optimizer.param_groups, rates):
+            group["lr"] = lr
         return totals
 
     def train_step(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ Taught in notebook 04; judges the text-to-image models of notebook 05.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -36,9 +36,13 @@ from torch import Tensor, nn
 
 from ..models.nn.layers import Normalize
 
-__all__ = ["CheckerConfig", "ContentChecker", "object_maps", "checker_targets",
+__all__ = ["CheckerConfig", "ContentChecker", "HEADS", "object_maps", "checker_targets", "shapes_targets",
            "box_iou", "position_name", "evaluate_checker", "score_class_samples", "score_layout_samples",
+           "score_unconditional_samples",
            "score_prompt_samples"]
+
+#: the global heads: the main object's shape and colour, the object count
+HEADS: tuple[str, ...] = ("shape", "colour", "count")
 
 #: stride of the dense heads' grid
 STRIDE = 4
@@ -99,12 +103,20 @@ class ContentChecker(nn.Module):
                                     "colour": nn.Linear(4 * w, self.n_colours),
                                     "count": nn.Linear(4 * w, len(counts))})
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def _trunk(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[-1] % 8 or x.shape[-2] % 8:
-            raise ValueError(f"ContentChecker expects (B, 3, H, W) with H, W multiples of 8, got {tuple(x.shape)}")
-        h1 = self.down1(self.stem(x))
-        h2 = self.down2(h1)
-        h3 = self.down3(h2)
+            raise ValueError(f"{type(self).__name__} expects (B, 3, H, W) with H, W multiples of 8, "
+                             f"got {tuple(x.shape)}")
+        h2 = self.down2(self.down1(self.stem(x)))
+        return h2, self.down3(h2)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The pooled global features (B, 4·width) that the global heads read (and a Fréchet distance
+        compares, :mod:`minildm.eval.fid`)."""
+        return self.global_proj(self._trunk(x)[1].mean(dim=(2, 3)))
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        h2, h3 = self._trunk(x)
         g = self.global_proj(h3.mean(dim=(2, 3)))
         out = {k: head(g) for k, head in self.heads.items()}
         dense = self.fuse(torch.cat([h2, F.interpolate(h3, scale_factor=2.0, mode="nearest")], dim=1))
@@ -136,11 +148,21 @@ def object_maps(objects: Sequence[Mapping[str, Any]], size: int) -> tuple[np.nda
     return colour, shape
 
 
+def shapes_targets(objects: Iterable[Sequence[Mapping[str, Any]]], device: torch.device | str | None = None
+                   ) -> dict[str, Tensor]:
+    """Ground truth of the global heads from a batch's ``objects`` (see :mod:`minildm.data.shapes`):
+    shape and colour ids of the main (first, largest) object, and the number of objects − 1."""
+    objs = list(objects)
+    return {
+        "shape": torch.tensor([o[0]["shape_id"] for o in objs], device=device),
+        "colour": torch.tensor([o[0]["colour_id"] for o in objs], device=device),
+        "count": torch.tensor([len(o) - 1 for o in objs], device=device),
+    }
+
+
 def checker_targets(objects: Sequence[Sequence[Mapping[str, Any]]], image_size: int,
                     device: torch.device | str | None = None) -> dict[str, Tensor]:
     """Targets of every head for a batch's ``objects``."""
-    from .fid import shapes_targets
-
     t = shapes_targets(objects, device=device)
     maps = [object_maps(o, image_size // STRIDE) for o in objects]
     t["colour_map"] = torch.from_numpy(np.stack([m[0] for m in maps])).to(device)
@@ -194,6 +216,26 @@ def _colour_regions(colour_map: Tensor, colour_ids: Tensor, min_cells: int = 2) 
 
 def _majority(values: Tensor, default: int) -> int:
     return int(values.mode().values) if values.numel() else default
+
+
+@torch.no_grad()
+def score_unconditional_samples(checker: ContentChecker, images: Tensor, min_cells: int = 4) -> dict[str, float]:
+    """Fraction of ``images`` (B, 3, H, W) that show an object, as read by the checker (``objects``): some colour
+    covers at least ``min_cells`` cells of the colour map (a small object covers about 7 cells of a 64-pixel
+    image's 16 × 16 grid) and the shape map calls at least half of those cells an object, not background.
+    A sample of an unconditional model that draws texture or blank squares scores 0."""
+    pred = _predict(checker, images)
+    colours, shapes = pred["colour_map"], pred["shape_map"]
+    found = 0
+    for i in range(len(images)):
+        fg = colours[i] != checker.n_colours
+        if int(fg.sum()) < min_cells:
+            continue
+        best = int(colours[i][fg].mode().values)
+        cells = colours[i] == best
+        if int(cells.sum()) >= min_cells and int((shapes[i][cells] != checker.n_shapes).sum()) * 2 >= int(cells.sum()):
+            found += 1
+    return {"objects": found / max(1, len(images))}
 
 
 @torch.no_grad()
@@ -305,8 +347,6 @@ def evaluate_checker(checker: ContentChecker, dataset: Any, n: int, batch_size: 
     ``acc_cells_shape``) and, through :func:`score_layout_samples` on the true layouts, how well it
     locates objects (``layout_iou``, ``layout_found``, ``layout_acc_shape``, ``layout_acc_position``)
     and the main object's position word (``acc_position``)."""
-    from .fid import shapes_targets
-
     items = [dataset[i] for i in range(n)]
     images = torch.stack([it["image"] for it in items])
     objects = [it["objects"] for it in items]

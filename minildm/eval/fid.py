@@ -8,101 +8,92 @@ Gaussian statistics (μ, Σ) of their features:
 The paper reports it on Inception-v3 features (ImageNet-trained). Those weights cannot be
 loaded offline here, and Inception features describe natural photos, not the shapes data. So
 minildm trains its own feature network, :class:`FeatureNet`, on the shapes data's ground truth
-(main object's shape and colour, object count), and takes its pooled penultimate activations
-as features. The score is a *Fréchet distance in that feature space*: 0 for identical sets,
+(main object's shape and colour, object count, and each object's outline and colour per cell), and
+takes its pooled global features as features. The score is a *Fréchet distance in that feature space*: 0 for identical sets,
 growing as the distributions part. It ranks models on this data; its values are not
 comparable with published FIDs (other features, other data, fewer images).
+
+A score on features trained on the same data can be blind to what those features never needed, so
+:class:`ImageNetFeatures` gives a second one beside it: the Fréchet distance on ImageNet features (the
+pooled last convolution of AlexNet or VGG16, whose weights ship for LPIPS, see
+:func:`minildm.losses.lpips.lpips_backbone_weights`), the kind of features the paper's FID uses.
 
 Taught in notebooks 02 and 03.
 """
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.nn.layers import Normalize
+from .checker import ContentChecker
 
-__all__ = ["FeatureNet", "FeatureNetConfig", "HEADS", "frechet_distance", "feature_statistics",
-           "fid_from_features", "extract_features", "shapes_targets"]
-
-
-def _head_sizes() -> dict[str, int]:
-    from ..data.shapes import COLOUR_NAMES, COUNT_WORDS, SHAPE_NAMES
-
-    return {"shape": len(SHAPE_NAMES), "colour": len(COLOUR_NAMES), "count": len(COUNT_WORDS)}
+__all__ = ["FeatureNet", "ImageNetFeatures", "frechet_distance", "feature_statistics", "fid_from_features",
+           "extract_features", "get_imagenet_features"]
 
 
-#: the classification heads of the feature network: main object's shape and colour, object count
-HEADS: tuple[str, ...] = ("shape", "colour", "count")
+class FeatureNet(ContentChecker):
+    """The network behind FD-feat: the content checker's architecture (:class:`~minildm.eval.checker.ContentChecker`:
+    a stem and stages at strides 2, 4, 8, global heads on the pooled features and dense per-cell shape and colour
+    heads), trained the same way on the shapes data's ground truth. The dense heads teach its features the
+    objects' outlines, so the pooled features (``features(x)``: (B, 3, H, W) in [-1, 1], H and W multiples of 8
+    -> (B, 4·width)) see the main object's shape, not only colours and counts."""
 
 
-@dataclass
-class FeatureNetConfig:
-    """Sizes of :class:`FeatureNet`: ``width`` channels at full resolution, doubled per stage
-    (4 stride-2 stages, capped at 4·width), ``feature_dim`` features."""
+class ImageNetFeatures(nn.Module):
+    """Features of an ImageNet-trained backbone for a Fréchet distance: AlexNet's conv1–5 (256 features) or
+    VGG16's conv1_1–conv5_3 (512), the LPIPS backbones with their ImageNet weights, average-pooled after the
+    last convolution and its ReLU. Frozen.
 
-    in_channels: int = 3
-    width: int = 32
-    feature_dim: int = 64
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "FeatureNetConfig":
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
-
-class FeatureNet(nn.Module):
-    """A small CNN classifier whose pooled penultimate layer gives the FID-style features.
-
-    conv 3×3 -> 4 × [conv 3×3 stride 2, GroupNorm, SiLU] -> global average pool -> Linear to
-    ``feature_dim`` -> heads (one Linear per entry of :data:`HEADS`).
-
-    Shapes: x (B, C, H, W) in [-1, 1] (any H, W >= 16) -> ``features(x)`` (B, feature_dim);
-    ``forward(x)`` -> dict head -> logits (B, n_classes).
+    Shapes: ``features(x)``: x (B, 3, H, W) in [-1, 1] -> (B, 256 | 512); the images are resized to
+    ``resolution`` (bilinear, antialiased) and normalised with the ImageNet mean and std first.
     """
 
-    def __init__(self, config: FeatureNetConfig | None = None, **kwargs: Any) -> None:
+    def __init__(self, net: str = "alex", resolution: int = 224) -> None:
         super().__init__()
-        self.config = c = config or FeatureNetConfig(**kwargs)
-        w = c.width
-        chans = [w, 2 * w, 4 * w, 4 * w, 4 * w]
-        layers: list[nn.Module] = [nn.Conv2d(c.in_channels, w, 3, padding=1)]
-        for cin, cout in itertools.pairwise(chans):
-            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), Normalize(cout, 8), nn.SiLU()]
-        self.body = nn.Sequential(*layers)
-        self.proj = nn.Linear(chans[-1], c.feature_dim)
-        self.heads = nn.ModuleDict({k: nn.Linear(c.feature_dim, n) for k, n in _head_sizes().items()})
+        import torchvision
+
+        from ..losses.lpips import check_lpips_net, lpips_backbone_weights
+
+        check_lpips_net(net)
+        trunk = (torchvision.models.alexnet if net == "alex" else torchvision.models.vgg16)(weights=None).features
+        convs, self.weights_source = lpips_backbone_weights(net)
+        layers = [m for m in trunk if isinstance(m, nn.Conv2d)]
+        with torch.no_grad():
+            for layer, (weight, bias) in zip(layers, convs, strict=True):
+                layer.weight.copy_(weight)
+                layer.bias.copy_(bias)
+        if isinstance(trunk[-1], nn.MaxPool2d):
+            trunk = trunk[:-1]  # features of the last convolution, not of its pooling
+        self.trunk = trunk.eval().requires_grad_(False)
+        self.net = net
+        self.resolution = int(resolution)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> "ImageNetFeatures":
+        return super().train(False)
 
     def features(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"FeatureNet expects (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
-        if min(x.shape[-2:]) < 16:
-            raise ValueError(f"FeatureNet needs images of at least 16×16, got {tuple(x.shape[-2:])}")
-        return self.proj(self.body(x).mean(dim=(2, 3)))
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        h = F.silu(self.features(x))
-        return {k: head(h) for k, head in self.heads.items()}
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"ImageNetFeatures expects (B, 3, H, W) images in [-1, 1], got {tuple(x.shape)}")
+        x = F.interpolate(x.float(), size=(self.resolution, self.resolution), mode="bilinear", antialias=True,
+                          align_corners=False)
+        x = ((x + 1) / 2 - self.mean) / self.std
+        return self.trunk(x).mean(dim=(2, 3))
 
 
-def shapes_targets(objects: Iterable[list[Mapping[str, Any]]], device: torch.device | str | None = None
-                   ) -> dict[str, Tensor]:
-    """Ground truth of the heads from a batch's ``objects`` (see :mod:`minildm.data.shapes`):
-    shape and colour ids of the main (first) object, and the number of objects − 1."""
-    objs = list(objects)
-    return {
-        "shape": torch.tensor([o[0]["shape_id"] for o in objs], device=device),
-        "colour": torch.tensor([o[0]["colour_id"] for o in objs], device=device),
-        "count": torch.tensor([len(o) - 1 for o in objs], device=device),
-    }
+_IMAGENET_FEATURES: dict[tuple[str, str], ImageNetFeatures] = {}
+
+
+def get_imagenet_features(net: str = "alex", device: str | torch.device = "cpu") -> ImageNetFeatures:
+    """A shared, frozen :class:`ImageNetFeatures` per ``(net, device)`` (built once)."""
+    key = (net, str(torch.device(device)))
+    if key not in _IMAGENET_FEATURES:
+        _IMAGENET_FEATURES[key] = ImageNetFeatures(net).to(device)
+    return _IMAGENET_FEATURES[key]
 
 
 def feature_statistics(features: Tensor) -> tuple[Tensor, Tensor]:

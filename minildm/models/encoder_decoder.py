@@ -18,14 +18,13 @@ from .nn import AttnBlock, Downsample, Normalize, ResnetBlock, Upsample, nonline
 
 __all__ = ["AutoencoderConfig", "Decoder", "Encoder", "check_downsampling_factor", "check_image_input", "count_parameters"]
 
-#: ch_mult used by :meth:`AutoencoderConfig.for_factor`. f = 4, 16 and 32 are those of the CompVis
-#: first-stage configs (models/first_stage_models/kl-f*/config.yaml); f = 8 differs: CompVis kl-f8 has
-#: (1, 2, 4, 4), minildm (1, 2, 2, 4), a narrower third level (the notebook 02 ablation was trained with it).
+#: ch_mult used by :meth:`AutoencoderConfig.for_factor`: those of the CompVis first-stage configs
+#: (models/first_stage_models/kl-f*/config.yaml; f = 2 follows the pattern).
 _CH_MULT_FOR_FACTOR: dict[int, tuple[int, ...]] = {
     1: (1,),
     2: (1, 2),
     4: (1, 2, 4),
-    8: (1, 2, 2, 4),
+    8: (1, 2, 4, 4),
     16: (1, 1, 2, 2, 4),
     32: (1, 1, 2, 2, 4, 4),
 }
@@ -190,7 +189,7 @@ class AutoencoderConfig:
         """Config with downsampling factor ``f`` (ch_mult of length log2(f) + 1).
 
         The multipliers follow the LDM first-stage configs: f1 (1,), f2 (1, 2), f4 (1, 2, 4),
-        f8 (1, 2, 2, 4), f16 (1, 1, 2, 2, 4), f32 (1, 1, 2, 2, 4, 4); larger f prepend 1s.
+        f8 (1, 2, 4, 4), f16 (1, 1, 2, 2, 4), f32 (1, 1, 2, 2, 4, 4); larger f prepend 1s.
         ``kwargs`` set the other fields (``ch_mult`` is not allowed here).
         """
         check_downsampling_factor(f)

@@ -5,7 +5,8 @@ autoencoder is trained with one shared recipe, and *measured*:
 
 * reconstruction on the shapes validation split: PSNR, SSIM, LPIPS and an FID-style score
   (:mod:`minildm.eval.fid`: Fréchet distance between features of the originals and of the
-  reconstructions, like the paper's rFID);
+  reconstructions, like the paper's rFID), and the same distance on ImageNet AlexNet features
+  (:class:`~minildm.eval.fid.ImageNetFeatures`), which do not depend on what the feature network learnt;
 * the latent: shape (c, H/f, W/f) and compression ratio H·W·3 / (c·h·w);
 * the codec: encode and decode time per image;
 * the diffusion side: one fixed :class:`~minildm.models.unet.UNetModel` on that latent grid (the same
@@ -69,6 +70,7 @@ TABLE_COLUMNS: dict[str, tuple[str, str]] = {
     "ssim": ("SSIM ↑", "{:.3f}"),
     "lpips": ("LPIPS ↓", "{:.3f}"),
     "fid": ("FD-feat ↓", "{:.2f}"),
+    "fid_imagenet": ("FD-ImageNet ↓", "{:.2f}"),
     "encode_ms": ("enc ms/img", "{:.2f}"),
     "decode_ms": ("dec ms/img", "{:.2f}"),
     "unet_gflops": ("UNet GFLOP/step", "{:.2f}"),
@@ -83,9 +85,9 @@ def ablation_name(f: int) -> str:
 
 
 def ablation_preset(preset: str | Preset | None = None) -> Preset:
-    """``preset`` with the first-stage sizes of the ablation (its image size and step count)."""
+    """``preset`` with the first-stage sizes of the ablation (its image size, step count and learning rate)."""
     p = get_preset(preset)
-    return p.with_ae(image_size=p.ablation.image_size, steps=p.ablation.steps)
+    return p.with_ae(image_size=p.ablation.image_size, steps=p.ablation.steps, lr=p.ablation.lr or p.ae.lr)
 
 
 def first_stage_config(f: int, preset: str | Preset | None = None) -> dict[str, Any]:
@@ -235,10 +237,11 @@ class AblationSpec(DerivedAutoencoderSpec):
         return cmd + (f" --steps {steps}" if steps is not None and self.f != 1 else "")
 
     def train(self, preset: Preset, *, steps: int | None, device: Any, out_dir: Path | None, resume: bool,
-              progress: bool) -> TrainResult:
+              progress: bool, init_state: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
         if self.f == 1:
             return TrainResult(IdentityFirstStage(IdentityConfig(3, preset.ablation.image_size)).to(device), [], 0.0)
-        return super().train(preset, steps=steps, device=device, out_dir=out_dir, resume=resume, progress=progress)
+        return super().train(preset, steps=steps, device=device, out_dir=out_dir, resume=resume, progress=progress,
+                             init_state=init_state)
 
     def evaluate(self, model: nn.Module, preset: Preset, device: torch.device) -> dict[str, Any]:
         return evaluate_first_stage(model, preset, device)
@@ -253,7 +256,7 @@ def evaluate_first_stage(model: nn.Module, preset: str | Preset | None = None,
     ``preset.features.n_eval`` (the feature network is trained first if it is not cached), codec
     timing on one batch, and :func:`diffusion_cost` on the model's latent grid.
     """
-    from ..eval.fid import extract_features, fid_from_features
+    from ..eval.fid import extract_features, fid_from_features, get_imagenet_features
     from ..eval.metrics import evaluate_reconstruction
     from .store import load_or_train
 
@@ -271,6 +274,8 @@ def evaluate_first_stage(model: nn.Module, preset: str | Preset | None = None,
     recon = torch.cat([model.decode(model.encode_latent(b.to(dev))).clamp(-1, 1).cpu()
                        for b in real.split(p.ae.batch_size)])
     metrics["fid"] = fid_from_features(extract_features(feature_net, real), extract_features(feature_net, recon))
+    imagenet = get_imagenet_features("alex", dev)
+    metrics["fid_imagenet"] = fid_from_features(extract_features(imagenet, real), extract_features(imagenet, recon))
     z = model.encode_latent(images[:1].to(dev))
     latent = tuple(int(s) for s in z.shape[1:])
     metrics.update(latent_shape=list(latent), compression=compression_ratio(images.shape[1:], latent),

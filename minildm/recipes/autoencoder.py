@@ -30,7 +30,7 @@ from torch import nn
 
 from ..engine.device import seed_everything
 from .presets import Preset, get_preset
-from .registry import TrainResult, register
+from .registry import TrainResult, register, warm_start
 from .store import check_choice, check_steps, resume_config
 
 __all__ = ["REGULARIZERS", "VARIANTS", "AutoencoderSpec", "DerivedAutoencoderSpec", "autoencoder_model_config", "autoencoder_recipe", "build_autoencoder", "model_from_config", "train_autoencoder"]
@@ -158,19 +158,20 @@ def _train_data(recipe: Mapping[str, Any]):
 def _run_autoencoder(variant: str, regularizer: str, preset: Preset, *, steps: int | None,
                      device: str | torch.device | None, out_dir: str | os.PathLike | None, resume: bool,
                      progress: bool, model_overrides: Mapping[str, Any] | None = None, desc: str | None = None,
-                     data: str = "shapes"):
+                     data: str = "shapes", init_state: Mapping[str, torch.Tensor] | None = None):
     from ..engine.tasks import AutoencoderTask
     from ..engine.trainer import Trainer
 
     recipe = autoencoder_recipe(variant, regularizer, preset, steps, data)
     model, loss = build_autoencoder(variant, regularizer, preset, model_overrides)
     identity = _identity(model, recipe, preset)
+    warmup = warm_start(model, init_state)
     task = AutoencoderTask(model, loss, lr=recipe["lr"], betas=tuple(recipe["betas"]))
     steps_total = recipe["steps"]
     checkpoint_every = max(50, steps_total // 10) if out_dir is not None else None
     trainer = Trainer(task, _train_data(recipe), device=device, max_steps=steps_total, seed=recipe["seed"],
                       out_dir=out_dir, checkpoint_every=checkpoint_every, grad_clip=recipe["grad_clip"],
-                      progress=progress, desc=desc, config=resume_config(identity))
+                      progress=progress, desc=desc, config=resume_config(identity), warmup_steps=warmup)
     if resume and out_dir is None:
         raise ValueError("resume=True needs out_dir (where the checkpoint is)")
     trainer.resume_if_present(resume)
@@ -265,11 +266,11 @@ class AutoencoderSpec:
         return cmd
 
     def train(self, preset: Preset, *, steps: int | None, device: Any, out_dir: Path | None, resume: bool,
-              progress: bool) -> TrainResult:
+              progress: bool, init_state: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
         model, _, trainer, _ = _run_autoencoder(
             self.variant, self.regularizer, preset, steps=steps, device=device, out_dir=out_dir,
             resume=resume, progress=progress, model_overrides=self.model_overrides,
-            desc=f"{self.name} ({preset.name})", data=self.data)
+            desc=f"{self.name} ({preset.name})", data=self.data, init_state=init_state)
         return TrainResult(model, trainer.log, trainer.elapsed_s)
 
     def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
@@ -310,9 +311,10 @@ class DerivedAutoencoderSpec(ABC):
         return self.autoencoder_spec(preset).identity(self.recipe_preset(preset), steps)
 
     def train(self, preset: Preset, *, steps: int | None, device: Any, out_dir: Path | None, resume: bool,
-              progress: bool) -> TrainResult:
+              progress: bool, init_state: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
         return self.autoencoder_spec(preset).train(self.recipe_preset(preset), steps=steps, device=device,
-                                                   out_dir=out_dir, resume=resume, progress=progress)
+                                                   out_dir=out_dir, resume=resume, progress=progress,
+                                                   init_state=init_state)
 
     def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
         return model_from_config(identity["model_class"], identity["model"])

@@ -37,7 +37,7 @@ from ..engine.trainer import Trainer
 from ..models.unet import UNetConfig, UNetModel
 from .autoencoder import model_from_config
 from .presets import Preset
-from .registry import TrainResult
+from .registry import TrainResult, warm_start
 from .store import load_or_train, resume_config
 
 __all__ = ["LatentDiffusionRecipe", "build_latent_diffusion", "latent_channels"]
@@ -141,7 +141,7 @@ class LatentDiffusionRecipe(ABC):
 
     # ------------------------------------------------------------------ the pipeline, once
     def train(self, preset: Preset, *, steps: int | None, device: Any, out_dir: Path | None, resume: bool,
-              progress: bool, **options: Any) -> TrainResult:
+              progress: bool, init_state: Mapping[str, torch.Tensor] | None = None, **options: Any) -> TrainResult:
         """Steps 1–5 of the module docstring; ``options`` are run options (see the subclass)."""
         identity = self.identity(preset, steps)
         recipe = identity["recipe"]
@@ -150,6 +150,7 @@ class LatentDiffusionRecipe(ABC):
         seed_everything(preset.seed)
         ldm = self.build_model(identity)
         ldm.first_stage_model.load_state_dict(deps["first_stage"].state_dict())
+        warmup = warm_start(ldm, init_state)
         ldm.to(dev)
         self.prepare_model(ldm, recipe, **options)
         data = self.latent_batches(ldm, preset, recipe, progress)
@@ -157,6 +158,7 @@ class LatentDiffusionRecipe(ABC):
         ema = EMA(trained, decay=recipe["ema_decay"])
         settings = self.trainer_settings(preset, recipe, out_dir, **options)
         settings.setdefault("desc", f"{self.name} ({preset.name})")
+        settings.setdefault("warmup_steps", warmup)
         trainer = Trainer(self.task(ldm, recipe), data, device=dev, seed=recipe["seed"], out_dir=out_dir,
                           grad_clip=1.0, progress=progress, config=resume_config(identity), callbacks=[ema],
                           **settings)

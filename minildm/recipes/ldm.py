@@ -75,14 +75,27 @@ def build_ldm(identity: Mapping[str, Any]) -> nn.Module:
 
 @torch.no_grad()
 def sample_fid(ldm: nn.Module, feature_net: nn.Module, real: torch.Tensor, n: int, steps: int,
-               seed: int = 0, batch_size: int = 64, progress: bool = False) -> float:
-    """FID-style score of ``n`` DDIM samples (``steps`` steps, η = 0, seeded) against ``real`` images."""
-    from ..eval.fid import extract_features, fid_from_features
+               seed: int = 0, batch_size: int = 64, progress: bool = False,
+               checker: nn.Module | None = None) -> dict[str, float]:
+    """Scores of ``n`` DDIM samples (``steps`` steps, η = 0, seeded) against ``real`` images: ``fid`` on the
+    features of ``feature_net`` (FD-feat), ``fid_imagenet`` on ImageNet AlexNet features
+    (:class:`~minildm.eval.fid.ImageNetFeatures`) and, with a ``checker``, the fraction of samples that show
+    an object (``objects``, :func:`~minildm.eval.checker.score_unconditional_samples`); ``images_per_s``: the
+    sampling speed (decoding included)."""
+    from ..eval.checker import score_unconditional_samples
+    from ..eval.fid import extract_features, fid_from_features, get_imagenet_features
 
     g = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
     samples = torch.cat([ldm.sample(min(batch_size, n - i), steps=steps, generator=g, progress=progress).cpu()
                          for i in range(0, n, batch_size)])
-    return fid_from_features(extract_features(feature_net, real[:n]), extract_features(feature_net, samples))
+    images_per_s = n / (time.perf_counter() - t0)
+    imagenet = get_imagenet_features("alex", next(feature_net.parameters()).device)
+    out = {"images_per_s": images_per_s, "fid": fid_from_features(extract_features(feature_net, real[:n]), extract_features(feature_net, samples)),
+           "fid_imagenet": fid_from_features(extract_features(imagenet, real[:n]), extract_features(imagenet, samples))}
+    if checker is not None:
+        out.update(score_unconditional_samples(checker, samples))
+    return out
 
 
 @torch.no_grad()
@@ -97,8 +110,11 @@ def sampling_throughput(ldm: nn.Module, n: int, steps: int, repeats: int = 1) ->
 
 
 def eval_curve(log: list[Mapping[str, Any]]) -> list[dict[str, float]]:
-    """The (training time, steps, FID-style score) points logged during training."""
-    return [{"time_s": r["time_s"], "step": r["step"], "fid": r["eval/fid"]} for r in log if "eval/fid" in r]
+    """The points logged during training: training time, steps, FD-feat and, where measured, the FD on ImageNet
+    features and the fraction of samples that show an object."""
+    extra = ("fid_imagenet", "objects")
+    return [{"time_s": r["time_s"], "step": r["step"], "fid": r["eval/fid"],
+             **{k: r[f"eval/{k}"] for k in extra if f"eval/{k}" in r}} for r in log if "eval/fid" in r]
 
 
 @register("ldm-f1", f=1)
@@ -161,8 +177,9 @@ class LDMSpec(LatentDiffusionRecipe):
 
     def dependencies(self, preset: Preset, device: torch.device, progress: bool) -> dict[str, nn.Module]:
         deps = super().dependencies(preset, device, progress)
-        if self.shapes:  # the FID-style score's feature network, for the evaluations during training
+        if self.shapes:  # the FID-style score's feature network and the checker, for the evaluations during training
             deps["feature_net"] = load_or_train("feature-net", preset, device=device, progress=progress).model
+            deps["checker"] = load_or_train("checker", preset, device=device, progress=progress).model
         return deps
 
     def latent_batches(self, ldm: nn.Module, preset: Preset, recipe: Mapping[str, Any],
@@ -198,8 +215,11 @@ class LDMSpec(LatentDiffusionRecipe):
             if k in done:
                 continue
             with ema.average_parameters():
-                fid = sample_fid(ldm, deps["feature_net"], real, r["n_fid"], r["eval_ddim_steps"], seed=preset.seed)
-            trainer.log.append({"step": trainer.step, "time_s": trainer.elapsed_s, "eval/fid": fid})
+                fds = sample_fid(ldm, deps["feature_net"], real, r["n_fid"], r["eval_ddim_steps"], seed=preset.seed,
+                                 checker=deps["checker"])
+                fds.pop("images_per_s")
+            trainer.log.append({"step": trainer.step, "time_s": trainer.elapsed_s,
+                                **{f"eval/{k}": v for k, v in fds.items()}})
             if out_dir is not None:
                 trainer.save()
 
@@ -214,10 +234,10 @@ class LDMSpec(LatentDiffusionRecipe):
                                "eval_ddim_steps": lp.eval_ddim_steps}
         if self.shapes:
             feature_net = load_or_train("feature-net", preset, device=device).model
+            checker = load_or_train("checker", preset, device=device).model
             real = load_images("shapes", "val", lp.n_fid, lp.image_size, seed=preset.seed)
-            t0 = time.perf_counter()
-            out["fid"] = sample_fid(model, feature_net, real, lp.n_fid, lp.eval_ddim_steps, seed=preset.seed + 1)
-            out["images_per_s"] = lp.n_fid / (time.perf_counter() - t0)
+            out.update(sample_fid(model, feature_net, real, lp.n_fid, lp.eval_ddim_steps, seed=preset.seed + 1,
+                                  checker=checker))
             out["n_fid"] = lp.n_fid
         else:
             out["images_per_s"] = sampling_throughput(model, min(lp.n_fid, 64), lp.eval_ddim_steps)

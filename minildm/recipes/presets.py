@@ -98,12 +98,11 @@ class AutoencoderPreset:
 
 @dataclass(frozen=True)
 class FeatureNetPreset:
-    """Sizes of the feature network behind the FID-style score (:mod:`minildm.eval.fid`), trained on
-    shapes images of ``image_size`` pixels."""
+    """Sizes of the feature network behind the FID-style score (:mod:`minildm.eval.fid`: the content checker's
+    architecture with ``width`` channels, 4·width features), trained on shapes images of ``image_size`` pixels."""
 
     image_size: int
     width: int
-    feature_dim: int
     batch_size: int
     steps: int
     lr: float
@@ -117,7 +116,8 @@ class AblationPreset:
 
     One KL autoencoder per f in ``factors`` (f = 1 is the identity: pixel space) with
     ``z_channels[f]`` latent channels, trained with the ``variant`` recipe for ``steps`` steps on
-    ``image_size`` images (other sizes from :class:`AutoencoderPreset`); its ``ch_mult`` is
+    ``image_size`` images at learning rate ``lr`` (None: the autoencoder preset's; other sizes from
+    :class:`AutoencoderPreset`); its ``ch_mult`` is
     :meth:`~minildm.models.encoder_decoder.AutoencoderConfig.for_factor`'s for that f (log2(f) + 1 levels).
 
     The diffusion side is measured with one fixed UNet (``unet``) on each latent grid:
@@ -132,6 +132,7 @@ class AblationPreset:
     unet: UNetSize
     unet_batch_size: int
     timing_steps: int
+    lr: float | None = None
 
     def latent_channels(self, f: int) -> int:
         return dict(self.z_channels)[f]
@@ -355,7 +356,7 @@ _PRESETS: dict[str, Preset] = {
             disc_ndf=16, disc_weight_scale=1.0, lr=2e-3,
             lpips_net="alex", n_train=64, n_eval=16,
         ),
-        features=FeatureNetPreset(image_size=64, width=8, feature_dim=16, batch_size=16, steps=10, lr=2e-3, n_train=64, n_eval=32),
+        features=FeatureNetPreset(image_size=64, width=8, batch_size=16, steps=10, lr=2e-3, n_train=64, n_eval=32),
         ablation=AblationPreset(
             factors=(1, 2, 4, 8, 16, 32), z_channels=((1, 3), (2, 3), (4, 3), (8, 4), (16, 16), (32, 64)), variant="l1-lpips", image_size=64,
             steps=3, unet=UNetSize(16, (1, 2), 1, (2,), 1),
@@ -388,11 +389,13 @@ _PRESETS: dict[str, Preset] = {
             disc_ndf=16, disc_weight_scale=0.2, lr=3e-4,
             lpips_net="alex", n_train=4000, n_eval=256,
         ),
-        features=FeatureNetPreset(image_size=64, width=32, feature_dim=64, batch_size=32, steps=1500, lr=2e-3, n_train=8000,
+        features=FeatureNetPreset(image_size=64, width=32, batch_size=32, steps=3000, lr=2e-3, n_train=8000,
                                   n_eval=512),
         ablation=AblationPreset(
             factors=(1, 2, 4, 8, 16, 32), z_channels=((1, 3), (2, 3), (4, 3), (8, 4), (16, 16), (32, 64)), variant="l1-lpips", image_size=64,
-            steps=1000, unet=UNetSize(64, (1, 2), 2, (2,), 4),
+            # 3,000 steps at the larger step size of kl-f4: after 1,000 steps at 3e-4, f = 16 and 32 still
+            # decoded every input to the same image
+            steps=3000, lr=8e-4, unet=UNetSize(64, (1, 2), 2, (2,), 4),
             unet_batch_size=8, timing_steps=5,
         ),
         ldm=LDMPreset(
@@ -439,7 +442,7 @@ _PRESETS: dict[str, Preset] = {
             disc_start=10000, disc_ndf=64, disc_weight_scale=1.0, lr=4.5e-6 * 32,
             lpips_net="vgg", n_train=50000, n_eval=1000,
         ),
-        features=FeatureNetPreset(image_size=128, width=64, feature_dim=128, batch_size=64, steps=5000, lr=1e-3, n_train=50000,
+        features=FeatureNetPreset(image_size=128, width=48, batch_size=64, steps=5000, lr=1e-3, n_train=50000,
                                   n_eval=2000),
         ablation=AblationPreset(
             factors=(1, 2, 4, 8, 16, 32), z_channels=((1, 3), (2, 3), (4, 3), (8, 4), (16, 16), (32, 64)), variant="l1-lpips-gan", image_size=128,

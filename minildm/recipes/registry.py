@@ -15,7 +15,7 @@ Every notebook loads its models through it (``load_or_train``).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -23,7 +23,11 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["ARTIFACTS", "ArtifactSpec", "TrainResult", "get_spec", "list_artifacts", "register"]
+__all__ = ["ARTIFACTS", "INIT_WARMUP_STEPS", "ArtifactSpec", "TrainResult", "get_spec", "list_artifacts", "register",
+           "warm_start"]
+
+#: learning-rate warm-up of a run continued from trained weights (``--init-from``): its optimizer is fresh
+INIT_WARMUP_STEPS = 100
 
 
 @dataclass
@@ -55,8 +59,9 @@ class ArtifactSpec(Protocol):
         """An untrained model of that identity (weights are loaded into it)."""
 
     def train(self, preset: Any, *, steps: int | None, device: torch.device, out_dir: Path | None, resume: bool,
-              progress: bool) -> TrainResult:
-        """Train it; periodic checkpoints in ``out_dir``; continue from there with ``resume``."""
+              progress: bool, init_state: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
+        """Train it; periodic checkpoints in ``out_dir``; continue from there with ``resume``. ``init_state``:
+        weights to start from instead of a fresh init (``--init-from``; see :func:`warm_start`)."""
 
     def evaluate(self, model: nn.Module, preset: Any, device: torch.device) -> dict[str, Any]:
         """Its metrics (measured on the validation split)."""
@@ -79,6 +84,17 @@ def register(name: str, /, **kwargs: Any) -> Callable[[type[S]], type[S]]:
         ARTIFACTS[name] = spec  # type: ignore[assignment]
         return cls
     return decorate
+
+
+def warm_start(model: nn.Module, init_state: Mapping[str, torch.Tensor] | None) -> int:
+    """Load ``init_state`` (weights of the same model, ``--init-from``) into ``model`` if given; return the
+    learning-rate warm-up steps the run then needs (:data:`INIT_WARMUP_STEPS`, else 0)."""
+    if init_state is None:
+        return 0
+    from ..engine.checkpoint import load_module_state
+
+    load_module_state(model, init_state, source="--init-from")
+    return INIT_WARMUP_STEPS
 
 
 def list_artifacts() -> list[str]:

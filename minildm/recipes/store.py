@@ -38,12 +38,10 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..engine.checkpoint import (
     check_finite_weights,
@@ -56,8 +54,10 @@ from ..engine.checkpoint import (
 )
 from ..engine.device import get_device
 from ..engine.filelock import FileLock
+from .artifact_files import Artifact, config_differences, read_json, write_json
 from .presets import Preset, get_preset
 from .registry import get_spec
+from .shipped import init_state, load_shipped, run_environment, train_from_scratch
 
 __all__ = [
     "ARTIFACTS_ENV",
@@ -72,6 +72,8 @@ __all__ = [
 
 ARTIFACTS_ENV = "MINILDM_ARTIFACTS"
 FILES = ("model.safetensors", "config.json", "metrics.json", "log.json")
+#: in ``<name>.partial/``: the weights the run started from (``--init-from``), or null
+INIT_FILE = "init_from.json"
 
 
 def check_choice(what: str, value: Any, allowed: Any) -> None:
@@ -105,24 +107,6 @@ def resume_config(identity: Mapping[str, Any]) -> dict[str, Any]:
 # artifact files
 # ------------------------------------------------------------------------------------------
 
-@dataclass
-class Artifact:
-    """A trained model from the cache: ``model`` (eval mode), its ``config`` (config.json),
-    ``metrics`` (metrics.json, incl. ``"command"``), training ``log`` and directory ``path``."""
-
-    name: str
-    model: nn.Module
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-    log: list[dict[str, Any]]
-    path: Path
-
-    @property
-    def command(self) -> str:
-        """The CLI command that rebuilds this artifact."""
-        return str(self.metrics.get("command", ""))
-
-
 #: the root of the artifact being built: the artifacts it needs (a first stage, the feature
 #: network) are looked up and cached under the same root
 _BUILD_ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("minildm_build_root", default=None)
@@ -147,34 +131,6 @@ def artifact_dir(name: str, preset: str | Preset | None = None, root: str | os.P
     return artifact_root(root) / get_preset(preset).name / name
 
 
-def _read_json(path: Path, rebuild: str, kind: type = dict, required: tuple[str, ...] = ()) -> Any:
-    """The JSON file ``path`` of an artifact, which must hold a ``kind`` (with the ``required`` keys);
-    ValueError naming the file and the rebuild command otherwise."""
-    try:
-        value = json.loads(path.read_text())
-        if not isinstance(value, kind):
-            raise ValueError(f"it holds a {type(value).__name__}, not a JSON {'object' if kind is dict else 'list'}")
-        missing = [k for k in required if k not in value]
-        if missing:
-            raise ValueError(f"it lacks {', '.join(map(repr, missing))}")
-        return value
-    except FileNotFoundError as err:
-        raise ValueError(f"artifact file {str(path)!r} is missing; the artifact is incomplete. "
-                         f"Rebuild it with `{rebuild}` (or load_or_train(..., retrain=True)).") from err
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
-        raise ValueError(f"artifact file {str(path)!r} is corrupted ({err}). "
-                         f"Rebuild it with `{rebuild}` (or load_or_train(..., retrain=True)).") from err
-
-
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        out = []
-        for k in sorted(set(a) | set(b), key=str):
-            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [f"{prefix.rstrip('.')}: saved {a!r}, expected {b!r}"]
-
-
 def load_artifact(name: str, preset: str | Preset | None = None, *, device: str | torch.device | None = None,
                   root: str | os.PathLike | None = None, steps: int | None = None) -> Artifact:
     """Load a cached artifact; ValueError naming the file and the rebuild command if it is missing,
@@ -186,17 +142,17 @@ def load_artifact(name: str, preset: str | Preset | None = None, *, device: str 
     if not path.is_dir():
         raise ValueError(f"artifact {name!r} not found at {str(path)!r}; build it with `{rebuild}` "
                          "or load_or_train(...)")
-    config = _read_json(path / "config.json", rebuild, required=("model_class", "model"))
+    config = read_json(path / "config.json", rebuild, required=("model_class", "model"))
     expected = spec.identity(p, steps)
     saved = {k: config.get(k) for k in expected}
-    diffs = _differences(saved, json.loads(json.dumps(expected)))
+    diffs = config_differences(saved, json.loads(json.dumps(expected)))
     if diffs:
         shown = "; ".join(diffs[:6]) + (f"; ... ({len(diffs)} in all)" if len(diffs) > 6 else "")
         raise ValueError(f"mismatched artifact {str(path / 'config.json')!r}: it was made with a different "
                          f"config than preset {p.name!r} gives now ({shown}). Rebuild it with `{rebuild}` "
                          "(or load_or_train(..., retrain=True)).")
-    metrics = _read_json(path / "metrics.json", rebuild, required=("command",))
-    log = _read_json(path / "log.json", rebuild, kind=list)
+    metrics = read_json(path / "metrics.json", rebuild, required=("command",))
+    log = read_json(path / "log.json", rebuild, kind=list)
     weights_file = path / "model.safetensors"
     model = spec.build_model(config)
     try:
@@ -212,10 +168,6 @@ def load_artifact(name: str, preset: str | Preset | None = None, *, device: str 
                          "(or load_or_train(..., retrain=True)).") from err
     model.to(get_device(device)).eval()
     return Artifact(name=name, model=model, config=config, metrics=metrics, log=log, path=path)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, allow_nan=True) + "\n")
 
 
 def _partial_dir(path: Path) -> Path:
@@ -251,7 +203,7 @@ def _remove_leftovers(path: Path) -> None:
 def build_artifact(name: str, preset: str | Preset | None = None, *, steps: int | None = None,
                    device: str | torch.device | None = None, progress: bool = True, resume: bool = True,
                    root: str | os.PathLike | None = None, options: Mapping[str, Any] | None = None,
-                   reuse: bool = False) -> Artifact | None:
+                   reuse: bool = False, init_from: str | os.PathLike | None = None) -> Artifact | None:
     """Train artifact ``name``, evaluate it on the val split and save it (replacing an old one).
 
     The build holds the artifact's lock ``<root>/<preset>/.<name>.lock`` from training to the final
@@ -265,6 +217,11 @@ def build_artifact(name: str, preset: str | Preset | None = None, *, steps: int 
     pass ``resume=False``). The artifact directory appears atomically when everything is written,
     with any ``samples/`` the training wrote. ``options``: run options passed to the spec's
     ``train`` (e.g. ``accumulate``, ``precision``), which do not change the artifact's identity.
+
+    ``init_from`` = ``"shipped"`` or a path (an artifact folder or its weights) continues training from
+    those weights (:func:`~minildm.recipes.shipped.init_state`) for ``steps`` more steps (default: the
+    preset's) with a fresh optimizer and learning-rate warm-up; the metrics record it (``init_from``), so
+    that shipping the result adds the stretch to the shipped provenance (:mod:`minildm.recipes.ship`).
     Under ``torchrun`` every rank trains; rank 0 alone evaluates and writes, the others return None.
     """
     from ..engine.distributed import dist_info
@@ -273,6 +230,7 @@ def build_artifact(name: str, preset: str | Preset | None = None, *, steps: int 
     check_steps(steps)
     p = get_preset(preset)
     dev = get_device(device)
+    start = init_state(name, p, init_from) if init_from is not None else None
     rank = dist_info().rank
     final = artifact_dir(name, p, root)
     lock = _artifact_lock(final)
@@ -280,14 +238,14 @@ def build_artifact(name: str, preset: str | Preset | None = None, *, steps: int 
         lock.acquire()
     try:
         return _build_locked(name, p, final, steps=steps, dev=dev, progress=progress, resume=resume, root=root,
-                             options=options, reuse=reuse)
+                             options=options, reuse=reuse, start=start)
     finally:
         lock.release()
 
 
 def _build_locked(name: str, p: Preset, final: Path, *, steps: int | None, dev: torch.device, progress: bool,
                   resume: bool, root: str | os.PathLike | None, options: Mapping[str, Any] | None,
-                  reuse: bool) -> Artifact | None:
+                  reuse: bool, start: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None) -> Artifact | None:
     """:func:`build_artifact` once rank 0 holds the artifact's lock."""
     from ..engine.distributed import all_reduce_max, barrier, dist_info
 
@@ -299,16 +257,23 @@ def _build_locked(name: str, p: Preset, final: Path, *, steps: int | None, dev: 
     if all_reduce_max(float(built), dev) > 0:  # every rank follows rank 0
         return load_artifact(name, p, device=dev, root=root, steps=steps) if rank == 0 else None
     partial = _partial_dir(final)
-    if resume and partial.exists() and not _resumable(partial, spec.identity(p, steps)):
+    init_info = start[1] if start is not None else None
+    if resume and partial.exists() and not _resumable(partial, spec.identity(p, steps), init_info):
         resume = False
     if not resume and partial.exists() and rank == 0:
         shutil.rmtree(partial)
+    if rank == 0:
+        partial.mkdir(parents=True, exist_ok=True)
+        write_json(partial / INIT_FILE, init_info)
     barrier()
     token = _BUILD_ROOT.set(artifact_root(root))
     progress_token = _BUILD_PROGRESS.set(progress)
     try:
+        run_options = dict(options or {})
+        if start is not None:
+            run_options["init_state"] = start[0]
         result = spec.train(p, steps=steps, device=dev, out_dir=partial, resume=resume,
-                            progress=progress, **dict(options or {}))
+                            progress=progress, **run_options)
         model, log = result.model, result.log
         check_finite_weights(model, f"the trained {name!r} (nothing was saved)")
         if rank != 0:
@@ -328,8 +293,11 @@ def _build_locked(name: str, p: Preset, final: Path, *, steps: int | None, dev: 
         "steps": identity["recipe"].get("steps", result.facts.get("steps")),
         "preset": p.name,
         "device": str(dev),
-        "command": spec.command(p, steps),
+        "command": spec.command(p, steps) + (f" --init-from {init_from_arg(init_info)}" if init_info else ""),
+        "run": run_environment(dev),
     })
+    if init_info:
+        metrics["init_from"] = init_info
     config = {**identity, "name": name, "minildm_version": minildm_version()}
 
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -338,9 +306,9 @@ def _build_locked(name: str, p: Preset, final: Path, *, steps: int | None, dev: 
     try:
         save_weights(tmp / "model.safetensors", model, {"model_class": config["model_class"],
                                                         "model": config["model"]})
-        _write_json(tmp / "config.json", config)
-        _write_json(tmp / "metrics.json", metrics)
-        _write_json(tmp / "log.json", log)
+        write_json(tmp / "config.json", config)
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "log.json", log)
         if (partial / "samples").is_dir():
             shutil.copytree(partial / "samples", tmp / "samples")
         _replace_dir(tmp, final)
@@ -351,14 +319,25 @@ def _build_locked(name: str, p: Preset, final: Path, *, steps: int | None, dev: 
     return Artifact(name=name, model=model.eval(), config=config, metrics=metrics, log=log, path=final)
 
 
-def _resumable(partial: Path, identity: Mapping[str, Any]) -> bool:
-    """Whether ``partial`` holds a readable checkpoint of the same run (else warn: it is discarded)."""
+def init_from_arg(info: Mapping[str, Any]) -> str:
+    """The ``--init-from`` argument that gave the starting weights ``info`` (``init_from`` of the metrics)."""
+    return "shipped" if info.get("source") == "shipped" else str(info.get("source"))
+
+
+def _resumable(partial: Path, identity: Mapping[str, Any], init_info: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``partial`` holds a readable checkpoint of the same run, started from the same weights
+    (else warn: it is discarded)."""
     from ..engine.checkpoint import load_checkpoint
     from ..engine.trainer import CHECKPOINT_NAME
 
     path = partial / CHECKPOINT_NAME
     if not path.is_file():
         return True  # nothing to resume; the folder is reused
+    started = json.loads((partial / INIT_FILE).read_text()) if (partial / INIT_FILE).is_file() else None
+    if (started or {}).get("sha256") != (init_info or {}).get("sha256"):
+        warnings.warn(f"discarding checkpoint {str(path)!r}: it started from other weights "
+                      "(--init-from); training starts anew", stacklevel=3)
+        return False
     try:
         _, metadata = load_checkpoint(path)
     except ValueError as err:
@@ -389,7 +368,10 @@ def load_or_train(name: str, preset: str | Preset | None = None, *, device: str 
                   root: str | os.PathLike | None = None) -> Artifact:
     """The cached artifact ``name`` for ``preset``, training (and caching) it first if needed.
 
-    ``retrain=True`` trains from scratch and replaces the cache. If another run (another process) is
+    Looks in the cache (``<root>/<preset>/<name>``), then in the shipped weights
+    (:func:`~minildm.recipes.shipped.load_shipped`: sha256-checked; a recipe that no longer matches the
+    code is a ValueError saying how to retrain), then trains. ``retrain=True`` (or ``$MINILDM_TRAIN=1``
+    for the shipped weights) trains from scratch and replaces the cache. If another run (another process) is
     building the same artifact, this call waits for it and then loads its result (see
     :func:`build_artifact`); with ``retrain=True`` it waits and then trains anew. A corrupted or mismatched cache
     entry raises ValueError naming the file and the command that rebuilds it (or use retrain=True).
@@ -403,6 +385,10 @@ def load_or_train(name: str, preset: str | Preset | None = None, *, device: str 
         progress = _BUILD_PROGRESS.get()
     if not retrain and artifact_dir(name, p, root).is_dir():
         return load_artifact(name, p, device=device, root=root)
+    if not retrain and not train_from_scratch():
+        shipped = load_shipped(name, p, device=device)
+        if shipped is not None:
+            return shipped
     return build_artifact(name, p, device=device, progress=progress, resume=not retrain, root=root,
                           reuse=not retrain)
 
@@ -430,7 +416,7 @@ def reevaluate_artifact(name: str, preset: str | Preset | None = None, *,
     metrics["evaluated_by"] = (f"python -m minildm reevaluate {name} --preset {p.name}"
                                + (f" --steps {steps}" if steps is not None else ""))
     tmp = art.path / ".metrics.json.tmp"
-    _write_json(tmp, metrics)
+    write_json(tmp, metrics)
     os.replace(tmp, art.path / "metrics.json")
     return Artifact(name=name, model=art.model, config=art.config, metrics=metrics, log=art.log, path=art.path)
 

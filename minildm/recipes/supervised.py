@@ -15,13 +15,13 @@ from torch import nn
 from ..engine.batches import DatasetBatches
 from ..engine.device import seed_everything
 from ..engine.trainer import Trainer
-from .registry import TrainResult
+from .registry import TrainResult, warm_start
 
 __all__ = ["SupervisedArtifact", "fit_on_dataset"]
 
 
 def fit_on_dataset(task: Any, identity: Mapping[str, Any], *, device: Any, out_dir: str | os.PathLike | None,
-                   resume: bool, progress: bool, desc: str) -> Trainer:
+                   resume: bool, progress: bool, desc: str, warmup_steps: int = 0) -> Trainer:
     """Train ``task`` on the dataset its artifact recipe names, for the recipe's steps.
 
     ``identity["recipe"]`` gives ``data`` (``name``, ``split``, ``image_size``, ``length``, ``seed``),
@@ -38,7 +38,7 @@ def fit_on_dataset(task: Any, identity: Mapping[str, Any], *, device: Any, out_d
     config["recipe"] = {k: v for k, v in recipe.items() if k != "steps"}
     trainer = Trainer(task, data, device=device, max_steps=recipe["steps"], seed=recipe["seed"], out_dir=out_dir,
                       checkpoint_every=max(50, recipe["steps"] // 10) if out_dir is not None else None,
-                      progress=progress, desc=desc, config=config)
+                      progress=progress, desc=desc, config=config, warmup_steps=warmup_steps)
     trainer.resume_if_present(resume)
     trainer.fit()
     return trainer
@@ -73,10 +73,12 @@ class SupervisedArtifact(ABC):
         """The Trainer task that fits ``net`` with the recipe's settings."""
 
     def train(self, preset: Any, *, steps: int | None, device: Any, out_dir: Any, resume: bool,
-              progress: bool) -> TrainResult:
+              progress: bool, init_state: Mapping[str, Any] | None = None) -> TrainResult:
         identity = self.identity(preset, steps)
         seed_everything(preset.seed)
         net = self.build_model(identity)
+        warmup = warm_start(net, init_state)
         trainer = fit_on_dataset(self.task(net, identity["recipe"]), identity, device=device, out_dir=out_dir,
-                                 resume=resume, progress=progress, desc=f"{self.name} ({preset.name})")
+                                 resume=resume, progress=progress, desc=f"{self.name} ({preset.name})",
+                                 warmup_steps=warmup)
         return TrainResult(net.eval(), trainer.log, trainer.elapsed_s)

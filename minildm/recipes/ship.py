@@ -1,0 +1,105 @@
+"""Shipping a cached artifact as weights that come with minildm (``python -m minildm ship NAME``).
+
+:func:`ship_artifact` writes ``data/weights/<preset>/<name>/`` (see :mod:`minildm.recipes.shipped`, which
+loads them): the weights in float16, config, metrics, the loss log and provenance. A run continued from
+the shipped weights (``--init-from shipped``) adds a stretch to their provenance, so the steps and hours
+behind a model add up over several sittings. Used to make the weights notebooks 01–05 load.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..engine.checkpoint import load_weights, non_finite_tensors, save_weights
+from .artifact_files import config_differences, read_json, write_json
+from .presets import Preset, get_preset
+from .registry import get_spec
+from .shipped import read_provenance, recipe_of, run_environment, sha256_file, shared_weights, shipped_dir
+from .store import artifact_dir
+
+__all__ = ["ship_artifact"]
+
+
+def ship_artifact(name: str, preset: str | Preset | None = None, *, root: str | os.PathLike | None = None) -> Path:
+    """Ship the cached artifact ``name`` (``<root>/<preset>/<name>``, see :mod:`minildm.recipes.store`): write
+    its weights in float16 with config, metrics, log and provenance to :func:`shipped_dir`, atomically.
+
+    A run continued from the shipped weights (``init_from`` in its metrics, same sha256) adds a stretch to
+    their provenance; anything else starts a new one. Shared weights (an LDM's first stage) must equal
+    those of the shipped artifact they come from, which must be shipped first. Returns the folder."""
+    spec = get_spec(name)
+    p = get_preset(preset)
+    src = artifact_dir(name, p, root)
+    rebuild = spec.command(p)
+    if not src.is_dir():
+        raise ValueError(f"nothing to ship: artifact {name!r} is not cached at {str(src)!r}; build it with `{rebuild}`")
+    config = read_json(src / "config.json", rebuild, required=("model_class", "model"))
+    diffs = config_differences(recipe_of({k: config.get(k) for k in spec.identity(p)}), recipe_of(spec.identity(p)))
+    if diffs:
+        raise ValueError(f"the cached {name!r} was made with another recipe than the code gives now "
+                         f"({'; '.join(diffs[:4])}); rebuild it with `{rebuild}` before shipping")
+    metrics = read_json(src / "metrics.json", rebuild, required=("command",))
+    log = read_json(src / "log.json", rebuild, kind=list)
+    state, _ = load_weights(src / "model.safetensors")
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    if non_finite_tensors(half):
+        raise ValueError(f"{name!r}: weights overflow float16 ({', '.join(non_finite_tensors(half)[:4])})")
+    shared: dict[str, Any] = {}
+    for prefix, other in shared_weights(name, p).items():
+        other_dir = shipped_dir(other, p)
+        if not (other_dir / "provenance.json").is_file():
+            raise ValueError(f"ship {other!r} before {name!r}: {name!r} holds its weights under {prefix!r}")
+        other_state, _ = load_weights(other_dir / "model.safetensors")
+        mine = {k[len(prefix):]: half.pop(k) for k in list(half) if k.startswith(prefix)}
+        if set(mine) != set(other_state) or any(not torch.equal(mine[k], other_state[k]) for k in mine):
+            raise ValueError(f"{name!r} was trained on another {other!r} than the shipped one: retrain it on the "
+                             f"shipped {other!r} (`{rebuild}`) before shipping")
+        shared[prefix] = {"artifact": other, "sha256": read_provenance(other_dir, other, p)["sha256"]}
+
+    dest = shipped_dir(name, p)
+    stretch = {"command": metrics.get("command"), "steps": metrics.get("steps"),
+               "train_time_s": metrics.get("train_time_s"), **dict(metrics.get("run") or {})}
+    init = metrics.get("init_from")
+    stretches: list[dict[str, Any]] = []
+    if init:
+        stretch["init_from"] = init
+        if (dest / "provenance.json").is_file():
+            old = read_provenance(dest, name, p)
+            if old.get("sha256") == init.get("sha256"):
+                stretches = list(old["stretches"])
+                log = list(read_json(dest / "log.json", rebuild, kind=list)) + [{"stretch": len(stretches)}] + log
+    stretches.append(stretch)
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        save_weights(tmp / "model.safetensors", half, {"model_class": config["model_class"], "model": config["model"]})
+        write_json(tmp / "config.json", config)
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "log.json", log)
+        total_s = sum(float(s.get("train_time_s") or 0) for s in stretches)
+        write_json(tmp / "provenance.json", {
+            "name": name, "preset": p.name, "dtype": "float16",
+            "sha256": sha256_file(tmp / "model.safetensors"),
+            "bytes": (tmp / "model.safetensors").stat().st_size,
+            "total_steps": sum(int(s.get("steps") or 0) for s in stretches),
+            "total_train_time_s": round(total_s, 1), "total_train_hours": round(total_s / 3600, 3),
+            "stretches": stretches, "shared": shared,
+            "shipped_with": f"python -m minildm ship {name} --preset {p.name}",
+            "shipped_at": run_environment(torch.device("cpu"))["date"],
+        })
+        old_dir = dest.with_name(f".{name}.old")
+        if dest.exists():
+            shutil.rmtree(old_dir, ignore_errors=True)
+            os.replace(dest, old_dir)
+        os.replace(tmp, dest)
+        shutil.rmtree(old_dir, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

@@ -1,0 +1,243 @@
+"""Shipped weights: the long-trained models that come with minildm.
+
+Training a model once and publishing its weights is how a course runs in minutes: the notebooks
+load these and train only something small live. No model hub is reachable offline, so the weights
+live in the repository, one folder per preset and artifact::
+
+    data/weights/<preset>/<name>/
+        model.safetensors   the (EMA) weights in float16, safetensors (never pickle)
+        config.json         the artifact's identity: model config, recipe, preset
+        metrics.json        what minildm measured on it, with the command that measured it
+        log.json            the training loss curve (every stretch)
+        provenance.json     how it was made: each training stretch's command, code version, steps,
+                            wall time, threads and CPU or GPU model; the sha256 of model.safetensors
+
+:func:`~minildm.recipes.store.load_or_train` looks in the local cache, then here, then trains
+(``$MINILDM_TRAIN=1``, or ``retrain=True``, skips the shipped weights). A shipped model is
+trusted only if its sha256 matches and its recipe is the one the code gives now (the step count
+aside: a run longer than one sitting adds stretches, :func:`init_state`); otherwise the error
+says how to retrain it. :func:`minildm.recipes.ship.ship_artifact` (``python -m minildm ship NAME``)
+turns a cached artifact into shipped weights.
+
+An LDM's first stage is not stored twice: its ``first_stage_model.*`` weights are left out and
+filled in from the shipped first stage, whose sha256 the provenance pins (:func:`shared_weights`).
+
+``$MINILDM_WEIGHTS`` moves the folder (default: ``data/weights`` of the source tree). Taught in
+notebook 01 (and used by every notebook).
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..engine.checkpoint import load_module_state, load_weights, minildm_version, non_finite_tensors
+from ..engine.device import get_device
+from .artifact_files import Artifact, config_differences, read_json
+from .presets import Preset, get_preset
+from .registry import get_spec
+
+__all__ = ["SHIPPED_FILES", "TRAIN_ENV", "WEIGHTS_ENV", "init_state", "load_shipped", "read_provenance", "recipe_of",
+           "retrain_hint", "run_environment", "sha256_file", "shared_weights", "shipped_dir", "shipped_sizes",
+           "train_from_scratch", "weights_root"]
+
+WEIGHTS_ENV = "MINILDM_WEIGHTS"
+TRAIN_ENV = "MINILDM_TRAIN"
+SHIPPED_FILES = ("model.safetensors", "config.json", "metrics.json", "log.json", "provenance.json")
+#: recipe keys a continued run may change: how long it trained
+LENGTH_KEYS = ("steps", "budget_s")
+
+
+def weights_root() -> Path:
+    """``$MINILDM_WEIGHTS``, else ``data/weights`` beside the ``minildm`` package (the source tree)."""
+    env = os.environ.get(WEIGHTS_ENV)
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "data" / "weights"
+
+
+def shipped_dir(name: str, preset: str | Preset | None = None) -> Path:
+    """``<weights root>/<preset>/<name>``; ValueError for unknown names or presets."""
+    get_spec(name)
+    return weights_root() / get_preset(preset).name / name
+
+
+def train_from_scratch() -> bool:
+    """Whether ``$MINILDM_TRAIN`` asks to train instead of loading shipped weights (1, true, yes)."""
+    return os.environ.get(TRAIN_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def recipe_of(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """An identity without its length (``recipe.steps``, ``recipe.budget_s``): what stays the same when a
+    run is continued from its weights (:func:`init_state`)."""
+    config = json.loads(json.dumps(dict(identity)))
+    for key in LENGTH_KEYS:
+        config.get("recipe", {}).pop(key, None)
+    return config
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shared_weights(name: str, preset: Preset) -> dict[str, str]:
+    """State-dict prefixes of artifact ``name`` that are another artifact's weights (an LDM's
+    ``first_stage_model.`` is its first stage's): prefix -> artifact name. Shipped once, with that artifact."""
+    spec = get_spec(name)
+    first_stage = getattr(spec, "first_stage_name", None)
+    return {"first_stage_model.": first_stage(preset)} if callable(first_stage) else {}
+
+
+def _code_version() -> str:
+    """The git commit of the source tree (``+dirty`` with uncommitted changes), else the package version."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "minildm"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return minildm_version()
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_environment(device: torch.device) -> dict[str, Any]:
+    """Where a training run ran: code version, torch version, device, its model name, CPU threads, date."""
+    return {"code_version": _code_version(), "torch": torch.__version__, "device": str(device),
+            "hardware": _hardware(device), "threads": torch.get_num_threads(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def retrain_hint(name: str, preset: Preset) -> str:
+    command = get_spec(name).command(preset)
+    return (f"Retrain it with `{command}` (or MINILDM_TRAIN=1 / load_or_train(..., retrain=True)) and ship it "
+            f"again with `python -m minildm ship {name} --preset {preset.name}`.")
+
+
+def read_provenance(path: Path, name: str, preset: Preset) -> dict[str, Any]:
+    return read_json(path / "provenance.json", retrain_hint(name, preset), required=("sha256", "stretches"))
+
+
+def load_shipped(name: str, preset: str | Preset | None = None, *,
+                 device: str | torch.device | None = None) -> Artifact | None:
+    """The shipped weights of ``name`` under ``preset`` as an :class:`Artifact` (weights cast to float32),
+    or None if none are shipped. ValueError, saying how to retrain, if the files are corrupted
+    (sha256), or were made with another recipe than the code gives now."""
+    spec = get_spec(name)
+    p = get_preset(preset)
+    path = shipped_dir(name, p)
+    if not (path / "provenance.json").is_file():
+        return None
+    hint = retrain_hint(name, p)
+    provenance = read_provenance(path, name, p)
+    weights_file = path / "model.safetensors"
+    if not weights_file.is_file() or sha256_file(weights_file) != provenance["sha256"]:
+        raise ValueError(f"shipped weights {str(weights_file)!r} are missing or do not match the sha256 in "
+                         f"provenance.json (a corrupted or partial file; `git checkout -- {path}` restores it). {hint}")
+    config = read_json(path / "config.json", hint, required=("model_class", "model"))
+    diffs = config_differences(recipe_of({k: config.get(k) for k in spec.identity(p)}), recipe_of(spec.identity(p)))
+    if diffs:
+        shown = "; ".join(diffs[:6]) + (f"; ... ({len(diffs)} in all)" if len(diffs) > 6 else "")
+        raise ValueError(f"the shipped weights of {name!r} ({str(path)!r}) were made with another recipe than the "
+                         f"code gives now ({shown}). {hint}")
+    metrics = read_json(path / "metrics.json", hint)
+    log = read_json(path / "log.json", hint, kind=list)
+    state, _ = load_weights(weights_file)
+    model = spec.build_model(config)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    for prefix, other in shared_weights(name, p).items():
+        state.update(_shared_state(name, prefix, other, p, provenance))
+    try:
+        load_module_state(model, state, source=str(weights_file))
+    except ValueError as err:
+        raise ValueError(f"shipped {name!r}: {err} {hint}") from err
+    if non_finite_tensors(state):
+        raise ValueError(f"shipped weights {str(weights_file)!r} hold non-finite values. {hint}")
+    model.to(get_device(device)).eval()
+    return Artifact(name=name, model=model, config=config, metrics=metrics, log=log, path=path,
+                    provenance=provenance)
+
+
+def _shared_state(name: str, prefix: str, other: str, preset: Preset,
+                  provenance: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights under ``prefix`` of shipped ``name``: those of the shipped ``other``, whose sha256 must be
+    the one ``name`` was trained with."""
+    expected = provenance.get("shared", {}).get(prefix, {}).get("sha256")
+    other_dir = shipped_dir(other, preset)
+    found = read_provenance(other_dir, other, preset)["sha256"] if (other_dir / "provenance.json").is_file() else None
+    if found is None or found != expected:
+        raise ValueError(f"the shipped {name!r} was trained on {other!r} with sha256 {expected}, but the shipped "
+                         f"{other!r} is {'missing' if found is None else 'another one (' + found[:12] + '...)'}. "
+                         + retrain_hint(name, preset))
+    state, _ = load_weights(other_dir / "model.safetensors")
+    return {prefix + k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def init_state(name: str, preset: str | Preset | None, source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights to continue training ``name`` from: ``source`` = ``"shipped"`` (its shipped weights) or a path
+    (an artifact folder or its ``model.safetensors``). Returns ``(state_dict, info)``; ``info`` (source,
+    sha256, the steps and hours behind the weights) goes into the new artifact's metrics as ``init_from``,
+    so that :func:`ship_artifact` adds the stretches up. ValueError if the weights are of another recipe."""
+    spec = get_spec(name)
+    p = get_preset(preset)
+    if str(source) == "shipped":
+        art = load_shipped(name, p, device="cpu")
+        if art is None:
+            raise ValueError(f"no shipped weights of {name!r} for preset {p.name!r} under {str(shipped_dir(name, p))!r}: "
+                             "train it from scratch first (leave out --init-from)")
+        prov = art.provenance or {}
+        info = {"source": "shipped", "sha256": prov.get("sha256"), "steps": prov.get("total_steps"),
+                "train_time_s": prov.get("total_train_time_s")}
+        return art.model.state_dict(), info
+    path = Path(source)
+    folder = path if path.is_dir() else path.parent
+    weights = folder / "model.safetensors" if path.is_dir() else path
+    if not weights.is_file():
+        raise ValueError(f"--init-from {str(source)!r}: no such weights file (give 'shipped', an artifact folder "
+                         "or its model.safetensors)")
+    state, saved = load_weights(weights)
+    if saved.get("model") != spec.identity(p)["model"]:
+        raise ValueError(f"--init-from {str(weights)!r}: its model config differs from {name!r}'s under preset "
+                         f"{p.name!r}; continue only from weights of the same model")
+    config_file = folder / "config.json"
+    if config_file.is_file():
+        saved_config = json.loads(config_file.read_text())
+        diffs = config_differences(recipe_of({k: saved_config.get(k) for k in spec.identity(p)}),
+                                   recipe_of(spec.identity(p)))
+        if diffs:
+            raise ValueError(f"--init-from {str(folder)!r} was trained with another recipe ({'; '.join(diffs[:4])})")
+    metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
+    info = {"source": str(weights), "sha256": sha256_file(weights), "steps": metrics.get("steps"),
+            "train_time_s": metrics.get("train_time_s")}
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, info
+
+
+def shipped_sizes(preset: str | Preset | None = None) -> dict[str, int]:
+    """Bytes on disk of every shipped artifact of ``preset`` (all its files), by name."""
+    folder = weights_root() / get_preset(preset).name
+    if not folder.is_dir():
+        return {}
+    return {d.name: sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+            for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")}

@@ -1,0 +1,155 @@
+"""Shipped weights: ship a cached artifact (fp16 + provenance), load it before training, refuse
+corrupted or outdated weights with the retrain command, continue training from them (--init-from)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from minildm.cli import main
+from minildm.engine.checkpoint import load_weights
+from minildm.recipes.presets import get_preset
+from minildm.recipes.ship import ship_artifact
+from minildm.recipes.shipped import load_shipped, shipped_dir, shipped_sizes
+from minildm.recipes.store import artifact_dir, build_artifact, load_or_train
+
+SMOKE2 = get_preset("smoke").with_ae(steps=2)
+
+
+@pytest.fixture()
+def weights(tmp_path, monkeypatch):
+    """An empty shipped-weights folder and an empty cache."""
+    monkeypatch.setenv("MINILDM_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.setenv("MINILDM_ARTIFACTS", str(tmp_path / "cache"))
+    monkeypatch.delenv("MINILDM_TRAIN", raising=False)
+    return tmp_path
+
+
+@pytest.fixture()
+def shipped(weights):
+    """ae-kl-l2 (smoke, 2 steps) trained in a build cache and shipped."""
+    build = weights / "build"
+    art = build_artifact("ae-kl-l2", SMOKE2, device="cpu", progress=False, root=build)
+    ship_artifact("ae-kl-l2", SMOKE2, root=build)
+    return build, art
+
+
+def test_ship_writes_fp16_weights_with_provenance(shipped):
+    _, art = shipped
+    folder = shipped_dir("ae-kl-l2", SMOKE2)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "log.json", "metrics.json", "model.safetensors",
+                                                         "provenance.json"]
+    state, _ = load_weights(folder / "model.safetensors")
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    prov = json.loads((folder / "provenance.json").read_text())
+    assert prov["total_steps"] == 2 and len(prov["stretches"]) == 1
+    stretch = prov["stretches"][0]
+    assert stretch["command"] == art.metrics["command"] and stretch["threads"] >= 1
+    assert {"code_version", "torch", "hardware", "date", "train_time_s"} <= set(stretch)
+    assert shipped_sizes(SMOKE2)["ae-kl-l2"] == sum(p.stat().st_size for p in folder.iterdir())
+
+
+def test_load_or_train_loads_shipped_weights_before_training(shipped, weights):
+    _, art = shipped
+    loaded = load_or_train("ae-kl-l2", SMOKE2, device="cpu")
+    assert loaded.provenance is not None and loaded.path == shipped_dir("ae-kl-l2", SMOKE2)
+    assert not artifact_dir("ae-kl-l2", SMOKE2).exists()  # nothing was trained
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        a, b = (m.decode(m.encode_latent(x)) for m in (art.model.cpu(), loaded.model))
+    assert loaded.model.encoder.conv_in.weight.dtype == torch.float32
+    assert (a - b).abs().max() < 2e-2  # fp16 rounding only
+
+
+def test_train_env_and_retrain_skip_the_shipped_weights(shipped, weights, monkeypatch):
+    monkeypatch.setenv("MINILDM_TRAIN", "1")
+    art = load_or_train("ae-kl-l2", SMOKE2, device="cpu", progress=False)
+    assert art.provenance is None and art.path == artifact_dir("ae-kl-l2", SMOKE2)
+
+
+def test_corrupted_shipped_weights_fail_the_sha256_check(shipped):
+    weights_file = shipped_dir("ae-kl-l2", SMOKE2) / "model.safetensors"
+    data = bytearray(weights_file.read_bytes())
+    data[-1] ^= 0xFF
+    weights_file.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256.*Retrain it with `python -m minildm train-ae"):
+        load_or_train("ae-kl-l2", SMOKE2, device="cpu")
+
+
+def test_shipped_weights_of_another_recipe_are_a_clear_error(shipped):
+    config_file = shipped_dir("ae-kl-l2", SMOKE2) / "config.json"
+    config = json.loads(config_file.read_text())
+    config["recipe"]["lr"] = 0.5
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"another recipe than the code gives now \(recipe.lr: saved 0.5.*MINILDM_TRAIN=1"):
+        load_or_train("ae-kl-l2", SMOKE2, device="cpu")
+
+
+def test_the_step_count_alone_does_not_make_another_recipe(shipped):
+    assert load_shipped("ae-kl-l2", get_preset("smoke").with_ae(steps=7), device="cpu") is not None
+
+
+def test_init_from_shipped_adds_a_stretch(shipped, weights):
+    build, _ = shipped
+    first = json.loads((shipped_dir("ae-kl-l2", SMOKE2) / "provenance.json").read_text())
+    art = build_artifact("ae-kl-l2", SMOKE2, steps=3, device="cpu", progress=False, root=build, init_from="shipped")
+    assert art.metrics["init_from"]["sha256"] == first["sha256"] and art.metrics["init_from"]["steps"] == 2
+    assert art.metrics["command"].endswith("--steps 3 --init-from shipped")
+    ship_artifact("ae-kl-l2", SMOKE2, root=build)
+    prov = json.loads((shipped_dir("ae-kl-l2", SMOKE2) / "provenance.json").read_text())
+    assert len(prov["stretches"]) == 2 and prov["total_steps"] == 5
+    assert prov["stretches"][1]["init_from"]["sha256"] == first["sha256"]
+    log = json.loads((shipped_dir("ae-kl-l2", SMOKE2) / "log.json").read_text())
+    assert {"stretch": 1} in log
+
+
+def test_init_from_starts_from_the_given_weights(shipped, weights):
+    """One step at warm-up rate 1/100 from the shipped weights stays next to them; from scratch it does not."""
+    build, _ = shipped
+    start = load_shipped("ae-kl-l2", SMOKE2, device="cpu").model.state_dict()
+    art = build_artifact("ae-kl-l2", SMOKE2, steps=1, device="cpu", progress=False, root=build, init_from="shipped")
+    moved = max((art.model.state_dict()[k].cpu() - v).abs().max().item() for k, v in start.items())
+    assert moved < 1e-3
+
+
+def test_init_from_needs_weights_of_the_same_model(weights, shipped):
+    build, _ = shipped
+    other = build_artifact("ae-vq-l2", SMOKE2, device="cpu", progress=False, root=build)
+    with pytest.raises(ValueError, match="model config differs"):
+        build_artifact("ae-kl-l2", SMOKE2, steps=1, device="cpu", progress=False, root=build, init_from=other.path)
+    with pytest.raises(ValueError, match="no shipped weights of 'ae-vq-l2'"):
+        build_artifact("ae-vq-l2", SMOKE2, steps=1, device="cpu", progress=False, root=build, init_from="shipped")
+
+
+def test_ldm_ships_without_its_first_stage(weights):
+    """An LDM's first stage is shipped once (with the first stage) and pinned by its sha256."""
+    smoke = get_preset("smoke")
+    build = weights / "build"
+    ldm = build_artifact("ldm-f4", smoke, device="cpu", progress=False, root=build)
+    with pytest.raises(ValueError, match="ship 'ae-kl-f4' before 'ldm-f4'"):
+        ship_artifact("ldm-f4", smoke, root=build)
+    ship_artifact("ae-kl-f4", smoke, root=build)
+    ship_artifact("ldm-f4", smoke, root=build)
+    state, _ = load_weights(shipped_dir("ldm-f4", smoke) / "model.safetensors")
+    assert state and not any(k.startswith("first_stage_model.") for k in state)
+    loaded = load_shipped("ldm-f4", smoke, device="cpu")
+    for k, v in ldm.model.state_dict().items():
+        assert torch.allclose(loaded.model.state_dict()[k], v.cpu().half().float()), k
+    # a first stage shipped again (another training) no longer matches the LDM trained on the old one
+    build_artifact("ae-kl-f4", smoke, steps=1, device="cpu", progress=False, root=build)
+    ship_artifact("ae-kl-f4", smoke, root=build)
+    with pytest.raises(ValueError, match="was trained on 'ae-kl-f4' with sha256"):
+        load_shipped("ldm-f4", smoke, device="cpu")
+
+
+def test_ship_cli_ships_and_lists(weights, capsys):
+    build = weights / "build"
+    build_artifact("ae-kl-l2", SMOKE2, device="cpu", progress=False, root=build)
+    assert main(["ship", "ae-kl-l2", "--list", "--preset", "smoke", "--out", str(build)]) == 0
+    out = capsys.readouterr().out
+    assert "shipped ae-kl-l2" in out and "2 steps" in out and "total" in out
+    assert main(["ship", "ae-vq-l2", "--preset", "smoke", "--out", str(build)]) == 2
+    assert "nothing to ship" in capsys.readouterr().err
+    assert main(["ship", "no-such-model", "--preset", "smoke"]) == 2
+    assert "unknown artifact 'no-such-model'" in capsys.readouterr().err
