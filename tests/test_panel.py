@@ -60,8 +60,24 @@ def test_missing_artifacts_name_their_command(tmp_path):
     assert set(p.missing) == {1, 8}
     assert p.command(8) == "python -m minildm ablate-f --preset smoke --f 8"
     fig = p.render(8, 1)  # draws the command instead of an image
-    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
-    assert any("ablate-f --preset smoke --f 8" in t for t in texts)
+    texts = [" ".join(t.get_text().split()) for ax in fig.axes for t in ax.texts]
+    assert any("ablate-f --preset smoke --f 8" in t for t in texts)  # wrapped to fit its panel
     plt.close(fig)
     with pytest.raises(ValueError, match="no model"):
         p.reconstructions(8, "val")
+
+
+def test_titles_give_the_shown_images_own_quality(panel):
+    """Each reconstruction's title has that image's PSNR and LPIPS (not the dataset means of ``rows``), and the
+    curves of FD-feat and step time have log axes."""
+    from minildm.eval.metrics import psnr
+
+    fig = panel.render(4, 1, index=1, split="val", view="reconstruction")
+    x, rec = panel.images("val")[1:2], panel.reconstructions(4, "val")[0][1:2]
+    titles = [ax.get_title() for ax in fig.axes]
+    assert any(f"this image: PSNR {float(psnr(x, rec)):.1f} dB" in t for t in titles)
+    assert any("this image: PSNR ∞ dB, LPIPS 0.000" in t for t in titles)  # f = 1 reconstructs exactly
+    assert not any("PSNR 20.0 dB" in t for t in titles)
+    scales = {ax.get_title(): ax.get_yscale() for ax in fig.axes if "(log)" in ax.get_title()}
+    assert len(scales) == 2 and set(scales.values()) == {"log"}
+    plt.close(fig)

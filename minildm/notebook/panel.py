@@ -30,8 +30,9 @@ __all__ = ["FactorPanel", "VIEWS", "SPLITS"]
 VIEWS: tuple[str, ...] = ("reconstruction", "error map", "zoomed crop", "latent channels")
 SPLITS: tuple[str, ...] = ("val", "test")
 _NONE = "none"
-_CURVES = (("psnr", "PSNR (dB) ↑"), ("lpips", "LPIPS ↓"), ("fid", "FD in feature space ↓"),
-           ("unet_step_ms", "UNet training step (ms) ↓"))
+#: the metric curves beside the images (dataset averages from each artifact's metrics): key, title, log y-axis
+_CURVES = (("psnr", "PSNR (dB) ↑, val mean", False), ("lpips", "LPIPS ↓, val mean", False),
+           ("fid", "FD-feat ↓ (log)", True), ("unet_step_ms", "UNet training step, ms ↓ (log)", True))
 
 
 class FactorPanel:
@@ -74,6 +75,7 @@ class FactorPanel:
                 self._load(f)
         self._images: dict[str, torch.Tensor] = {}
         self._cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._metrics: dict[tuple[int, str, int], dict[str, float]] = {}
         self.timings: list[float] = []
         self._widgets: dict[str, Any] | None = None
         self._out: Any = None
@@ -86,10 +88,10 @@ class FactorPanel:
         return get_spec(ablation_name(f)).command(self.preset)
 
     def _load(self, f: int) -> None:
-        from ..recipes.store import load_artifact
+        from ..recipes.store import load_trained
 
         try:
-            art = load_artifact(ablation_name(f), self.preset, device=self.device, root=self.root)
+            art = load_trained(ablation_name(f), self.preset, device=self.device, root=self.root)
         except ValueError as err:
             self.missing[f] = str(err)
             return
@@ -153,13 +155,15 @@ class FactorPanel:
         ax.set_xticks([])
         ax.set_yticks([])
         if f not in self.models:
-            ax.text(0.5, 0.5, f"f = {f}: not built yet\n\n{self.command(f)}", ha="center", va="center",
-                    wrap=True, fontsize=8, transform=ax.transAxes)
+            import textwrap
+
+            command = "\n".join(textwrap.wrap(self.command(f), 26, break_on_hyphens=False))
+            ax.text(0.5, 0.5, f"f = {f}: not built yet\n\n{command}", ha="center", va="center", fontsize=7,
+                    family="monospace", transform=ax.transAxes)
             return
         x = self.images(split)[index]
         rec, z = self.reconstructions(f, split)
         rec = rec[index]
-        row = self.rows.get(f, {})
         title = f"f = {f}, latent {'×'.join(map(str, z.shape[1:]))}"
         if view == "reconstruction":
             ax.imshow(viz.to_numpy_image(rec))
@@ -180,9 +184,24 @@ class FactorPanel:
                 grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = (ch[i] + 1) / 2
             ax.imshow(grid.numpy(), cmap="viridis", vmin=0, vmax=1)
             title += f"\n{n} of {ch.shape[0]} channels"
-        if "psnr" in row and view != "latent channels":
-            title += f"\nPSNR {row['psnr']:.1f} dB, LPIPS {row.get('lpips', float('nan')):.3f}"
+        if view != "latent channels":
+            quality = self.image_metrics(f, split, index)
+            psnr = "∞" if math.isinf(quality["psnr"]) or quality["psnr"] >= 99 else f"{quality['psnr']:.1f}"
+            title += f"\nthis image: PSNR {psnr} dB, LPIPS {quality['lpips']:.3f}"
         ax.set_title(title, fontsize=9)
+
+    @torch.no_grad()
+    def image_metrics(self, f: int, split: str, index: int) -> dict[str, float]:
+        """PSNR and LPIPS of factor ``f``'s reconstruction of image ``index`` of ``split`` (cached)."""
+        key = (f, split, index)
+        if key not in self._metrics:
+            from ..eval.metrics import psnr
+            from ..losses.lpips import get_lpips
+
+            x = self.images(split)[index:index + 1]
+            rec = self.reconstructions(f, split)[0][index:index + 1]
+            self._metrics[key] = {"psnr": float(psnr(x, rec)), "lpips": float(get_lpips("alex")(x, rec))}
+        return self._metrics[key]
 
     def render(self, f: int, compare: int | str | None = None, index: int = 0, split: str = "val",
                view: str = "reconstruction"):
@@ -204,7 +223,7 @@ class FactorPanel:
         ax.set_yticks([])
         for i, g in enumerate(chosen):
             self._draw_view(fig.add_subplot(grid[:, 1 + i]), int(g), index, split, view)
-        for k, (key, label) in enumerate(_CURVES):
+        for k, (key, label, log_y) in enumerate(_CURVES):
             ax = fig.add_subplot(grid[k // 2, 1 + len(chosen) + k % 2])
             pts = sorted((g, r[key]) for g, r in self.rows.items() if r.get(key) is not None
                          and g in self.factors and math.isfinite(r[key]) and not (key == "psnr" and r[key] >= 99))
@@ -213,6 +232,8 @@ class FactorPanel:
             for g, colour in zip(chosen, ("tab:red", "tab:blue")):
                 ax.axvline(g, color=colour, lw=1.5, alpha=0.7)
             ax.set_xscale("log", base=2)
+            if log_y:
+                ax.set_yscale("log")
             ax.set_xticks(list(self.factors), [str(g) for g in self.factors])
             ax.set_title(label, fontsize=9)
             ax.tick_params(labelsize=8)

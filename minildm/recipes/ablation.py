@@ -292,11 +292,11 @@ def ablation_table(preset: str | Preset | None = None, *, factors: Sequence[int]
                    root: Any = None, save: bool = True) -> list[dict[str, Any]]:
     """One row of measurements per f (from each artifact's metrics), trained where missing.
 
-    ``train=False`` raises ValueError naming the command for a missing artifact instead. With
+    ``train=False`` raises ValueError naming the command for an artifact that is neither cached nor shipped. With
     ``save``, the rows are written to ``<artifacts>/<preset>/ablation-f.json`` together with the
     command that rebuilds them. Returns the rows sorted by f.
     """
-    from .store import artifact_root, load_artifact, load_or_train
+    from .store import artifact_root, load_or_train, load_trained
 
     p = get_preset(preset)
     factors = tuple(factors) if factors is not None else p.ablation.factors
@@ -304,7 +304,7 @@ def ablation_table(preset: str | Preset | None = None, *, factors: Sequence[int]
     for f in factors:
         first_stage_config(f, p)
         art = (load_or_train(ablation_name(f), p, device=device, progress=progress, root=root) if train
-               else load_artifact(ablation_name(f), p, device=device, root=root))
+               else load_trained(ablation_name(f), p, device=device, root=root))
         m = art.metrics
         row = {"f": f, **{k: m.get(k) for k in TABLE_COLUMNS if k != "f"},
                "latent_shape": "×".join(map(str, m["latent_shape"])), "unet_params": m.get("unet_params"),

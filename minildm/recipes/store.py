@@ -67,6 +67,7 @@ __all__ = [
     "load_artifact",
     "build_artifact",
     "load_or_train",
+    "load_trained",
     "reevaluate_artifact",
 ]
 
@@ -391,6 +392,21 @@ def load_or_train(name: str, preset: str | Preset | None = None, *, device: str 
             return shipped
     return build_artifact(name, p, device=device, progress=progress, resume=not retrain, root=root,
                           reuse=not retrain)
+
+
+def load_trained(name: str, preset: str | Preset | None = None, *, device: str | torch.device | None = None,
+                 root: str | os.PathLike | None = None) -> Artifact:
+    """The trained artifact ``name`` from the cache, else from the shipped weights (as :func:`load_or_train`),
+    but never training it: ValueError naming the command that builds it if there is neither."""
+    get_spec(name)
+    p = get_preset(preset)
+    if artifact_dir(name, p, root).is_dir():
+        return load_artifact(name, p, device=device, root=root)
+    shipped = None if train_from_scratch() else load_shipped(name, p, device=device)
+    if shipped is None:
+        raise ValueError(f"artifact {name!r} is neither cached at {str(artifact_dir(name, p, root))!r} nor shipped; "
+                         f"build it with `{get_spec(name).command(p)}` or load_or_train(...)")
+    return shipped
 
 
 def reevaluate_artifact(name: str, preset: str | Preset | None = None, *,

@@ -41,7 +41,7 @@ from ..engine.throughput import Throughput, count_flops, peak_flops
 from ..engine.trainer import Trainer
 from .first_stage import first_stage_name
 from .latent_diffusion import LatentDiffusionRecipe, build_latent_diffusion, latent_channels
-from .store import load_artifact, load_or_train
+from .store import load_or_train, load_trained
 from .text_to_image_eval import EvalCurve
 from .text_to_image_eval import ValidationGrid
 from .text_to_image_eval import best_scale
@@ -173,7 +173,7 @@ class T2ISpec(LatentDiffusionRecipe):
                 for name in names.values():
                     load_or_train(name, preset, device=device, progress=progress)
         barrier()
-        return {key: load_artifact(name, preset, device=device).model for key, name in names.items()}
+        return {key: load_trained(name, preset, device=device).model for key, name in names.items()}
 
     def prepare_model(self, ldm: nn.Module, recipe: Mapping[str, Any], *, grad_checkpointing: bool = False,
                       **options: Any) -> None:
