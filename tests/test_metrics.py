@@ -238,3 +238,15 @@ def test_evaluate_reconstruction_iterable_and_validation() -> None:
         evaluate_reconstruction(_Identity(), _Items(2), n=2, batch_size=0)
     with pytest.raises(ValueError, match="'image'"):
         evaluate_reconstruction(_Identity(), [{"img": torch.zeros(3, 32, 32)}], n=1, batch_size=1)
+
+
+def test_diversity_ratio_is_one_for_identity_and_zero_for_collapse() -> None:
+    from minildm.eval.metrics import diversity_ratio
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 3, 16, 16, generator=g) * 2 - 1
+    assert diversity_ratio(x, x) == pytest.approx(1.0)
+    assert diversity_ratio(x, x.mean(0, keepdim=True).expand_as(x).clone()) == pytest.approx(0.0, abs=1e-9)
+    assert diversity_ratio(x, 0.5 * x) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="N >= 2"):
+        diversity_ratio(x[:1], x[:1])

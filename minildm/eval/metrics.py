@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..losses.lpips import LPIPS_MIN_SIZE, check_image_pair, get_lpips
 
-__all__ = ["psnr", "ssim", "lpips_distance", "evaluate_reconstruction", "gaussian_window",
+__all__ = ["psnr", "ssim", "lpips_distance", "evaluate_reconstruction", "diversity_ratio", "gaussian_window",
            "PSNR_MAX_DB"]
 
 #: MSE is clamped at this value, so identical images give PSNR = 10·log10(1 / 1e-10) = 100 dB
@@ -103,6 +103,22 @@ def lpips_distance(x: Tensor, y: Tensor, net: str = "alex") -> Tensor:
     """
     check_image_pair(x, y, channels=3, min_size=LPIPS_MIN_SIZE.get(net, 1), what="lpips_distance")
     return get_lpips(net, x.device)(x, y)
+
+
+def diversity_ratio(x: Tensor, x_hat: Tensor) -> float:
+    r"""How much of the inputs' variety the reconstructions keep: the mean pairwise L2 distance between the
+    reconstructions divided by that between the inputs,
+
+    .. math:: \frac{\operatorname{mean}_{i<j} \|\hat x_i - \hat x_j\|_2}{\operatorname{mean}_{i<j} \|x_i - x_j\|_2}.
+
+    About 1 for a faithful autoencoder, near 0 for one that decodes every input to the same image
+    (a collapsed first stage). Shapes: x, x_hat (N >= 2, C, H, W)."""
+    if x.shape != x_hat.shape or x.ndim != 4 or x.shape[0] < 2:
+        raise ValueError(f"diversity_ratio needs two (N >= 2, C, H, W) batches of one shape, got "
+                         f"{tuple(x.shape)} and {tuple(x_hat.shape)}")
+    a, b = x.flatten(1).double(), x_hat.flatten(1).double()
+    mask = torch.triu(torch.ones(len(a), len(a), dtype=torch.bool), diagonal=1)
+    return float(torch.cdist(b, b)[mask].mean() / torch.cdist(a, a)[mask].mean().clamp_min(1e-12))
 
 
 def _first_items(dataset: Any, n: int) -> Iterable[Any]:

@@ -6,7 +6,9 @@ autoencoder is trained with one shared recipe, and *measured*:
 * reconstruction on the shapes validation split: PSNR, SSIM, LPIPS and an FID-style score
   (:mod:`minildm.eval.fid`: Fréchet distance between features of the originals and of the
   reconstructions, like the paper's rFID), and the same distance on ImageNet AlexNet features
-  (:class:`~minildm.eval.fid.ImageNetFeatures`), which do not depend on what the feature network learnt;
+  (:class:`~minildm.eval.fid.ImageNetFeatures`), which do not depend on what the feature network learnt,
+  and the diversity ratio (:func:`~minildm.eval.metrics.diversity_ratio`: a collapsed first stage, decoding
+  every input to the same image, scores near 0);
 * the latent: shape (c, H/f, W/f) and compression ratio H·W·3 / (c·h·w);
 * the codec: encode and decode time per image;
 * the diffusion side: one fixed :class:`~minildm.models.unet.UNetModel` on that latent grid (the same
@@ -71,6 +73,7 @@ TABLE_COLUMNS: dict[str, tuple[str, str]] = {
     "lpips": ("LPIPS ↓", "{:.3f}"),
     "fid": ("FD-feat ↓", "{:.2f}"),
     "fid_imagenet": ("FD-ImageNet ↓", "{:.2f}"),
+    "diversity": ("diversity", "{:.2f}"),
     "encode_ms": ("enc ms/img", "{:.2f}"),
     "decode_ms": ("dec ms/img", "{:.2f}"),
     "unet_gflops": ("UNet GFLOP/step", "{:.2f}"),
@@ -257,7 +260,7 @@ def evaluate_first_stage(model: nn.Module, preset: str | Preset | None = None,
     timing on one batch, and :func:`diffusion_cost` on the model's latent grid.
     """
     from ..eval.fid import extract_features, fid_from_features, get_imagenet_features
-    from ..eval.metrics import evaluate_reconstruction
+    from ..eval.metrics import diversity_ratio, evaluate_reconstruction
     from .store import load_or_train
 
     p = get_preset(preset)
@@ -274,6 +277,7 @@ def evaluate_first_stage(model: nn.Module, preset: str | Preset | None = None,
     recon = torch.cat([model.decode(model.encode_latent(b.to(dev))).clamp(-1, 1).cpu()
                        for b in real.split(p.ae.batch_size)])
     metrics["fid"] = fid_from_features(extract_features(feature_net, real), extract_features(feature_net, recon))
+    metrics["diversity"] = diversity_ratio(real, recon)
     imagenet = get_imagenet_features("alex", dev)
     metrics["fid_imagenet"] = fid_from_features(extract_features(imagenet, real), extract_features(imagenet, recon))
     z = model.encode_latent(images[:1].to(dev))
