@@ -7,6 +7,8 @@ behind a model add up over several sittings. Used to make the weights notebooks 
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -15,14 +17,27 @@ from typing import Any
 
 import torch
 
-from ..engine.checkpoint import load_weights, non_finite_tensors, save_weights
+from ..engine.checkpoint import load_weights, non_finite_tensors, save_weights, umask_mode
 from .artifact_files import config_differences, read_json, write_json
 from .presets import Preset, get_preset
 from .registry import get_spec
 from .shipped import read_provenance, recipe_of, run_environment, sha256_file, shared_weights, shipped_dir
 from .store import artifact_dir
 
-__all__ = ["ship_artifact"]
+__all__ = ["compact_log", "ship_artifact"]
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.4g}")
+    return value
+
+
+def compact_log(log: list[dict[str, Any]]) -> str:
+    """The loss log as JSON with one row per line and floats to 4 significant digits (what a plot needs;
+    a 1,000-step log shrinks about 4×)."""
+    rows = [json.dumps({k: _short(v) for k, v in row.items()}, separators=(",", ":"), allow_nan=True) for row in log]
+    return "[\n" + ",\n".join(rows) + "\n]\n"
 
 
 def ship_artifact(name: str, preset: str | Preset | None = None, *, root: str | os.PathLike | None = None) -> Path:
@@ -77,11 +92,12 @@ def ship_artifact(name: str, preset: str | Preset | None = None, *, root: str | 
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=dest.parent))
+    os.chmod(tmp, umask_mode(0o777))  # mkdtemp makes 0700
     try:
         save_weights(tmp / "model.safetensors", half, {"model_class": config["model_class"], "model": config["model"]})
         write_json(tmp / "config.json", config)
         write_json(tmp / "metrics.json", metrics)
-        write_json(tmp / "log.json", log)
+        (tmp / "log.json").write_text(compact_log(log))
         total_s = sum(float(s.get("train_time_s") or 0) for s in stretches)
         write_json(tmp / "provenance.json", {
             "name": name, "preset": p.name, "dtype": "float16",
