@@ -5,6 +5,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -30,6 +31,8 @@ def test_attention_overlay_and_colour_map():
     out = viz.attention_overlay(img, a)
     assert out.shape == (16, 16, 3) and 0 <= out.min() and out.max() <= 1
     assert out[0, 0].sum() > out[15, 15].sum()  # the attended corner is brighter
+    shared = viz.attention_overlay(img, a * 0.25, vmax=1.0)  # on a shared scale a weaker map is darker
+    assert np.allclose(viz.attention_overlay(img, a * 0.25), out) and shared[0, 0].sum() < out[0, 0].sum()
     with pytest.raises(ValueError, match="one map"):
         viz.attention_overlay(img, torch.zeros(2, 4, 4))
     ids = torch.tensor([[0, 8], [3, 8]])

@@ -176,9 +176,11 @@ def draw_boxes(ax, objects: Sequence[Mapping], image_size: int, *, labels: bool 
                     bbox={"facecolor": "white", "alpha": 0.6, "pad": 0.5, "linewidth": 0})
 
 
-def attention_overlay(image: torch.Tensor, attention: torch.Tensor, alpha: float = 0.6) -> np.ndarray:
+def attention_overlay(image: torch.Tensor, attention: torch.Tensor, alpha: float = 0.6,
+                      vmax: float | None = None) -> np.ndarray:
     """An image (3, H, W) in [-1, 1] in grey with an attention map (h, w) on top (magma colours,
-    the map upsampled bilinearly and scaled to its maximum): (H, W, 3) in [0, 1] for ``imshow``."""
+    the map upsampled bilinearly and divided by ``vmax``, default its own maximum; pass one ``vmax`` to
+    compare several maps on one colour bar): (H, W, 3) in [0, 1] for ``imshow``."""
     import matplotlib
 
     if attention.ndim != 2:
@@ -187,7 +189,8 @@ def attention_overlay(image: torch.Tensor, attention: torch.Tensor, alpha: float
     grey = base.mean(-1, keepdims=True).repeat(3, -1) if base.ndim == 3 else np.repeat(base[..., None], 3, -1)
     a = torch.nn.functional.interpolate(attention[None, None].float().cpu(), size=grey.shape[:2], mode="bilinear",
                                         align_corners=False)[0, 0]
-    a = (a / a.max().clamp(min=1e-8)).numpy()
+    top = a.max().clamp(min=1e-8) if vmax is None else torch.tensor(float(vmax)).clamp(min=1e-8)
+    a = (a / top).clamp(0.0, 1.0).numpy()
     heat = matplotlib.colormaps["magma"](a)[..., :3]
     return np.clip((1 - alpha) * grey + alpha * heat, 0.0, 1.0)
 
