@@ -157,3 +157,19 @@ def test_train_command_loads_a_cached_model_unless_asked_to_train(root, capsys, 
     assert "t2i-scratch-M (preset smoke)" in capsys.readouterr().out
     with pytest.raises(AssertionError, match="trained although"):
         main(["train-ldm", "--cond", "text", "--preset", "smoke", "--out", str(root), "--retrain"])
+
+
+def test_best_scale_breaks_ties_on_the_attributes():
+    """No scale gets a prompt entirely right: the scale that gets most attributes right wins, not the smallest."""
+    from minildm.recipes.text_to_image_eval import best_scale
+
+    def row(scale, all_correct, colour, shape, group="seen"):
+        return {"group": group, "scale": scale, "all_correct": all_correct, "acc_colour": colour, "acc_shape": shape,
+                "acc_count": 0.5, "acc_position": 0.5}
+
+    rows = [row(1.0, 0.0, 0.6, 0.1), row(3.0, 0.0, 0.9, 0.2), row(7.5, 0.0, 0.8, 0.2), row(5.0, 0.1, 0.1, 0.1, "held_out")]
+    assert best_scale(rows) == 3.0
+    assert best_scale(rows + [row(5.0, 0.05, 0.1, 0.1)]) == 5.0  # all correct first
+    assert best_scale([row(1.0, 0.0, 0.5, 0.5), row(3.0, 0.0, 0.5, 0.5)]) == 1.0  # then the smallest scale
+    with pytest.raises(ValueError, match="no rows"):
+        best_scale(rows, group="nonsense")

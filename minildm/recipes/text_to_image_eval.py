@@ -152,11 +152,18 @@ def reference_scores(checker: nn.Module, first_stage: nn.Module | None = None, p
 
 
 def best_scale(rows: Sequence[Mapping[str, Any]], group: str = "seen") -> float:
-    """The guidance scale with the highest ``all_correct`` on ``group`` (smallest scale on ties)."""
+    """The guidance scale with the highest ``all_correct`` on ``group``; ties (e.g. a model that gets no prompt
+    entirely right) go to the highest mean accuracy over the attributes (colour, shape, count, position), then
+    to the smallest scale."""
     candidates = [r for r in rows if r["group"] == group]
     if not candidates:
         raise ValueError(f"no rows for group {group!r}")
-    return max(candidates, key=lambda r: (r["all_correct"], -r["scale"]))["scale"]
+    attributes = ("acc_colour", "acc_shape", "acc_count", "acc_position")
+
+    def mean_accuracy(r: Mapping[str, Any]) -> float:
+        return sum(float(r.get(k, 0.0)) for k in attributes) / len(attributes)
+
+    return max(candidates, key=lambda r: (r["all_correct"], mean_accuracy(r), -r["scale"]))["scale"]
 
 
 class EvalCurve:
