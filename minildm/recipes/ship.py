@@ -98,6 +98,8 @@ def ship_artifact(name: str, preset: str | Preset | None = None, *, root: str | 
         write_json(tmp / "config.json", config)
         write_json(tmp / "metrics.json", metrics)
         (tmp / "log.json").write_text(compact_log(log))
+        if (src / "samples").is_dir():  # the validation grids a run wrote (notebook 05 shows them)
+            shutil.copytree(src / "samples", tmp / "samples")
         total_s = sum(float(s.get("train_time_s") or 0) for s in stretches)
         write_json(tmp / "provenance.json", {
             "name": name, "preset": p.name, "dtype": "float16",

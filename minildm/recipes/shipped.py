@@ -11,6 +11,7 @@ live in the repository, one folder per preset and artifact::
         log.json            the training loss curve (every stretch)
         provenance.json     how it was made: each training stretch's command, code version, steps,
                             wall time, threads and CPU or GPU model; the sha256 of model.safetensors
+        samples/            the validation grids the last run wrote, if any
 
 :func:`~minildm.recipes.store.load_or_train` looks in the local cache, then here, then trains
 (``$MINILDM_TRAIN=1``, or ``retrain=True``, skips the shipped weights). A shipped model is
@@ -239,5 +240,5 @@ def shipped_sizes(preset: str | Preset | None = None) -> dict[str, int]:
     folder = weights_root() / get_preset(preset).name
     if not folder.is_dir():
         return {}
-    return {d.name: sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+    return {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
             for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")}
