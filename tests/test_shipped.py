@@ -63,9 +63,13 @@ def test_load_or_train_loads_shipped_weights_before_training(shipped, weights):
 
 
 def test_train_env_and_retrain_skip_the_shipped_weights(shipped, weights, monkeypatch):
+    """MINILDM_TRAIN=1 trains from scratch, and the recorded recipe reproduces the shipped model."""
     monkeypatch.setenv("MINILDM_TRAIN", "1")
     art = load_or_train("ae-kl-l2", SMOKE2, device="cpu", progress=False)
     assert art.provenance is None and art.path == artifact_dir("ae-kl-l2", SMOKE2)
+    state, _ = load_weights(shipped_dir("ae-kl-l2", SMOKE2) / "model.safetensors")
+    for k, v in art.model.state_dict().items():
+        assert torch.equal(v.cpu().half(), state[k]), k
 
 
 def test_corrupted_shipped_weights_fail_the_sha256_check(shipped):
