@@ -25,6 +25,13 @@ def test_runs_cells_with_progress_and_writes_the_executed_copy(tmp_path, capsys)
     assert "".join(executed["cells"][2]["outputs"][0]["text"]) == "42\n"
 
 
+def test_a_cells_time_is_measured_until_it_finishes(tmp_path, capsys):
+    nb = _notebook(tmp_path / "01_slow.ipynb", ["import time; time.sleep(0.6)"])
+    assert main([str(nb), "--out", str(tmp_path / "out")]) == 0
+    line = next(s for s in capsys.readouterr().out.splitlines() if "done in" in s)
+    assert float(line.split("done in ")[1].split(" s")[0]) >= 0.5
+
+
 def test_a_failing_cell_is_one_line_naming_it(tmp_path, capsys):
     nb = _notebook(tmp_path / "02_bad.ipynb", ["y = 1", "raise ValueError('broken on purpose')"])
     assert main([str(nb), "--out", str(tmp_path / "out")]) == 1

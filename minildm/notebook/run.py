@@ -60,7 +60,7 @@ def run_notebook(path: str | Path, out_dir: str | Path, *, timeout: float | None
 
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent.resolve())}},
-                            on_cell_start=on_start, on_cell_complete=on_complete)
+                            on_cell_start=on_start, on_cell_executed=on_complete)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         client.execute()
