@@ -106,6 +106,7 @@ def test_init_from_shipped_adds_a_stretch(shipped, weights):
     assert prov["stretches"][1]["init_from"]["sha256"] == first["sha256"]
     log = json.loads((shipped_dir("ae-kl-l2", SMOKE2) / "log.json").read_text())
     assert {"stretch": 1} in log
+    assert [r["step"] for r in log if "step" in r] == [0, 1, 2, 3, 4]  # the second stretch counts on
 
 
 def test_init_from_starts_from_the_given_weights(shipped, weights):

@@ -87,7 +87,11 @@ def ship_artifact(name: str, preset: str | Preset | None = None, *, root: str | 
             old = read_provenance(dest, name, p)
             if old.get("sha256") == init.get("sha256"):
                 stretches = list(old["stretches"])
-                log = list(read_json(dest / "log.json", rebuild, kind=list)) + [{"stretch": len(stretches)}] + log
+                # the new stretch's rows continue the old ones: steps and training time count on
+                offset = {"step": int(old.get("total_steps") or 0), "time_s": float(old.get("total_train_time_s") or 0)}
+                log = (list(read_json(dest / "log.json", rebuild, kind=list)) + [{"stretch": len(stretches)}]
+                       + [{k: v + offset[k] if k in offset and isinstance(v, (int, float)) else v for k, v in row.items()}
+                          for row in log])
     stretches.append(stretch)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
