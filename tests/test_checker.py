@@ -9,7 +9,8 @@ from torch import nn
 from minildm.data import load_dataset
 from minildm.data.shapes import COLOUR_NAMES, SHAPE_NAMES
 from minildm.eval.checker import (ContentChecker, box_iou, checker_targets, evaluate_checker, object_maps,
-                                  position_name, reconstruction_ceiling, score_class_samples, score_layout_samples)
+                                  position_name, reconstruction_ceiling, score_class_samples, score_layout_samples,
+                                  score_unconditional_samples)
 from minildm.recipes.checker import CheckerTask
 
 
@@ -48,6 +49,34 @@ def test_object_maps_cover_every_object_with_the_main_one_on_top():
         assert colour[int(cy * 16), int(cx * 16)] == main["colour_id"]
         assert shape[int(cy * 16), int(cx * 16)] == main["shape_id"]
         assert ((colour == len(COLOUR_NAMES)) == (shape == len(SHAPE_NAMES))).all()
+
+
+class Scaled(nn.Module):
+    """The oracle's one-hot answers as logits times ``scale`` (its confidence); ``blank`` paints every cell of
+    the colour map with colour 0."""
+
+    def __init__(self, oracle, scale, blank=False):
+        super().__init__()
+        self.oracle, self.scale, self.blank = oracle, scale, blank
+        self.n_colours, self.n_shapes = oracle.n_colours, oracle.n_shapes
+
+    def forward(self, x):
+        out = {k: v * self.scale for k, v in self.oracle(x).items()}
+        if self.blank:
+            out["colour_map"] = torch.zeros_like(out["colour_map"])
+            out["colour_map"][:, 0] = self.scale
+        return out
+
+
+def test_unconditional_score_asks_for_a_confident_object_sized_region():
+    items = _items(8)
+    images = torch.stack([it["image"] for it in items])
+    oracle = Oracle(items)
+    assert score_unconditional_samples(Scaled(oracle, 20.0), images) == {"objects": 1.0, "shapes": 1.0}
+    # the same labels read with little confidence (as the checker reads noise) are no objects
+    assert score_unconditional_samples(Scaled(oracle, 1.0), images) == {"objects": 0.0, "shapes": 0.0}
+    # one colour over the whole image is a blank square, not an object
+    assert score_unconditional_samples(Scaled(oracle, 20.0, blank=True), images)["objects"] == 0.0
 
 
 def test_box_iou_and_position_names():

@@ -103,6 +103,8 @@ def test_init_from_shipped_adds_a_stretch(shipped, weights):
     ship_artifact("ae-kl-l2", SMOKE2, root=build)
     prov = json.loads((shipped_dir("ae-kl-l2", SMOKE2) / "provenance.json").read_text())
     assert len(prov["stretches"]) == 2 and prov["total_steps"] == 5
+    metrics = json.loads((shipped_dir("ae-kl-l2", SMOKE2) / "metrics.json").read_text())
+    assert metrics["steps"] == 5 and metrics["train_time_s"] == pytest.approx(prov["total_train_time_s"], abs=0.1)
     assert prov["stretches"][1]["init_from"]["sha256"] == first["sha256"]
     log = json.loads((shipped_dir("ae-kl-l2", SMOKE2) / "log.json").read_text())
     assert {"stretch": 1} in log

@@ -219,23 +219,37 @@ def _majority(values: Tensor, default: int) -> int:
 
 
 @torch.no_grad()
-def score_unconditional_samples(checker: ContentChecker, images: Tensor, min_cells: int = 4) -> dict[str, float]:
-    """Fraction of ``images`` (B, 3, H, W) that show an object, as read by the checker (``objects``): some colour
-    covers at least ``min_cells`` cells of the colour map (a small object covers about 7 cells of a 64-pixel
-    image's 16 × 16 grid) and the shape map calls at least half of those cells an object, not background.
-    A sample of an unconditional model that draws texture or blank squares scores 0."""
-    pred = _predict(checker, images)
-    colours, shapes = pred["colour_map"], pred["shape_map"]
-    found = 0
-    for i in range(len(images)):
-        fg = colours[i] != checker.n_colours
-        if int(fg.sum()) < min_cells:
-            continue
-        best = int(colours[i][fg].mode().values)
-        cells = colours[i] == best
-        if int(cells.sum()) >= min_cells and int((shapes[i][cells] != checker.n_shapes).sum()) * 2 >= int(cells.sum()):
+def score_unconditional_samples(checker: ContentChecker, images: Tensor, min_cells: int = 4,
+                                max_fraction: float = 0.4, confidence: float = 0.9) -> dict[str, float]:
+    """Fractions of ``images`` (B, 3, H, W) that show an object as the checker reads objects of real images.
+
+    The candidate object is the region of the most frequent object colour of the colour map (16 × 16 cells for
+    64-pixel images; a small object covers about 7). It counts (``objects``) when it covers at least
+    ``min_cells`` cells and at most ``max_fraction`` of the map (a blank or single-colour square is no object)
+    and the checker's mean colour-map probability over it is at least ``confidence``; ``shapes`` also asks
+    the same of the shape map (a definite outline, not a blob). Calibrated on 64 images each: real
+    validation images score 100 % / 99 %, uniform or Gaussian noise 0 %, squares of one random colour 6 % (the checker, never
+    shown noise, still labels noise cells with some colour, at probabilities around 0.7, which is why the
+    probability and not the label decides)."""
+    checker.eval()
+    device = next(checker.parameters()).device
+    found, shaped = 0, 0
+    for chunk in images.split(64):
+        logits = checker(chunk.to(device))
+        p_colour, colours = logits["colour_map"].softmax(1).max(1)
+        p_shape, _ = logits["shape_map"].softmax(1).max(1)
+        for i in range(len(chunk)):
+            fg = colours[i] != checker.n_colours
+            if int(fg.sum()) < min_cells:
+                continue
+            cells = colours[i] == colours[i][fg].mode().values
+            n = int(cells.sum())
+            if n < min_cells or n > max_fraction * cells.numel() or float(p_colour[i][cells].mean()) < confidence:
+                continue
             found += 1
-    return {"objects": found / max(1, len(images))}
+            shaped += int(float(p_shape[i][cells].mean()) >= confidence)
+    n_images = max(1, len(images))
+    return {"objects": found / n_images, "shapes": shaped / n_images}
 
 
 @torch.no_grad()

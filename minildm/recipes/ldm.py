@@ -112,7 +112,7 @@ def sampling_throughput(ldm: nn.Module, n: int, steps: int, repeats: int = 1) ->
 def eval_curve(log: list[Mapping[str, Any]]) -> list[dict[str, float]]:
     """The points logged during training: training time, steps, FD-feat and, where measured, the FD on ImageNet
     features and the fraction of samples that show an object."""
-    extra = ("fid_imagenet", "objects")
+    extra = ("fid_imagenet", "objects", "shapes")
     return [{"time_s": r["time_s"], "step": r["step"], "fid": r["eval/fid"],
              **{k: r[f"eval/{k}"] for k in extra if f"eval/{k}" in r}} for r in log if "eval/fid" in r]
 

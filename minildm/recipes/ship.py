@@ -93,6 +93,9 @@ def ship_artifact(name: str, preset: str | Preset | None = None, *, root: str | 
                        + [{k: v + offset[k] if k in offset and isinstance(v, (int, float)) else v for k, v in row.items()}
                           for row in log])
     stretches.append(stretch)
+    total_s = sum(float(s.get("train_time_s") or 0) for s in stretches)
+    if len(stretches) > 1:  # the model's metrics describe all of its training; provenance keeps each stretch
+        metrics = {**metrics, "steps": sum(int(s.get("steps") or 0) for s in stretches), "train_time_s": round(total_s, 3)}
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=dest.parent))
@@ -104,7 +107,6 @@ def ship_artifact(name: str, preset: str | Preset | None = None, *, root: str | 
         (tmp / "log.json").write_text(compact_log(log))
         if (src / "samples").is_dir():  # the validation grids a run wrote (notebook 05 shows them)
             shutil.copytree(src / "samples", tmp / "samples")
-        total_s = sum(float(s.get("train_time_s") or 0) for s in stretches)
         write_json(tmp / "provenance.json", {
             "name": name, "preset": p.name, "dtype": "float16",
             "sha256": sha256_file(tmp / "model.safetensors"),
