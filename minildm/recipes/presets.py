@@ -408,7 +408,7 @@ _PRESETS: dict[str, Preset] = {
         checker=CheckerPreset(image_size=64, width=24, batch_size=32, steps=4000, lr=2e-3, n_train=8000, n_eval=512),
         cond=CondPreset(f=4, image_size=64, unet=UNetSize(32, (1, 2, 2), 1, (2, 4), 4, 1), context_dim=64,
                         layout_depth=2, schedule="linear", timesteps=1000, batch_size=32, lr=1e-3, ema_decay=0.999,
-                        p_uncond=0.1, steps=24000, n_train=8000, n_eval=224, eval_ddim_steps=20,
+                        p_uncond=0.1, steps=24000, n_train=8000, n_eval=512, eval_ddim_steps=20,
                         guidance_scales=(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5), warmup_steps=200,
                         min_lr_ratio=0.1, layout_steps=10000, snr_gamma=5.0,
                         # layout on v with its x̂₀ weight capped at 5 (boxes: IoU 0.64, shapes 76 % at s = 3); the
