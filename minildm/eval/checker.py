@@ -228,9 +228,9 @@ def score_unconditional_samples(checker: ContentChecker, images: Tensor, min_cel
     ``min_cells`` cells and at most ``max_fraction`` of the map (a blank or single-colour square is no object)
     and the checker's mean colour-map probability over it is at least ``confidence``; ``shapes`` also asks
     the same of the shape map (a definite outline, not a blob). Calibrated on 64 images each: real
-    validation images score 100 % / 99 %, uniform or Gaussian noise 0 %, squares of one random colour 6 % (the checker, never
-    shown noise, still labels noise cells with some colour, at probabilities around 0.7, which is why the
-    probability and not the label decides)."""
+    validation images score 100 % / 99 %, uniform or Gaussian noise 0 %, squares of one random colour 6 %
+    (the checker, never shown noise, still labels noise cells with some colour, at probabilities around 0.7,
+    which is why the probability and not the label decides). Taught in notebook 03."""
     checker.eval()
     device = next(checker.parameters()).device
     found, shaped = 0, 0

@@ -79,9 +79,10 @@ def sample_fid(ldm: nn.Module, feature_net: nn.Module, real: torch.Tensor, n: in
                checker: nn.Module | None = None) -> dict[str, float]:
     """Scores of ``n`` DDIM samples (``steps`` steps, η = 0, seeded) against ``real`` images: ``fid`` on the
     features of ``feature_net`` (FD-feat), ``fid_imagenet`` on ImageNet AlexNet features
-    (:class:`~minildm.eval.fid.ImageNetFeatures`) and, with a ``checker``, the fraction of samples that show
-    an object (``objects``, :func:`~minildm.eval.checker.score_unconditional_samples`); ``images_per_s``: the
-    sampling speed (decoding included)."""
+    (:class:`~minildm.eval.fid.ImageNetFeatures`) and, with a ``checker``, the fractions of samples that show
+    an object and a definite shape (``objects``, ``shapes``:
+    :func:`~minildm.eval.checker.score_unconditional_samples`); ``images_per_s``: the sampling speed (decoding
+    included)."""
     from ..eval.checker import score_unconditional_samples
     from ..eval.fid import extract_features, fid_from_features, get_imagenet_features
 
@@ -111,7 +112,7 @@ def sampling_throughput(ldm: nn.Module, n: int, steps: int, repeats: int = 1) ->
 
 def eval_curve(log: list[Mapping[str, Any]]) -> list[dict[str, float]]:
     """The points logged during training: training time, steps, FD-feat and, where measured, the FD on ImageNet
-    features and the fraction of samples that show an object."""
+    features and the fractions of samples that show an object and a definite shape."""
     extra = ("fid_imagenet", "objects", "shapes")
     return [{"time_s": r["time_s"], "step": r["step"], "fid": r["eval/fid"],
              **{k: r[f"eval/{k}"] for k in extra if f"eval/{k}" in r}} for r in log if "eval/fid" in r]
