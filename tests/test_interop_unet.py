@@ -107,6 +107,9 @@ def test_conversion_errors() -> None:
         diffusers_unet_config(UNetConfig(model_channels=32, channel_mult=(1, 2), num_groups=8))
     with pytest.raises(ValueError, match="divisible by num_groups"):
         diffusers_unet_config(UNetConfig(model_channels=24, channel_mult=(1, 2), context_dim=8, num_heads=2))
+    with pytest.raises(ValueError, match="pooled_context"):
+        diffusers_unet_config(UNetConfig(model_channels=32, channel_mult=(1, 2), num_groups=8, context_dim=8,
+                                         pooled_context=True))
     model = _ours("2lvl-all-attn")
     sd = dict(model.state_dict())
     sd["input_blocks.1.0.bogus.weight"] = torch.zeros(1)

@@ -173,3 +173,19 @@ def test_best_scale_breaks_ties_on_the_attributes():
     assert best_scale([row(1.0, 0.0, 0.5, 0.5), row(3.0, 0.0, 0.5, 0.5)]) == 1.0  # then the smallest scale
     with pytest.raises(ValueError, match="no rows"):
         best_scale(rows, group="nonsense")
+
+
+def test_pooled_context_recipe_trains_saves_and_loads(tmp_path):
+    from dataclasses import replace
+
+    preset = replace(PRESET, t2i=replace(PRESET.t2i, pooled_context=True))
+    spec = T2ISpec("scratch", "M")
+    assert spec.identity(preset)["model"]["unet"]["pooled_context"] is True
+    assert "pooled_context" not in spec.identity(PRESET)["model"]["unet"]  # the default recipe is unchanged
+    build_artifact("t2i-scratch-M", preset, root=tmp_path, progress=False)
+    art = load_artifact("t2i-scratch-M", preset, root=tmp_path)
+    unet = art.model.model
+    assert unet.config.pooled_context and any(k.startswith("pooled_embed.") for k in unet.state_dict())
+    assert any(p.abs().sum() > 0 for p in unet.pooled_embed[-1].parameters())  # the zero-initialised path trained
+    imgs = generate(art.model, ["a red star", "a blue disc"], guidance_scale=3.0, steps=2, seed=0)
+    assert imgs.shape[0] == 2 and torch.isfinite(imgs).all()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from minildm.models.nn.transformer import CrossAttention, SpatialTransformer
-from minildm.models.unet import AttentionBlock, ResBlock, UNetConfig, UNetModel, timestep_embedding
+from minildm.models.unet import AttentionBlock, ResBlock, UNetConfig, UNetModel, pooled, timestep_embedding
 
 SMALL = dict(in_channels=3, out_channels=3, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
              attention_resolutions=(2,), num_heads=2, num_groups=4)
@@ -199,3 +199,41 @@ def test_concat_unet_with_zero_extra_weights_is_the_plain_unet():
         got = concat(x, t, context=ctx, c_concat=torch.randn(2, 4, 8, 8))
     # the zero terms leave the sums unchanged (bit-equal on CPU); a tolerance allows other conv kernels
     assert torch.allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def test_pooled_is_the_mean_of_the_valid_tokens():
+    ctx = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    assert torch.equal(pooled(ctx, torch.tensor([[True, True, False]])), torch.tensor([[2.0, 3.0]]))
+    assert torch.allclose(pooled(ctx), ctx.mean(1))
+    assert torch.equal(pooled(ctx, torch.zeros(1, 3, dtype=torch.bool)), torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="context_mask"):
+        pooled(ctx, torch.ones(1, 2, dtype=torch.bool))
+
+
+def test_pooled_context_embedding_starts_at_zero_reads_the_valid_tokens_and_round_trips():
+    cfg = {**SMALL, "context_dim": 6}
+    torch.manual_seed(0)
+    plain = UNetModel(**cfg)
+    torch.manual_seed(0)
+    model = UNetModel(**cfg, pooled_context=True)
+    _randomize(plain)
+    _randomize(model)
+    x, t, ctx = torch.randn(2, 3, 8, 8), torch.tensor([3, 700]), torch.randn(2, 5, 6)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    with torch.no_grad():
+        model.pooled_embed[-1].weight.zero_()
+        model.pooled_embed[-1].bias.zero_()
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("pooled_embed.")}
+    plain.load_state_dict(state)
+    assert torch.allclose(model(x, t, ctx, mask), plain(x, t, ctx, mask), atol=1e-6)  # a zero path adds nothing
+    _randomize(model.pooled_embed)
+    out = model(x, t, ctx, mask)
+    assert not torch.allclose(out, plain(x, t, ctx, mask), atol=1e-4)
+    ctx2 = ctx.clone()
+    ctx2[1, 2:] = 50.0  # only padded tokens of the second row change
+    assert torch.allclose(model(x, t, ctx2, mask), out, atol=1e-5)
+    c = UNetConfig(**cfg, pooled_context=True)
+    assert c.to_dict()["pooled_context"] is True and UNetConfig.from_dict(c.to_dict()) == c
+    assert "pooled_context" not in UNetConfig(**cfg).to_dict()  # configs without it stay as they were
+    with pytest.raises(ValueError, match="pooled_context"):
+        UNetConfig(**SMALL, pooled_context=True)

@@ -157,12 +157,16 @@ def diffusers_unet_config(config: UNetConfig, sample_size: int | None = None) ->
     """Keyword arguments of diffusers' ``UNet2DConditionModel`` for a minildm :class:`UNetConfig`.
 
     Raises ValueError where diffusers cannot express the model: no cross-attention
-    (``context_dim`` None) or channel counts that ``num_groups`` does not divide (minildm then
-    uses fewer groups, diffusers cannot).
+    (``context_dim`` None), a pooled-context embedding (``pooled_context``: diffusers' text
+    addition embedding pools by attention, not by the mean) or channel counts that ``num_groups``
+    does not divide (minildm then uses fewer groups, diffusers cannot).
     """
     if config.context_dim is None:
         raise ValueError("only UNets with cross-attention (context_dim set) convert to diffusers' "
                          "UNet2DConditionModel, which has no plain self-attention block")
+    if config.pooled_context:
+        raise ValueError("a UNet with pooled_context does not convert: diffusers' UNet2DConditionModel "
+                         "has no mean-pooled context embedding")
     chans = [config.model_channels * m for m in config.channel_mult]
     if any(c % config.num_groups for c in chans) or config.model_channels % config.num_groups:
         raise ValueError(f"diffusers needs every channel count divisible by num_groups={config.num_groups}, "

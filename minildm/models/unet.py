@@ -178,12 +178,26 @@ class AttentionBlock(nn.Module):
         return x + self.proj_out(out).reshape(b, c, h, w)
 
 
+def pooled(context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean of the valid tokens: context (B, L, d), mask (B, L) bool or None (all valid) -> (B, d).
+    A row without a valid token pools to zeros."""
+    if mask is None:
+        return context.mean(dim=1)
+    if mask.shape != context.shape[:2]:
+        raise ValueError(f"context_mask must have shape {tuple(context.shape[:2])}, got {tuple(mask.shape)}")
+    m = mask.to(context.dtype).unsqueeze(-1)
+    return (context * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
 @dataclass
 class UNetConfig:
     """Hyperparameters of :class:`UNetModel` (names as in CompVis ``UNetModel``).
 
     ``in_channels`` counts every input channel: the latent's plus those of a concatenated spatial
     condition ``c_concat`` (e.g. 4 + 3 = 7); ``out_channels`` are the latent's alone.
+    ``pooled_context`` (needs ``context_dim``) adds a projection of the context's masked mean to the
+    timestep embedding, beside cross-attention (Imagen's pooled text embedding; SDXL's ``label_emb``):
+    emb = MLP(γ(t)) + MLP(mean_l τ_θ(y)_l), so attributes of the whole caption reach every ResBlock.
     """
 
     in_channels: int = 4
@@ -199,6 +213,7 @@ class UNetConfig:
     context_dim: int | None = None
     transformer_depth: int = 1
     num_groups: int = DEFAULT_NUM_GROUPS
+    pooled_context: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -215,6 +230,8 @@ class UNetConfig:
                              f"got {self.attention_resolutions!r}")
         if self.context_dim is not None and self.context_dim < 1:
             raise ValueError(f"context_dim must be a positive int or None, got {self.context_dim!r}")
+        if self.pooled_context and self.context_dim is None:
+            raise ValueError("pooled_context needs a context (set context_dim)")
 
     @property
     def downsampling(self) -> int:
@@ -226,6 +243,8 @@ class UNetConfig:
         d["attention_resolutions"] = list(self.attention_resolutions)
         d["channel_mult"] = list(self.channel_mult)
         d.pop("extra")
+        if not self.pooled_context:  # absent unless used: configs saved before the option stay identical
+            d.pop("pooled_context")
         return d
 
     @classmethod
@@ -258,6 +277,10 @@ class UNetModel(nn.Module):
         temb = 4 * ch
         groups = c.num_groups
         self.time_embed = nn.Sequential(nn.Linear(ch, temb), nn.SiLU(), nn.Linear(temb, temb))
+        if c.pooled_context:
+            # zero-initialised output: training starts from the model without the pooled path
+            self.pooled_embed = nn.Sequential(nn.Linear(c.context_dim, temb), nn.SiLU(),
+                                              zero_module(nn.Linear(temb, temb)))
 
         def attention(channels: int) -> nn.Module:
             heads = attention_heads(channels, c.num_heads, c.num_head_channels)
@@ -361,6 +384,8 @@ class UNetModel(nn.Module):
         if t.shape != (x.shape[0],):
             raise ValueError(f"timesteps must have shape ({x.shape[0]},), got {tuple(t.shape)}")
         emb = self.time_embed(timestep_embedding(t, c.model_channels).to(x.dtype))
+        if c.pooled_context:
+            emb = emb + self.pooled_embed(pooled(context, context_mask).to(emb.dtype))
         hs = []
         h = x
         for block in self.input_blocks:

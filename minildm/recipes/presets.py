@@ -41,12 +41,15 @@ class UNetSize:
     num_heads: int
     transformer_depth: int = 1
 
-    def config(self, channels: int, context_dim: int | None = None) -> "UNetConfig":
+    def config(self, channels: int, context_dim: int | None = None, pooled_context: bool = False) -> "UNetConfig":
         """The :class:`~minildm.models.unet.UNetConfig` of this size on latents of ``channels`` channels
-        (in = out), with cross-attention to a context of width ``context_dim`` if given."""
+        (in = out), with cross-attention to a context of width ``context_dim`` if given, and the context's
+        mean added to the timestep embedding if ``pooled_context``."""
         from ..models.unet import UNetConfig
 
-        extra = {"context_dim": context_dim, "transformer_depth": self.transformer_depth} if context_dim else {}
+        extra: dict[str, Any] = {"context_dim": context_dim, "transformer_depth": self.transformer_depth} if context_dim else {}
+        if pooled_context:
+            extra["pooled_context"] = True
         return UNetConfig(in_channels=channels, out_channels=channels, model_channels=self.model_channels,
                           channel_mult=self.channel_mult, num_res_blocks=self.num_res_blocks,
                           attention_resolutions=self.attention_resolutions, num_heads=self.num_heads, **extra)
@@ -275,7 +278,8 @@ class T2IPreset:
     ``curve_prompts`` prompts per kind at guidance ``curve_scale``. Training: AdamW at ``lr`` with
     ``warmup_steps`` of warm-up and, unless ``min_lr_ratio`` is None, a cosine decay to
     ``min_lr_ratio`` · lr by the last step; ``snr_gamma`` weighting (``loss_weighting``) unless None; the UNet
-    predicts ``parameterization`` (ε, x_0 or v)."""
+    predicts ``parameterization`` (ε, x_0 or v) and, if ``pooled_context``, adds the caption's mean token
+    vector to its timestep embedding beside cross-attention (:class:`~minildm.models.unet.UNetConfig`)."""
 
     f: int
     image_size: int
@@ -304,6 +308,7 @@ class T2IPreset:
     min_lr_ratio: float | None = None
     parameterization: str = "v"
     loss_weighting: str = "min_snr"
+    pooled_context: bool = False
 
     def get_size(self, name: str | None = None) -> T2ISize:
         """The :class:`T2ISize` called ``name`` (default: ``size``); ValueError naming the choices."""

@@ -139,7 +139,7 @@ class T2ISpec(LatentDiffusionRecipe):
         c = latent_channels(fs)
         cond = _conditioner_config(self.encoder, size, tp)
         context_dim = size.context_dim if self.encoder == "scratch" else 384
-        unet = size.unet.config(c, context_dim=context_dim).to_dict()
+        unet = size.unet.config(c, context_dim=context_dim, pooled_context=tp.pooled_context).to_dict()
         return {
             "model_class": "LatentDiffusion",
             "model": {"f": tp.f, "image_size": tp.image_size, "first_stage": fs, "unet": unet, "cond_stage": cond,
