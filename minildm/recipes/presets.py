@@ -418,7 +418,8 @@ _PRESETS: dict[str, Preset] = {
                         min_lr_ratio=0.1, layout_steps=10000, snr_gamma=5.0,
                         # layout on v with its x̂₀ weight capped at 5 (boxes: IoU 0.64, shapes 76 % at s = 3); the
                         # class model on ε with min-SNR-5, 24,000 steps (shape+colour 87.9 % at s = 3; 78.6 % after
-                        # 16,000 steps, 43.6 % after 12,000 steps on 512 samples at s = 7.5, 33 % on capped v)
+                        # 16,000 steps, 43.6 % after 12,000 steps on 512 samples at s = 7.5, 33 % on capped v; the
+                        # shipped model: 12,000 + 10,000 steps in two stretches, 54.5 % at s = 7.5 on 512 samples)
                         loss_weighting="capped", class_parameterization="eps", class_loss_weighting="min_snr"),
         t2i=T2IPreset(f=4, image_size=64, size="M", max_length=48, schedule="linear", timesteps=1000,
                       # the scaling study's three widths; M (the main model) is the widest a CPU trains in
