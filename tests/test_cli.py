@@ -102,13 +102,17 @@ def test_sample_sampler_option(sampler, label, tmp_path, capsys, monkeypatch):
         return torch.zeros(len(prompts), 3, 8, 8)
 
     model = types.SimpleNamespace(diffusion=types.SimpleNamespace(num_timesteps=30))
-    monkeypatch.setattr(store, "load_or_train", lambda *a, **k: types.SimpleNamespace(model=model))
+    monkeypatch.setattr(store, "load_or_train", lambda *a, **k: types.SimpleNamespace(model=model,
+                                                                                      metrics={"best_scale": 4.5}))
     monkeypatch.setattr(t2i, "generate", fake_generate)
     out = tmp_path / "grid.png"
     argv = ["sample", "--prompt", "a red circle", "--n", "2", "--steps", "7", "--output", str(out), "--no-progress"]
     assert main(argv + ["--sampler", sampler]) == 0
     assert calls["sampler"] == sampler and calls["steps"] == 7 and out.exists()
-    assert f"{label}: {out}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"{label}: {out}" in printed
+    assert calls["guidance_scale"] == 4.5 and "s = 4.5 (its best)" in printed  # the model's best scale by default
+    assert main(argv + ["--sampler", sampler, "--scale", "2"]) == 0 and calls["guidance_scale"] == 2.0
     assert build_parser().parse_args(["sample", "--prompt", "x"]).sampler == "ddim"
 
 
@@ -195,7 +199,8 @@ def test_sample_streams_many_samples_to_a_folder(tmp_path, capsys, monkeypatch):
             yield torch.zeros(len(prompts[i:i + 3]), 3, 8, 8)
 
     model = types.SimpleNamespace(diffusion=types.SimpleNamespace(num_timesteps=30))
-    monkeypatch.setattr(store, "load_or_train", lambda *a, **k: types.SimpleNamespace(model=model))
+    monkeypatch.setattr(store, "load_or_train", lambda *a, **k: types.SimpleNamespace(model=model,
+                                                                                      metrics={"best_scale": 4.5}))
     monkeypatch.setattr(t2i, "generate_batches", fake_batches)
     folder = tmp_path / "many"
     argv = ["sample", "--prompt", "a red circle", "a blue star", "--n", "600", "--output-dir", str(folder),
@@ -261,7 +266,7 @@ def test_sample_warns_about_unknown_words_in_one_line(tmp_path, capsys, monkeypa
                      attention_resolutions=(1,), num_heads=2, num_groups=4, context_dim=8)
     ldm = LatentDiffusion(IdentityFirstStage(IdentityConfig(3, 4)), unet, GaussianDiffusion("linear", 10),
                           image_size=4, cond_stage_model=TransformerTextEmbedder(tok, 8, depth=1, heads=2)).eval()
-    monkeypatch.setattr(store, "load_or_train", lambda *a, **k: types.SimpleNamespace(model=ldm))
+    monkeypatch.setattr(store, "load_or_train", lambda *a, **k: types.SimpleNamespace(model=ldm, metrics={"best_scale": 3.0}))
     out = tmp_path / "grid.png"
     argv = ["sample", "--n", "2", "--steps", "2", "--output", str(out), "--no-progress", "--prompt"]
     assert main(argv + ["a red circle", "a xyzzy plugh frobozz"]) == 0

@@ -11,7 +11,7 @@ from minildm.cli import main
 from minildm.engine.checkpoint import load_weights
 from minildm.recipes.presets import get_preset
 from minildm.recipes.ship import ship_artifact
-from minildm.recipes.shipped import load_shipped, shipped_dir, shipped_sizes
+from minildm.recipes.shipped import learning_curve, load_shipped, shipped_dir, shipped_sizes
 from minildm.recipes.store import artifact_dir, build_artifact, load_or_train
 
 SMOKE2 = get_preset("smoke").with_ae(steps=2)
@@ -109,6 +109,13 @@ def test_init_from_shipped_adds_a_stretch(shipped, weights):
     log = json.loads((shipped_dir("ae-kl-l2", SMOKE2) / "log.json").read_text())
     assert {"stretch": 1} in log
     assert [r["step"] for r in log if "step" in r] == [0, 1, 2, 3, 4]  # the second stretch counts on
+    # one learning-curve point per stretch: accumulated steps and core-hours, and what was measured then
+    curve = learning_curve("ae-kl-l2", SMOKE2)
+    assert [p["steps"] for p in curve] == [2, 5]
+    assert 0 < curve[0]["core_hours"] < curve[1]["core_hours"]
+    assert curve[1]["metrics"]["psnr"] == pytest.approx(art.metrics["psnr"])
+    assert "command" not in curve[1]["metrics"] and "init_from" not in curve[1]["metrics"]
+    assert learning_curve("ae-kl-f8", SMOKE2) == []  # not shipped
 
 
 def test_init_from_starts_from_the_given_weights(shipped, weights):

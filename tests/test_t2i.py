@@ -189,3 +189,29 @@ def test_pooled_context_recipe_trains_saves_and_loads(tmp_path):
     assert any(p.abs().sum() > 0 for p in unet.pooled_embed[-1].parameters())  # the zero-initialised path trained
     imgs = generate(art.model, ["a red star", "a blue disc"], guidance_scale=3.0, steps=2, seed=0)
     assert imgs.shape[0] == 2 and torch.isfinite(imgs).all()
+
+
+def test_learning_curve_adds_up_the_stretches_of_a_shipped_model(root, tmp_path, monkeypatch):
+    from minildm.recipes.first_stage import first_stage_name
+    from minildm.recipes.ship import ship_artifact
+    from minildm.recipes.shipped import load_shipped
+    from minildm.recipes.text_to_image import learning_curve_t2i
+
+    monkeypatch.setenv("MINILDM_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.delenv("MINILDM_TRAIN", raising=False)
+    assert learning_curve_t2i("t2i-scratch-M", PRESET) == {"stretches": [], "checkpoints": []}
+    for name in (first_stage_name(PRESET.t2i.f), "checker", "t2i-scratch-M"):
+        ship_artifact(name, PRESET, root=root)
+    build_artifact("t2i-scratch-M", PRESET, steps=2, root=tmp_path / "b", init_from="shipped", progress=False)
+    ship_artifact("t2i-scratch-M", PRESET, root=tmp_path / "b")
+    log = load_shipped("t2i-scratch-M", PRESET, device="cpu").log
+    lc = learning_curve_t2i("t2i-scratch-M", PRESET, log=log)
+    steps = PRESET.t2i.steps
+    assert [p["steps"] for p in lc["stretches"]] == [steps, steps + 2]
+    assert 0 < lc["stretches"][0]["core_hours"] < lc["stretches"][1]["core_hours"]
+    assert all(0 <= p[g] <= 1 for p in lc["stretches"] for g in ("seen", "held_out"))
+    assert [p["step"] for p in lc["checkpoints"]] == [2, 4, steps + 1, steps + 2]
+    hours = [p["core_hours"] for p in lc["checkpoints"]]
+    assert hours == sorted(hours) and hours[1] <= lc["stretches"][0]["core_hours"] + 1e-9 < hours[2]
+    compute = [p["compute"] for p in curve(log)]
+    assert compute == sorted(compute) and compute[2] > compute[1]  # the second stretch's compute counts on

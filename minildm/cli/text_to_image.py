@@ -58,7 +58,8 @@ def sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="t2i-scratch-M", help="text-to-image artifact (trained if missing)")
     parser.add_argument("--prompt", nargs="+", required=True, help="one or more prompts (quote each)")
     parser.add_argument("--n", type=positive_int, default=4, help="samples per prompt")
-    parser.add_argument("--scale", type=guidance_scale, default=3.0, help="guidance scale (a number >= 0)")
+    parser.add_argument("--scale", type=guidance_scale, default=None,
+                        help="guidance scale (a number >= 0; default: the model's best, from its evaluation)")
     parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddim",
                         help="ddim (--steps steps), ddpm (all the diffusion's timesteps), or another registered one")
     parser.add_argument("--steps", type=positive_int, default=50,
@@ -92,7 +93,8 @@ def sample(args: argparse.Namespace) -> int:
             raise ValueError(f"--n {args.n} x {len(prompts)} prompt(s) = {len(requests):,} images in one grid; a grid "
                              f"holds at most {MAX_GRID:,}: use --output-dir to write each sample as its own file")
     art = load_or_train(args.model, preset, device=args.device, progress=not args.no_progress, root=args.out)
-    options = dict(guidance_scale=args.scale, steps=args.steps, seed=args.seed, progress=not args.no_progress,
+    scale = args.scale if args.scale is not None else float(art.metrics["best_scale"])
+    options = dict(guidance_scale=scale, steps=args.steps, seed=args.seed, progress=not args.no_progress,
                    sampler=args.sampler)
     if args.output_dir is not None:
         written = 0
@@ -107,7 +109,8 @@ def sample(args: argparse.Namespace) -> int:
         where, count = args.output, len(images)
     takes_steps = "steps" in SAMPLERS[args.sampler].options
     how = f"{args.sampler.upper()}-{args.steps if takes_steps else art.model.diffusion.num_timesteps}"
-    print(f"{count} samples of {args.model} ({preset.name}) for {len(prompts)} prompt(s), s = {args.scale:g}, "
+    print(f"{count} samples of {args.model} ({preset.name}) for {len(prompts)} prompt(s), s = {scale:g}"
+          f"{'' if args.scale is not None else ' (its best)'}, "
           f"{how}: {where}")
     return 0
 

@@ -26,6 +26,9 @@ from .store import artifact_dir
 
 __all__ = ["compact_log", "ship_artifact"]
 
+#: metrics entries that describe a run rather than the model; each stretch keeps the others
+_RUN_KEYS = ("command", "run", "init_from", "steps", "train_time_s")
+
 
 def _short(value: Any) -> Any:
     if isinstance(value, float) and math.isfinite(value):
@@ -78,7 +81,9 @@ def ship_artifact(name: str, preset: str | Preset | None = None, *, root: str | 
 
     dest = shipped_dir(name, p)
     stretch = {"command": metrics.get("command"), "steps": metrics.get("steps"),
-               "train_time_s": metrics.get("train_time_s"), **dict(metrics.get("run") or {})}
+               "train_time_s": metrics.get("train_time_s"), **dict(metrics.get("run") or {}),
+               # what the model measured at the end of this stretch: the points of its learning curve
+               "metrics": {k: v for k, v in metrics.items() if k not in _RUN_KEYS}}
     init = metrics.get("init_from")
     stretches: list[dict[str, Any]] = []
     if init:
@@ -87,9 +92,12 @@ def ship_artifact(name: str, preset: str | Preset | None = None, *, root: str | 
             old = read_provenance(dest, name, p)
             if old.get("sha256") == init.get("sha256"):
                 stretches = list(old["stretches"])
-                # the new stretch's rows continue the old ones: steps and training time count on
-                offset = {"step": int(old.get("total_steps") or 0), "time_s": float(old.get("total_train_time_s") or 0)}
-                log = (list(read_json(dest / "log.json", rebuild, kind=list)) + [{"stretch": len(stretches)}]
+                # the new stretch's rows continue the old ones: steps, training time and compute count on
+                old_log = list(read_json(dest / "log.json", rebuild, kind=list))
+                offset = {"step": int(old.get("total_steps") or 0), "time_s": float(old.get("total_train_time_s") or 0),
+                          "eval/compute": max((float(r["eval/compute"]) for r in old_log if "eval/compute" in r),
+                                              default=0.0)}
+                log = (old_log + [{"stretch": len(stretches)}]
                        + [{k: v + offset[k] if k in offset and isinstance(v, (int, float)) else v for k, v in row.items()}
                           for row in log])
     stretches.append(stretch)

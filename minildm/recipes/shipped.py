@@ -46,7 +46,7 @@ from .artifact_files import Artifact, config_differences, read_json
 from .presets import Preset, get_preset
 from .registry import get_spec
 
-__all__ = ["SHIPPED_FILES", "TRAIN_ENV", "WEIGHTS_ENV", "init_state", "load_shipped", "read_provenance", "recipe_of",
+__all__ = ["SHIPPED_FILES", "TRAIN_ENV", "WEIGHTS_ENV", "init_state", "learning_curve", "load_shipped", "read_provenance", "recipe_of",
            "retrain_hint", "run_environment", "sha256_file", "shared_weights", "shipped_dir", "shipped_sizes",
            "train_from_scratch", "weights_root"]
 
@@ -233,6 +233,26 @@ def init_state(name: str, preset: str | Preset | None, source: str | os.PathLike
     info = {"source": str(weights), "sha256": sha256_file(weights), "steps": metrics.get("steps"),
             "train_time_s": metrics.get("train_time_s")}
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, info
+
+
+def learning_curve(name: str, preset: str | Preset | None = None) -> list[dict[str, Any]]:
+    """The shipped ``name``'s training, one point per stretch: the steps and core-hours (wall time × threads)
+    accumulated by the end of the stretch (and its wall time ``train_time_s``, also accumulated, and its
+    ``threads``), and the ``metrics`` measured then (``{}`` for stretches shipped before they were recorded).
+    Empty if ``name`` is not shipped for ``preset``."""
+    p = get_preset(preset)
+    folder = shipped_dir(name, p)
+    if not (folder / "provenance.json").is_file():
+        return []
+    points, steps, seconds, hours = [], 0, 0.0, 0.0
+    for s in read_provenance(folder, name, p)["stretches"]:
+        threads = int(s.get("threads") or 1)
+        steps += int(s.get("steps") or 0)
+        seconds += float(s.get("train_time_s") or 0)
+        hours += float(s.get("train_time_s") or 0) * threads / 3600
+        points.append({"steps": steps, "train_time_s": seconds, "core_hours": hours, "threads": threads,
+                       "metrics": dict(s.get("metrics") or {})})
+    return points
 
 
 def shipped_sizes(preset: str | Preset | None = None) -> dict[str, int]:

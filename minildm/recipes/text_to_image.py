@@ -49,7 +49,8 @@ from .text_to_image_eval import evaluate_t2i
 from .text_to_image_eval import reference_scores
 from .text_to_image_eval import t2i_dataset
 
-__all__ = ["TEXT_ENCODERS", "t2i_name", "parse_t2i_name", "T2ISpec", "build_t2i_ldm", "scaling_study",]
+__all__ = ["TEXT_ENCODERS", "t2i_name", "parse_t2i_name", "T2ISpec", "build_t2i_ldm", "curve", "learning_curve_t2i",
+           "scaling_study"]
 
 #: text encoders of notebook 05: trained from scratch with the UNet (the paper), frozen pretrained (SD)
 TEXT_ENCODERS = ("scratch", "minilm")
@@ -262,8 +263,46 @@ class T2ISpec(LatentDiffusionRecipe):
 def curve(log: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
     """The evaluation points of a training log: ``step``, ``compute`` (FLOPs), ``loss``, ``all_correct``."""
     return [{"step": int(r["step"]) + 1, "compute": float(r["eval/compute"]), "loss": float(r["eval/loss"]),
-             **({"all_correct": float(r["eval/all_correct"])} if "eval/all_correct" in r else {})}
+             **({"all_correct": float(r["eval/all_correct"])} if "eval/all_correct" in r else {}),
+             **({"time_s": float(r["time_s"])} if "time_s" in r else {})}
             for r in log if "eval/loss" in r]
+
+
+def learning_curve_t2i(name: str, preset: Preset | str | None = None,
+                       log: Sequence[Mapping[str, Any]] = ()) -> dict[str, list[dict[str, float]]]:
+    """All-correct against training core-hours of the shipped text-to-image model ``name``, over every stretch
+    of its training (notebook 05). ``stretches``: one point per stretch from its full evaluation, the best
+    guidance scale of each group (``seen``, ``held_out``, with ``scale_seen``, ``scale_held_out``), at the
+    ``steps`` and ``core_hours`` accumulated by then. ``checkpoints``: the evaluation points within training in
+    ``log`` (the shipped log, whose steps and times count on over the stretches): ``seen`` at the preset's
+    ``curve_scale`` on ``curve_prompts`` prompts per kind, fewer samples than a stretch's evaluation. Both are
+    empty if ``name`` is not shipped; stretches shipped before their evaluation was recorded are left out."""
+    from .shipped import learning_curve
+
+    points = learning_curve(name, preset)
+    stretches = []
+    for pt in points:
+        rows = pt["metrics"].get("eval") or []
+        best = {g: max((r for r in rows if r["group"] == g), key=lambda r: r["all_correct"], default=None)
+                for g in ("seen", "held_out")}
+        if best["seen"] is None or best["held_out"] is None:
+            continue
+        stretches.append({"steps": pt["steps"], "core_hours": pt["core_hours"],
+                          **{g: r["all_correct"] for g, r in best.items()},
+                          **{f"scale_{g}": r["scale"] for g, r in best.items()}})
+    # a checkpoint's core-hours: those before its stretch plus its wall time into the stretch times the threads
+    checkpoints = []
+    for c in curve(log) if points else []:
+        if "all_correct" not in c or "time_s" not in c:
+            continue
+        before = {"steps": 0, "train_time_s": 0.0, "core_hours": 0.0}
+        for pt in points:
+            if c["step"] <= pt["steps"] or pt is points[-1]:
+                hours = before["core_hours"] + (c["time_s"] - before["train_time_s"]) * pt["threads"] / 3600
+                break
+            before = pt
+        checkpoints.append({"step": c["step"], "core_hours": hours, "seen": c["all_correct"]})
+    return {"stretches": stretches, "checkpoints": checkpoints}
 
 
 def scaling_study(preset: Preset | str | None = None, sizes: Sequence[str] | None = None, encoder: str = "scratch",
