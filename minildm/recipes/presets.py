@@ -436,7 +436,8 @@ _PRESETS: dict[str, Preset] = {
                       # (8,000 steps): shape 23 %, position 19 %, all correct 3 % seen / 6 % held-out; on capped v
                       # shape 15 % (chance), position 97 %, all correct 8 % / 7 %: neither draws shapes yet.
                       # The caption's pooled embedding beside cross-attention gives the global attributes
-                      # (colour, shape) a short path into every block
+                      # (colour, shape) a short path into every block; with it (the shipped models, 300 samples
+                      # per group): all correct 8.0 % seen / 6.7 % held-out, shape 28 %, position 14 %
                       parameterization="eps", snr_gamma=5.0, pooled_context=True),
         # four latent channels, a larger step size and 4x the ablation's steps: the checker reads the right
         # shape in 92.6 % of its validation reconstructions (the ablation's ae-kl-f4: 73 %), PSNR 24.4 dB

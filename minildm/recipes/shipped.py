@@ -46,8 +46,8 @@ from .artifact_files import Artifact, config_differences, read_json
 from .presets import Preset, get_preset
 from .registry import get_spec
 
-__all__ = ["SHIPPED_FILES", "TRAIN_ENV", "WEIGHTS_ENV", "init_state", "learning_curve", "load_shipped", "read_provenance", "recipe_of",
-           "retrain_hint", "run_environment", "sha256_file", "shared_weights", "shipped_dir", "shipped_sizes",
+__all__ = ["SHIPPED_FILES", "TRAIN_ENV", "WEIGHTS_ENV", "init_state", "learning_curve", "load_shipped",
+           "read_provenance", "recipe_of", "retrain_hint", "run_environment", "sha256_file", "shared_weights", "shipped_dir", "shipped_sizes",
            "train_from_scratch", "weights_root"]
 
 WEIGHTS_ENV = "MINILDM_WEIGHTS"
