@@ -121,10 +121,10 @@ def test_class_model_can_have_its_own_parameterization_and_weighting():
     assert build_cond_ldm(cls).diffusion.parameterization == "eps"
     # without the class fields both models follow the shared ones
     assert CondLDMSpec("class").identity(p)["model"]["diffusion"]["parameterization"] == p.cond.parameterization
-    # the cpu preset: layout on capped v, class on ε with min-SNR-5
+    # the cpu preset: layout and class on capped v
     c = get_preset("cpu").cond
     assert (c.parameterization_for("layout"), c.loss_weighting_for("layout")) == ("v", "capped")
-    assert (c.parameterization_for("class"), c.loss_weighting_for("class")) == ("eps", "min_snr")
+    assert (c.parameterization_for("class"), c.loss_weighting_for("class")) == ("v", "capped")
     with pytest.raises(ValueError, match="unknown parameterization"):
         build_cond_ldm(CondLDMSpec("class").identity(
             dataclasses.replace(p, cond=dataclasses.replace(p.cond, class_parameterization="score"))))

@@ -136,6 +136,36 @@ def test_init_from_needs_weights_of_the_same_model(weights, shipped):
         build_artifact("ae-vq-l2", SMOKE2, steps=1, device="cpu", progress=False, root=build, init_from="shipped")
 
 
+def test_init_from_may_change_what_the_unet_predicts(weights):
+    """ε weights continue as a v model (same network, new target): the stretch records the change; a shipped
+    model of the old target is another recipe until then, and anything else still is."""
+    import dataclasses
+
+    smoke = get_preset("smoke")
+    eps = dataclasses.replace(smoke, cond=dataclasses.replace(smoke.cond, snr_gamma=5.0, class_parameterization="eps",
+                                                              class_loss_weighting="min_snr"))
+    v = dataclasses.replace(smoke, cond=dataclasses.replace(smoke.cond, snr_gamma=5.0, loss_weighting="capped"))
+    build = weights / "build"
+    build_artifact("ldm-class", eps, device="cpu", progress=False, root=build)
+    ship_artifact("kl-f4", eps, root=build)
+    ship_artifact("ldm-class", eps, root=build)
+    with pytest.raises(ValueError, match="another recipe than the code gives now.*parameterization: saved 'eps'"):
+        load_shipped("ldm-class", v, device="cpu")
+    art = build_artifact("ldm-class", v, steps=2, device="cpu", progress=False, root=build, init_from="shipped")
+    assert art.model.diffusion.parameterization == "v"
+    assert art.metrics["init_from"]["retargeted"] == [
+        "model.diffusion.parameterization: saved 'eps', expected 'v'",
+        "recipe.loss_weighting: saved None, expected 'capped'"]
+    ship_artifact("ldm-class", v, root=build)
+    prov = json.loads((shipped_dir("ldm-class", v) / "provenance.json").read_text())
+    assert len(prov["stretches"]) == 2 and "retargeted" in prov["stretches"][1]["init_from"]
+    assert load_shipped("ldm-class", v, device="cpu").model.diffusion.parameterization == "v"
+    # the learning rate is not a target: continuing with another one is another recipe
+    other = dataclasses.replace(v, cond=dataclasses.replace(v.cond, lr=v.cond.lr * 2))
+    with pytest.raises(ValueError, match="another recipe.*recipe.lr"):
+        build_artifact("ldm-class", other, steps=1, device="cpu", progress=False, root=build, init_from="shipped")
+
+
 def test_ldm_ships_without_its_first_stage(weights):
     """An LDM's first stage is shipped once (with the first stage) and pinned by its sha256."""
     smoke = get_preset("smoke")

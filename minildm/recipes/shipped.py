@@ -47,14 +47,18 @@ from .presets import Preset, get_preset
 from .registry import get_spec
 
 __all__ = ["SHIPPED_FILES", "TRAIN_ENV", "WEIGHTS_ENV", "init_state", "learning_curve", "load_shipped",
-           "read_provenance", "recipe_of", "retrain_hint", "run_environment", "sha256_file", "shared_weights", "shipped_dir", "shipped_sizes",
-           "train_from_scratch", "weights_root"]
+           "read_provenance", "recipe_of", "retarget_changes", "retrain_hint", "run_environment", "sha256_file",
+           "shared_weights", "shipped_dir", "shipped_sizes", "train_from_scratch", "weights_root"]
 
 WEIGHTS_ENV = "MINILDM_WEIGHTS"
 TRAIN_ENV = "MINILDM_TRAIN"
 SHIPPED_FILES = ("model.safetensors", "config.json", "metrics.json", "log.json", "provenance.json")
 #: recipe keys a continued run may change: how long it trained
 LENGTH_KEYS = ("steps", "budget_s")
+#: what a run continued from trained weights (``--init-from``) may change besides its length: what the UNet
+#: predicts and how the loss weighs the timesteps. The network is the same and the new stretch teaches it the new
+#: target (Stable Diffusion 2's 768-v model continued an ε model this way); the stretch records the change.
+RETARGET_KEYS = (("model", "diffusion", "parameterization"), ("recipe", "loss_weighting"))
 
 
 def weights_root() -> Path:
@@ -74,13 +78,32 @@ def train_from_scratch() -> bool:
     return os.environ.get(TRAIN_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
-def recipe_of(identity: Mapping[str, Any]) -> dict[str, Any]:
+def recipe_of(identity: Mapping[str, Any], retarget: bool = False) -> dict[str, Any]:
     """An identity without its length (``recipe.steps``, ``recipe.budget_s``): what stays the same when a
-    run is continued from its weights (:func:`init_state`)."""
+    run is continued from its weights (:func:`init_state`); ``retarget``: also without :data:`RETARGET_KEYS`."""
     config = json.loads(json.dumps(dict(identity)))
     for key in LENGTH_KEYS:
         config.get("recipe", {}).pop(key, None)
+    for *path, key in RETARGET_KEYS if retarget else ():
+        node = config
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
     return config
+
+
+def retarget_changes(saved: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """The :data:`RETARGET_KEYS` on which two identities differ (``"path: saved x, expected y"``)."""
+    def part(identity: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for *path, key in RETARGET_KEYS:
+            node: Any = identity
+            for step in path:
+                node = node.get(step) if isinstance(node, Mapping) else None
+            out[".".join([*path, key])] = node.get(key) if isinstance(node, Mapping) else None
+        return out
+    return config_differences(part(saved), part(expected))
 
 
 def sha256_file(path: Path) -> str:
@@ -142,10 +165,11 @@ def read_provenance(path: Path, name: str, preset: Preset) -> dict[str, Any]:
 
 
 def load_shipped(name: str, preset: str | Preset | None = None, *,
-                 device: str | torch.device | None = None) -> Artifact | None:
+                 device: str | torch.device | None = None, retarget: bool = False) -> Artifact | None:
     """The shipped weights of ``name`` under ``preset`` as an :class:`Artifact` (weights cast to float32),
     or None if none are shipped. ValueError, saying how to retrain, if the files are corrupted
-    (sha256), or were made with another recipe than the code gives now."""
+    (sha256), or were made with another recipe than the code gives now (``retarget``: apart from the
+    :data:`RETARGET_KEYS`, for weights to continue from; the model is then built from the shipped config)."""
     spec = get_spec(name)
     p = get_preset(preset)
     path = shipped_dir(name, p)
@@ -158,7 +182,8 @@ def load_shipped(name: str, preset: str | Preset | None = None, *,
         raise ValueError(f"shipped weights {str(weights_file)!r} are missing or do not match the sha256 in "
                          f"provenance.json (a corrupted or partial file; `git checkout -- {path}` restores it). {hint}")
     config = read_json(path / "config.json", hint, required=("model_class", "model"))
-    diffs = config_differences(recipe_of({k: config.get(k) for k in spec.identity(p)}), recipe_of(spec.identity(p)))
+    diffs = config_differences(recipe_of({k: config.get(k) for k in spec.identity(p)}, retarget),
+                               recipe_of(spec.identity(p), retarget))
     if diffs:
         shown = "; ".join(diffs[:6]) + (f"; ... ({len(diffs)} in all)" if len(diffs) > 6 else "")
         raise ValueError(f"the shipped weights of {name!r} ({str(path)!r}) were made with another recipe than the "
@@ -200,18 +225,21 @@ def init_state(name: str, preset: str | Preset | None, source: str | os.PathLike
     """Weights to continue training ``name`` from: ``source`` = ``"shipped"`` (its shipped weights) or a path
     (an artifact folder or its ``model.safetensors``). Returns ``(state_dict, info)``; ``info`` (source,
     sha256, the steps and hours behind the weights) goes into the new artifact's metrics as ``init_from``,
-    so that :func:`ship_artifact` adds the stretches up. ValueError if the weights are of another recipe."""
+    so that :func:`ship_artifact` adds the stretches up; with ``retargeted``, the :data:`RETARGET_KEYS` the
+    new run changes (e.g. ε to v). ValueError if the weights are of another recipe."""
     spec = get_spec(name)
     p = get_preset(preset)
+    expected = spec.identity(p)
     if str(source) == "shipped":
-        art = load_shipped(name, p, device="cpu")
+        art = load_shipped(name, p, device="cpu", retarget=True)
         if art is None:
             raise ValueError(f"no shipped weights of {name!r} for preset {p.name!r} under {str(shipped_dir(name, p))!r}: "
                              "train it from scratch first (leave out --init-from)")
         prov = art.provenance or {}
         info = {"source": "shipped", "sha256": prov.get("sha256"), "steps": prov.get("total_steps"),
                 "train_time_s": prov.get("total_train_time_s")}
-        return art.model.state_dict(), info
+        changes = retarget_changes(art.config, expected)
+        return art.model.state_dict(), {**info, **({"retargeted": changes} if changes else {})}
     path = Path(source)
     folder = path if path.is_dir() else path.parent
     weights = folder / "model.safetensors" if path.is_dir() else path
@@ -219,19 +247,21 @@ def init_state(name: str, preset: str | Preset | None, source: str | os.PathLike
         raise ValueError(f"--init-from {str(source)!r}: no such weights file (give 'shipped', an artifact folder "
                          "or its model.safetensors)")
     state, saved = load_weights(weights)
-    if saved.get("model") != spec.identity(p)["model"]:
+    if recipe_of({"model": saved.get("model")}, True) != recipe_of({"model": expected["model"]}, True):
         raise ValueError(f"--init-from {str(weights)!r}: its model config differs from {name!r}'s under preset "
                          f"{p.name!r}; continue only from weights of the same model")
     config_file = folder / "config.json"
     if config_file.is_file():
         saved_config = json.loads(config_file.read_text())
-        diffs = config_differences(recipe_of({k: saved_config.get(k) for k in spec.identity(p)}),
-                                   recipe_of(spec.identity(p)))
+        diffs = config_differences(recipe_of({k: saved_config.get(k) for k in expected}, True),
+                                   recipe_of(expected, True))
         if diffs:
             raise ValueError(f"--init-from {str(folder)!r} was trained with another recipe ({'; '.join(diffs[:4])})")
+    changes = retarget_changes({"model": saved.get("model"), "recipe": saved_config.get("recipe")}
+                               if config_file.is_file() else {"model": saved.get("model")}, expected)
     metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
     info = {"source": str(weights), "sha256": sha256_file(weights), "steps": metrics.get("steps"),
-            "train_time_s": metrics.get("train_time_s")}
+            "train_time_s": metrics.get("train_time_s"), **({"retargeted": changes} if changes else {})}
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, info
 
 
