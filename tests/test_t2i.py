@@ -215,3 +215,32 @@ def test_learning_curve_adds_up_the_stretches_of_a_shipped_model(root, tmp_path,
     assert hours == sorted(hours) and hours[1] <= lc["stretches"][0]["core_hours"] + 1e-9 < hours[2]
     compute = [p["compute"] for p in curve(log)]
     assert compute == sorted(compute) and compute[2] > compute[1]  # the second stretch's compute counts on
+
+
+def test_the_scaling_study_sizes_ship_only_their_last_grid(root, tmp_path, monkeypatch):
+    """The main size ships every validation grid (notebook 05 shows them); another size only its last one."""
+    import shutil
+    from dataclasses import replace
+
+    from minildm.recipes.first_stage import first_stage_name
+    from minildm.recipes.ship import ship_artifact
+    from minildm.recipes.shipped import shipped_dir
+    from minildm.recipes.store import artifact_dir
+
+    monkeypatch.setenv("MINILDM_WEIGHTS", str(tmp_path / "weights"))
+    assert T2ISpec("scratch", PRESET.t2i.size).shipped_grids(PRESET) == "all"
+    assert T2ISpec("scratch", "XS").shipped_grids(PRESET) == "last"
+    build = tmp_path / "build"
+    shutil.copytree(root, build)
+    samples = artifact_dir("t2i-scratch-M", PRESET, build) / "samples"
+    first = next(samples.glob("step_*.png"))
+    for k in (10, 40, 100000):
+        shutil.copy(first, samples / f"step_{k:06d}.png")
+    everything = {p.name for p in samples.iterdir()}
+    ship_artifact(first_stage_name(PRESET.t2i.f), PRESET, root=build)
+    ship_artifact("t2i-scratch-M", PRESET, root=build)
+    assert {p.name for p in (shipped_dir("t2i-scratch-M", PRESET) / "samples").iterdir()} == everything
+    other = replace(PRESET, t2i=replace(PRESET.t2i, size="L"))  # M is now one of the study's other sizes
+    ship_artifact("t2i-scratch-M", other, root=build)
+    kept = {p.name for p in (shipped_dir("t2i-scratch-M", other) / "samples").iterdir()}
+    assert kept == {n for n in everything if not n.startswith("step_")} | {"step_100000.png"}

@@ -43,13 +43,23 @@ def compact_log(log: list[dict[str, Any]]) -> str:
     return "[\n" + ",\n".join(rows) + "\n]\n"
 
 
+def _all_but_last_grid(directory: str, names: list[str]) -> list[str]:
+    """``shutil.copytree`` ignore: every ``step_<k>.png`` but the last step's (a model whose grids no notebook
+    shows ships only its final one)."""
+    grids = sorted((n for n in names if n.startswith("step_") and n.endswith(".png")),
+                   key=lambda n: int("".join(c for c in n if c.isdigit()) or 0))
+    return grids[:-1]
+
+
 def ship_artifact(name: str, preset: str | Preset | None = None, *, root: str | os.PathLike | None = None) -> Path:
     """Ship the cached artifact ``name`` (``<root>/<preset>/<name>``, see :mod:`minildm.recipes.store`): write
     its weights in float16 with config, metrics, log and provenance to :func:`shipped_dir`, atomically.
 
     A run continued from the shipped weights (``init_from`` in its metrics, same sha256) adds a stretch to
-    their provenance; anything else starts a new one. Shared weights (an LDM's first stage) must equal
-    those of the shipped artifact they come from, which must be shipped first. Returns the folder."""
+    their provenance; anything else starts a new one. The run's validation grids (``samples/``) ship too, all of
+    them, or only the last where the spec's ``shipped_grids(preset)`` says ``"last"``. Shared weights (an LDM's
+    first stage) must equal those of the shipped artifact they come from, which must be shipped first. Returns
+    the folder."""
     spec = get_spec(name)
     p = get_preset(preset)
     src = artifact_dir(name, p, root)
@@ -114,7 +124,8 @@ def ship_artifact(name: str, preset: str | Preset | None = None, *, root: str | 
         write_json(tmp / "metrics.json", metrics)
         (tmp / "log.json").write_text(compact_log(log))
         if (src / "samples").is_dir():  # the validation grids a run wrote (notebook 05 shows them)
-            shutil.copytree(src / "samples", tmp / "samples")
+            grids = spec.shipped_grids(p) if hasattr(spec, "shipped_grids") else "all"
+            shutil.copytree(src / "samples", tmp / "samples", ignore=None if grids == "all" else _all_but_last_grid)
         write_json(tmp / "provenance.json", {
             "name": name, "preset": p.name, "dtype": "float16",
             "sha256": sha256_file(tmp / "model.safetensors"),

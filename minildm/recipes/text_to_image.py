@@ -131,6 +131,11 @@ class T2ISpec(LatentDiffusionRecipe):
         enc = "a transformer trained from scratch" if encoder == "scratch" else "frozen all-MiniLM-L6-v2"
         self.description = f"text-to-image LDM, size {size}, text encoder: {enc}"
 
+    def shipped_grids(self, preset: Preset) -> str:
+        """Which validation grids ship with the weights: ``"all"`` for the preset's main size (notebook 05 shows
+        how its samples change during training), ``"last"`` for the scaling study's other sizes."""
+        return "all" if self.size == preset.t2i.size else "last"
+
     def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
         from .registry import get_spec
 
