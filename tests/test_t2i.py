@@ -218,7 +218,7 @@ def test_learning_curve_adds_up_the_stretches_of_a_shipped_model(root, tmp_path,
 
 
 def test_the_scaling_study_sizes_ship_only_their_last_grid(root, tmp_path, monkeypatch):
-    """The main size ships every validation grid (notebook 05 shows them); another size only its last one."""
+    """The main model ships every validation grid (notebook 05 shows them); the others only their last one."""
     import shutil
     from dataclasses import replace
 
@@ -230,6 +230,7 @@ def test_the_scaling_study_sizes_ship_only_their_last_grid(root, tmp_path, monke
     monkeypatch.setenv("MINILDM_WEIGHTS", str(tmp_path / "weights"))
     assert T2ISpec("scratch", PRESET.t2i.size).shipped_grids(PRESET) == "all"
     assert T2ISpec("scratch", "XS").shipped_grids(PRESET) == "last"
+    assert T2ISpec("minilm", PRESET.t2i.size).shipped_grids(PRESET) == "last"
     build = tmp_path / "build"
     shutil.copytree(root, build)
     samples = artifact_dir("t2i-scratch-M", PRESET, build) / "samples"

@@ -132,9 +132,10 @@ class T2ISpec(LatentDiffusionRecipe):
         self.description = f"text-to-image LDM, size {size}, text encoder: {enc}"
 
     def shipped_grids(self, preset: Preset) -> str:
-        """Which validation grids ship with the weights: ``"all"`` for the preset's main size (notebook 05 shows
-        how its samples change during training), ``"last"`` for the scaling study's other sizes."""
-        return "all" if self.size == preset.t2i.size else "last"
+        """Which validation grids ship with the weights: ``"all"`` for the preset's main model (the scratch encoder at
+        the main size: notebook 05 shows how its samples change during training), ``"last"`` for the others (the
+        frozen encoder's model and the scaling study's other sizes)."""
+        return "all" if (self.encoder, self.size) == ("scratch", preset.t2i.size) else "last"
 
     def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
         from .registry import get_spec
