@@ -160,6 +160,7 @@ def test_init_from_may_change_what_the_unet_predicts(weights):
     prov = json.loads((shipped_dir("ldm-class", v) / "provenance.json").read_text())
     assert len(prov["stretches"]) == 2 and "retargeted" in prov["stretches"][1]["init_from"]
     assert load_shipped("ldm-class", v, device="cpu").model.diffusion.parameterization == "v"
+    assert [p["retargeted"] for p in learning_curve("ldm-class", v)] == [[], art.metrics["init_from"]["retargeted"]]
     # the learning rate is not a target: continuing with another one is another recipe
     other = dataclasses.replace(v, cond=dataclasses.replace(v.cond, lr=v.cond.lr * 2))
     with pytest.raises(ValueError, match="another recipe.*recipe.lr"):

@@ -268,8 +268,9 @@ def init_state(name: str, preset: str | Preset | None, source: str | os.PathLike
 def learning_curve(name: str, preset: str | Preset | None = None) -> list[dict[str, Any]]:
     """The shipped ``name``'s training, one point per stretch: the steps and core-hours (wall time × threads)
     accumulated by the end of the stretch (and its wall time ``train_time_s``, also accumulated, and its
-    ``threads``), and the ``metrics`` measured then (``{}`` for stretches shipped before they were recorded).
-    Empty if ``name`` is not shipped for ``preset``."""
+    ``threads``), the ``metrics`` measured then (``{}`` for stretches shipped before they were recorded) and
+    what the stretch changed of the target (``retargeted``: e.g. ε to v, see :data:`RETARGET_KEYS`; ``[]`` if
+    nothing). Empty if ``name`` is not shipped for ``preset``."""
     p = get_preset(preset)
     folder = shipped_dir(name, p)
     if not (folder / "provenance.json").is_file():
@@ -281,7 +282,8 @@ def learning_curve(name: str, preset: str | Preset | None = None) -> list[dict[s
         seconds += float(s.get("train_time_s") or 0)
         hours += float(s.get("train_time_s") or 0) * threads / 3600
         points.append({"steps": steps, "train_time_s": seconds, "core_hours": hours, "threads": threads,
-                       "metrics": dict(s.get("metrics") or {})})
+                       "metrics": dict(s.get("metrics") or {}),
+                       "retargeted": list((s.get("init_from") or {}).get("retargeted") or [])})
     return points
 
 
