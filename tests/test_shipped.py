@@ -10,8 +10,8 @@ import torch
 from minildm.cli import main
 from minildm.engine.checkpoint import load_weights
 from minildm.recipes.presets import get_preset
-from minildm.recipes.ship import ship_artifact
-from minildm.recipes.shipped import learning_curve, load_shipped, shipped_dir, shipped_sizes
+from minildm.recipes.ship import compact_log, ship_artifact
+from minildm.recipes.shipped import SHIPPED_BUDGET_BYTES, learning_curve, load_shipped, shipped_dir, shipped_sizes
 from minildm.recipes.store import artifact_dir, build_artifact, load_or_train
 
 SMOKE2 = get_preset("smoke").with_ae(steps=2)
@@ -198,3 +198,20 @@ def test_ship_cli_ships_and_lists(weights, capsys):
     assert "nothing to ship" in capsys.readouterr().err
     assert main(["ship", "no-such-model", "--preset", "smoke"]) == 2
     assert "unknown artifact 'no-such-model'" in capsys.readouterr().err
+
+
+def test_shipped_logs_keep_every_evaluation_and_at_most_the_loss_rows_a_plot_needs():
+    log = [{"step": i, "train/loss": 1.0 / (i + 1)} for i in range(5000)]
+    log.insert(2500, {"stretch": 1})
+    log += [{"step": i, "eval/fid": float(i)} for i in range(0, 5000, 500)]
+    rows = json.loads(compact_log(log, max_loss_rows=1000))
+    loss = [r for r in rows if "train/loss" in r]
+    assert 900 <= len(loss) <= 1001 and loss[-1]["step"] == 4999 and loss[0]["step"] == 0
+    assert {"stretch": 1} in rows and len([r for r in rows if "eval/fid" in r]) == 10
+    assert len(json.loads(compact_log(log[:10]))) == 10  # a short log is kept whole
+
+
+def test_the_shipped_cpu_weights_fit_the_budget(monkeypatch):
+    monkeypatch.delenv("MINILDM_WEIGHTS", raising=False)
+    sizes = shipped_sizes("cpu")
+    assert sizes and sum(sizes.values()) <= SHIPPED_BUDGET_BYTES, f"{sum(sizes.values()) / 1e6:.2f} MB"

@@ -18,7 +18,7 @@ def ship(args: argparse.Namespace) -> int:
     from ..recipes.presets import get_preset
     from ..recipes.registry import get_spec
     from ..recipes.ship import ship_artifact
-    from ..recipes.shipped import read_provenance, shipped_dir, shipped_sizes, weights_root
+    from ..recipes.shipped import SHIPPED_BUDGET_BYTES, read_provenance, shipped_dir, shipped_sizes, weights_root
 
     preset = get_preset(args.preset)
     if not args.names and not args.list:
@@ -38,5 +38,5 @@ def ship(args: argparse.Namespace) -> int:
             prov = read_provenance(shipped_dir(name, preset), name, preset)
             print(f"  {name:<22}{size / 1e6:>7.2f}{prov['total_steps']:>9}{prov['total_train_hours']:>8.2f}  "
                   f"{prov['sha256'][:16]}")
-        print(f"  {'total':<22}{sum(sizes.values()) / 1e6:>7.2f}")
+        print(f"  {'total':<22}{sum(sizes.values()) / 1e6:>7.2f}  (budget {SHIPPED_BUDGET_BYTES / 1e6:.0f} MB)")
     return 0

@@ -36,10 +36,23 @@ def _short(value: Any) -> Any:
     return value
 
 
-def compact_log(log: list[dict[str, Any]]) -> str:
+#: loss rows a shipped log keeps at most (a plot needs no more); evaluation rows and stretch marks all stay
+MAX_LOSS_ROWS = 1000
+
+
+def _is_loss_row(row: dict[str, Any]) -> bool:
+    return "stretch" not in row and not any(k.startswith("eval/") for k in row)
+
+
+def compact_log(log: list[dict[str, Any]], max_loss_rows: int = MAX_LOSS_ROWS) -> str:
     """The loss log as JSON with one row per line and floats to 4 significant digits (what a plot needs;
-    a 1,000-step log shrinks about 4×)."""
-    rows = [json.dumps({k: _short(v) for k, v in row.items()}, separators=(",", ":"), allow_nan=True) for row in log]
+    a 1,000-step log shrinks about 4×). Loss rows are thinned to every k-th (the smallest k that leaves at
+    most ``max_loss_rows``, the last row always kept); every evaluation row and stretch mark stays."""
+    loss = [i for i, row in enumerate(log) if _is_loss_row(row)]
+    stride = max(1, math.ceil(len(loss) / max_loss_rows))
+    keep = set(loss[::stride]) | set(loss[-1:])
+    rows = [json.dumps({k: _short(v) for k, v in row.items()}, separators=(",", ":"), allow_nan=True)
+            for i, row in enumerate(log) if i in keep or not _is_loss_row(row)]
     return "[\n" + ",\n".join(rows) + "\n]\n"
 
 

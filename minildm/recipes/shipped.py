@@ -48,7 +48,7 @@ from .registry import get_spec
 
 __all__ = ["SHIPPED_FILES", "TRAIN_ENV", "WEIGHTS_ENV", "init_state", "learning_curve", "load_shipped",
            "read_provenance", "recipe_of", "retarget_changes", "retrain_hint", "run_environment", "sha256_file",
-           "shared_weights", "shipped_dir", "shipped_sizes", "train_from_scratch", "weights_root"]
+           "SHIPPED_BUDGET_BYTES", "shared_weights", "shipped_dir", "shipped_sizes", "train_from_scratch", "weights_root"]
 
 WEIGHTS_ENV = "MINILDM_WEIGHTS"
 TRAIN_ENV = "MINILDM_TRAIN"
@@ -285,6 +285,10 @@ def learning_curve(name: str, preset: str | Preset | None = None) -> list[dict[s
                        "metrics": dict(s.get("metrics") or {}),
                        "retargeted": list((s.get("init_from") or {}).get("retargeted") or [])})
     return points
+
+
+#: what all of a preset's shipped artifacts may take in the repository (every file, bytes)
+SHIPPED_BUDGET_BYTES = 60_000_000
 
 
 def shipped_sizes(preset: str | Preset | None = None) -> dict[str, int]:
