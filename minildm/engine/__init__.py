@@ -1,6 +1,7 @@
 """How things are trained: one Trainer (AMP, accumulation, DDP, exact resume) and what it needs.
 
-* :mod:`minildm.engine.trainer`: ``Trainer`` (notebooks 01, 03, 05)
+* :mod:`minildm.engine.trainer`: ``Trainer`` (notebooks 01, 03, 05); its checkpoints in
+  :mod:`minildm.engine.trainer_state`
 * :mod:`minildm.engine.tasks`: the training objectives it optimises (autoencoder, latent diffusion)
 * :mod:`minildm.engine.batches`: deterministic batches, pre-encoded latents
 * :mod:`minildm.engine.checkpoint`: atomic safetensors checkpoints and weights
