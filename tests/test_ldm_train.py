@@ -145,3 +145,19 @@ def test_lr_schedule_from_a_recipe():
     assert lr_schedule({"steps": 10}) == {"warmup_steps": 0, "decay_steps": None, "min_lr_ratio": 0.0}
     assert lr_schedule({"steps": 10, "warmup_steps": 2, "min_lr_ratio": 0.1}) == {
         "warmup_steps": 2, "decay_steps": 10, "min_lr_ratio": 0.1}
+
+
+def test_the_ldm_experiment_uses_the_papers_schedule_end_to_end():
+    """The preset's β_1, β_T reach the identity and the built model (ᾱ_T of CompVis' 0.0015 → 0.0155)."""
+    from minildm.recipes.latent_diffusion import build_latent_diffusion
+    from minildm.recipes.presets import get_preset
+    from minildm.recipes.registry import get_spec
+
+    for preset in ("smoke", "cpu", "gpu"):
+        p = get_preset(preset)
+        identity = get_spec("ldm-f4").identity(p)
+        d = identity["model"]["diffusion"]
+        assert (d["linear_start"], d["linear_end"]) == (p.ldm.linear_start, p.ldm.linear_end) == (0.0015, 0.0155)
+        built = build_latent_diffusion(identity).diffusion
+        assert built.alphas_cumprod[-1].item() == pytest.approx(6.687e-4, rel=1e-3)
+        assert built.alphas_cumprod[-1].item() > 10 * GaussianDiffusion("linear").alphas_cumprod[-1].item()

@@ -52,13 +52,15 @@ def latent_channels(first_stage_identity: Mapping[str, Any]) -> int:
 def build_latent_diffusion(identity: Mapping[str, Any]) -> LatentDiffusion:
     """An untrained :class:`~minildm.diffusion.ldm.LatentDiffusion` from an LDM artifact's identity:
     ``model`` holds ``first_stage`` (the first stage artifact's identity), ``unet`` (a
-    :class:`~minildm.models.unet.UNetConfig` dict), ``diffusion`` (schedule, T, parameterization),
+    :class:`~minildm.models.unet.UNetConfig` dict), ``diffusion`` (schedule, T, parameterization and,
+    optionally, β_1 and β_T as ``linear_start`` / ``linear_end``),
     ``image_size`` and, for a conditional model, ``cond_stage`` (a conditioner config)."""
     m = identity["model"]
     fs = m["first_stage"]
     first_stage = model_from_config(fs["model_class"], fs["model"])
     d = m["diffusion"]
-    diffusion = GaussianDiffusion(d["schedule"], d["num_timesteps"], d["parameterization"])
+    diffusion = GaussianDiffusion(d["schedule"], d["num_timesteps"], d["parameterization"],
+                                  linear_start=d.get("linear_start"), linear_end=d.get("linear_end"))
     cond_stage = build_conditioner(m["cond_stage"]) if m.get("cond_stage") else None
     return LatentDiffusion(first_stage, UNetModel(UNetConfig.from_dict(m["unet"])), diffusion, m["image_size"],
                            cond_stage_model=cond_stage)

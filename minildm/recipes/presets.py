@@ -181,6 +181,11 @@ class LDMPreset:
     n_fid: int
     eval_ddim_steps: int
     n_train: int
+    #: β_1 and β_T (None: the schedule's defaults); the presets use the paper's LDM schedule, CompVis'
+    #: "linear" (√β linear from 0.0015 to 0.0155, ᾱ_T = 6.7e-4): DDPM's (ᾱ_T = 4e-5) multiplies an ε error
+    #: by √((1 − ᾱ_T)/ᾱ_T) = 157 in the first sampling step (notebook 03)
+    linear_start: float | None = None
+    linear_end: float | None = None
 
 
 @dataclass(frozen=True)
@@ -369,8 +374,9 @@ _PRESETS: dict[str, Preset] = {
         ),
         ldm=LDMPreset(
             factors=(1, 2, 4, 8, 16), image_size=64, unet=UNetSize(16, (1, 2), 1, (2,), 1),
-            schedule="linear", timesteps=1000, batch_size=8, lr=1e-3,
+            schedule="scaled_linear", timesteps=1000, batch_size=8, lr=1e-3,
             ema_decay=0.999, budget_s=2.0, eval_points=2, n_fid=16, eval_ddim_steps=5, n_train=32,
+            linear_start=0.0015, linear_end=0.0155,
         ),
         checker=CheckerPreset(image_size=64, width=8, batch_size=16, steps=10, lr=2e-3, n_train=64, n_eval=32),
         cond=CondPreset(f=4, image_size=64, unet=UNetSize(16, (1, 2), 1, (1, 2), 2, 1), context_dim=16, layout_depth=1,
@@ -403,12 +409,13 @@ _PRESETS: dict[str, Preset] = {
             steps=3000, lr=8e-4, unet=UNetSize(64, (1, 2), 2, (2,), 4),
             unet_batch_size=8, timing_steps=5,
         ),
-        # width 32 (1.2 M parameters, 2.4 MB in float16 per shipped model); 20 minutes per model on one CPU
+        # width 32 (1.2 M parameters, 2.4 MB in float16 per shipped model); 30 minutes per model on one CPU
         # thread, measured at four points (the shipped models; notebook 03 loads them)
         ldm=LDMPreset(
             factors=(1, 2, 4, 8, 16), image_size=64, unet=UNetSize(32, (1, 2, 2), 1, (4,), 4),
-            schedule="linear", timesteps=1000, batch_size=32, lr=3e-4,
-            ema_decay=0.999, budget_s=1200.0, eval_points=4, n_fid=128, eval_ddim_steps=20, n_train=4000,
+            schedule="scaled_linear", timesteps=1000, batch_size=32, lr=3e-4,
+            ema_decay=0.999, budget_s=1800.0, eval_points=4, n_fid=128, eval_ddim_steps=20, n_train=4000,
+            linear_start=0.0015, linear_end=0.0155,
         ),
         checker=CheckerPreset(image_size=64, width=24, batch_size=32, steps=4000, lr=2e-3, n_train=8000, n_eval=512),
         cond=CondPreset(f=4, image_size=64, unet=UNetSize(32, (1, 2, 2), 1, (2, 4), 4, 1), context_dim=64,
@@ -463,9 +470,10 @@ _PRESETS: dict[str, Preset] = {
         ),
         ldm=LDMPreset(
             factors=(1, 2, 4, 8, 16), image_size=128, unet=UNetSize(128, (1, 2, 2, 4), 2, (4, 8), 8),
-            schedule="linear", timesteps=1000,
+            schedule="scaled_linear", timesteps=1000,
             batch_size=64, lr=1e-4, ema_decay=0.9999, budget_s=3600.0, eval_points=6, n_fid=2000,
             eval_ddim_steps=50, n_train=50000,
+            linear_start=0.0015, linear_end=0.0155,
         ),
         checker=CheckerPreset(image_size=128, width=48, batch_size=64, steps=8000, lr=1e-3, n_train=50000,
                               n_eval=2000),
