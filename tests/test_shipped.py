@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from minildm.cli import main
+from minildm.diffusion.process import GaussianDiffusion
 from minildm.engine.checkpoint import load_weights
 from minildm.recipes.presets import get_preset
 from minildm.recipes.ship import compact_log, ship_artifact
@@ -165,6 +166,31 @@ def test_init_from_may_change_what_the_unet_predicts(weights):
     other = dataclasses.replace(v, cond=dataclasses.replace(v.cond, lr=v.cond.lr * 2))
     with pytest.raises(ValueError, match="another recipe.*recipe.lr"):
         build_artifact("ldm-class", other, steps=1, device="cpu", progress=False, root=build, init_from="shipped")
+
+
+def test_init_from_may_change_the_noise_schedule(weights):
+    """A model trained on DDPM's schedule continues on the paper's LDM schedule: the continued model samples
+    with the new β_t, and the stretch records the change."""
+    import dataclasses
+
+    smoke = get_preset("smoke")
+    assert smoke.cond.schedule == "scaled_linear" and smoke.cond.linear_start == 0.0015
+    ddpm = dataclasses.replace(smoke, cond=dataclasses.replace(smoke.cond, schedule="linear", linear_start=None,
+                                                               linear_end=None))
+    build = weights / "build"
+    old = build_artifact("ldm-class", ddpm, device="cpu", progress=False, root=build)
+    assert "linear_start" not in old.config["model"]["diffusion"]
+    ship_artifact("kl-f4", ddpm, root=build)
+    ship_artifact("ldm-class", ddpm, root=build)
+    with pytest.raises(ValueError, match="another recipe than the code gives now.*schedule: saved 'linear'"):
+        load_shipped("ldm-class", smoke, device="cpu")
+    art = build_artifact("ldm-class", smoke, steps=2, device="cpu", progress=False, root=build, init_from="shipped")
+    assert art.metrics["init_from"]["retargeted"] == [
+        "model.diffusion.linear_end: saved None, expected 0.0155",
+        "model.diffusion.linear_start: saved None, expected 0.0015",
+        "model.diffusion.schedule: saved 'linear', expected 'scaled_linear'"]
+    expected = GaussianDiffusion("scaled_linear", 1000, "v", linear_start=0.0015, linear_end=0.0155)
+    assert torch.allclose(art.model.diffusion.alphas_cumprod, expected.alphas_cumprod)
 
 
 def test_ldm_ships_without_its_first_stage(weights):

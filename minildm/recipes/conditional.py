@@ -24,7 +24,7 @@ from torch import nn
 from .presets import Preset
 from .registry import register
 from ..engine.batches import LatentBatches
-from .latent_diffusion import LatentDiffusionRecipe, build_latent_diffusion, latent_channels
+from .latent_diffusion import LatentDiffusionRecipe, build_latent_diffusion, latent_channels, schedule_ends
 
 __all__ = ["CONDITIONINGS", "CondLDMSpec", "cond_name", "class_label", "build_cond_ldm", "conditions_from_items",
            "guidance_sweep", "SAMPLES_PER_CONDITION"]
@@ -150,7 +150,8 @@ class CondLDMSpec(LatentDiffusionRecipe):
             "model": {"f": cp.f, "image_size": cp.image_size, "first_stage": fs, "unet": unet,
                       "cond_stage": _conditioner_config(self.kind, preset),
                       "diffusion": {"schedule": cp.schedule, "num_timesteps": cp.timesteps,
-                                    "parameterization": cp.parameterization_for(self.kind)}},
+                                    "parameterization": cp.parameterization_for(self.kind),
+                                    **schedule_ends(cp.linear_start, cp.linear_end)}},
             "recipe": {"kind": f"ldm-{self.kind}", "first_stage": self.first_stage_name(preset), "batch_size": cp.batch_size,
                        "lr": cp.lr, "ema_decay": cp.ema_decay, "p_uncond": cp.p_uncond, "n_train": cp.n_train,
                        **({"snr_gamma": cp.snr_gamma} if cp.snr_gamma is not None else {}),

@@ -49,6 +49,13 @@ def latent_channels(first_stage_identity: Mapping[str, Any]) -> int:
     return int(m.get("embed_dim") or m.get("in_channels"))
 
 
+def schedule_ends(linear_start: float | None, linear_end: float | None) -> dict[str, float]:
+    """The identity's ``diffusion`` entries for β_1 and β_T: none when both are the schedule's defaults, so
+    that identities made before a preset named them stay the same."""
+    ends = {"linear_start": linear_start, "linear_end": linear_end}
+    return {k: v for k, v in ends.items() if v is not None}
+
+
 def build_latent_diffusion(identity: Mapping[str, Any]) -> LatentDiffusion:
     """An untrained :class:`~minildm.diffusion.ldm.LatentDiffusion` from an LDM artifact's identity:
     ``model`` holds ``first_stage`` (the first stage artifact's identity), ``unet`` (a

@@ -241,6 +241,9 @@ class CondPreset:
     loss_weighting: str = "min_snr"
     class_parameterization: str | None = None
     class_loss_weighting: str | None = None
+    #: β_1 and β_T of ``schedule`` (None: its defaults), as :attr:`LDMPreset.linear_start`
+    linear_start: float | None = None
+    linear_end: float | None = None
 
     def steps_for(self, kind: str) -> int:
         """Training steps of the ``kind`` ("class" or "layout") model."""
@@ -314,6 +317,9 @@ class T2IPreset:
     parameterization: str = "v"
     loss_weighting: str = "min_snr"
     pooled_context: bool = False
+    #: β_1 and β_T of ``schedule`` (None: its defaults), as :attr:`LDMPreset.linear_start`
+    linear_start: float | None = None
+    linear_end: float | None = None
 
     def get_size(self, name: str | None = None) -> T2ISize:
         """The :class:`T2ISize` called ``name`` (default: ``size``); ValueError naming the choices."""
@@ -380,7 +386,8 @@ _PRESETS: dict[str, Preset] = {
         ),
         checker=CheckerPreset(image_size=64, width=8, batch_size=16, steps=10, lr=2e-3, n_train=64, n_eval=32),
         cond=CondPreset(f=4, image_size=64, unet=UNetSize(16, (1, 2), 1, (1, 2), 2, 1), context_dim=16, layout_depth=1,
-                        schedule="linear", timesteps=1000, batch_size=8, lr=1e-3, ema_decay=0.99, p_uncond=0.1,
+                        schedule="scaled_linear", linear_start=0.0015, linear_end=0.0155, timesteps=1000,
+                        batch_size=8, lr=1e-3, ema_decay=0.99, p_uncond=0.1,
                         steps=4, n_train=32, n_eval=8, eval_ddim_steps=4, guidance_scales=(1.0, 3.0)),
         t2i=T2IPreset(f=4, image_size=64, size="M", max_length=48, schedule="linear", timesteps=1000,
                       sizes=(T2ISize("S", UNetSize(8, (1, 2), 1, (2,), 2, 1), 16, 1), T2ISize("M", UNetSize(16, (1, 2), 1, (1, 2), 2, 1), 16, 1),
@@ -419,7 +426,8 @@ _PRESETS: dict[str, Preset] = {
         ),
         checker=CheckerPreset(image_size=64, width=24, batch_size=32, steps=4000, lr=2e-3, n_train=8000, n_eval=512),
         cond=CondPreset(f=4, image_size=64, unet=UNetSize(32, (1, 2, 2), 1, (2, 4), 4, 1), context_dim=64,
-                        layout_depth=2, schedule="linear", timesteps=1000, batch_size=32, lr=1e-3, ema_decay=0.999,
+                        layout_depth=2, schedule="scaled_linear", linear_start=0.0015, linear_end=0.0155,
+                        timesteps=1000, batch_size=32, lr=1e-3, ema_decay=0.999,
                         p_uncond=0.1, steps=24000, n_train=8000, n_eval=512, eval_ddim_steps=20,
                         guidance_scales=(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5), warmup_steps=200,
                         min_lr_ratio=0.1, layout_steps=10000, snr_gamma=5.0,
@@ -478,7 +486,8 @@ _PRESETS: dict[str, Preset] = {
         checker=CheckerPreset(image_size=128, width=48, batch_size=64, steps=8000, lr=1e-3, n_train=50000,
                               n_eval=2000),
         cond=CondPreset(f=4, image_size=128, unet=UNetSize(128, (1, 2, 2, 4), 2, (1, 2, 4, 8), 8, 1), context_dim=256,
-                        layout_depth=4, schedule="linear", timesteps=1000, batch_size=64, lr=1e-4, ema_decay=0.9999,
+                        layout_depth=4, schedule="scaled_linear", linear_start=0.0015, linear_end=0.0155,
+                        timesteps=1000, batch_size=64, lr=1e-4, ema_decay=0.9999,
                         p_uncond=0.1, steps=100000, n_train=50000, n_eval=1120, eval_ddim_steps=50,
                         guidance_scales=(0.0, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5)),
         t2i=T2IPreset(f=4, image_size=128, size="M", max_length=48, schedule="linear", timesteps=1000,

@@ -56,9 +56,13 @@ SHIPPED_FILES = ("model.safetensors", "config.json", "metrics.json", "log.json",
 #: recipe keys a continued run may change: how long it trained
 LENGTH_KEYS = ("steps", "budget_s")
 #: what a run continued from trained weights (``--init-from``) may change besides its length: what the UNet
-#: predicts and how the loss weighs the timesteps. The network is the same and the new stretch teaches it the new
-#: target (Stable Diffusion 2's 768-v model continued an ε model this way); the stretch records the change.
-RETARGET_KEYS = (("model", "diffusion", "parameterization"), ("recipe", "loss_weighting"))
+#: predicts, how the loss weighs the timesteps and the noise schedule β_t. The network is the same and the new
+#: stretch teaches it the new target (Stable Diffusion 2's 768-v model continued an ε model this way; Lin et al.
+#: 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", continued Stable Diffusion on a new
+#: schedule); the stretch records the change.
+RETARGET_KEYS = (("model", "diffusion", "parameterization"), ("recipe", "loss_weighting"),
+                 ("model", "diffusion", "schedule"), ("model", "diffusion", "linear_start"),
+                 ("model", "diffusion", "linear_end"))
 
 
 def weights_root() -> Path:

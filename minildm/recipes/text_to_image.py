@@ -40,7 +40,7 @@ from ..engine.tasks import LatentDiffusionTask, lr_schedule
 from ..engine.throughput import Throughput, count_flops, peak_flops
 from ..engine.trainer import Trainer
 from .first_stage import first_stage_name
-from .latent_diffusion import LatentDiffusionRecipe, build_latent_diffusion, latent_channels
+from .latent_diffusion import LatentDiffusionRecipe, build_latent_diffusion, latent_channels, schedule_ends
 from .store import load_or_train, load_trained
 from .text_to_image_eval import EvalCurve
 from .text_to_image_eval import ValidationGrid
@@ -142,7 +142,8 @@ class T2ISpec(LatentDiffusionRecipe):
             "model_class": "LatentDiffusion",
             "model": {"f": tp.f, "image_size": tp.image_size, "first_stage": fs, "unet": unet, "cond_stage": cond,
                       "diffusion": {"schedule": tp.schedule, "num_timesteps": tp.timesteps,
-                                    "parameterization": tp.parameterization}},
+                                    "parameterization": tp.parameterization,
+                                    **schedule_ends(tp.linear_start, tp.linear_end)}},
             "recipe": {"kind": "t2i", "encoder": self.encoder, "size": self.size, "first_stage": first_stage_name(tp.f),
                        "batch_size": tp.batch_size, "lr": tp.lr, "ema_decay": tp.ema_decay, "p_uncond": tp.p_uncond,
                        "snr_gamma": tp.snr_gamma, "warmup_steps": tp.warmup_steps, "min_lr_ratio": tp.min_lr_ratio,
