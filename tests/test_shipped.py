@@ -12,7 +12,8 @@ from minildm.diffusion.process import GaussianDiffusion
 from minildm.engine.checkpoint import load_weights
 from minildm.recipes.presets import get_preset
 from minildm.recipes.ship import compact_log, ship_artifact
-from minildm.recipes.shipped import SHIPPED_BUDGET_BYTES, learning_curve, load_shipped, shipped_dir, shipped_sizes
+from minildm.recipes.shipped import (SHIPPED_BUDGET_BYTES, learning_curve, load_shipped, shipped_dir, shipped_sizes,
+                                    stale_shipped)
 from minildm.recipes.store import artifact_dir, build_artifact, load_or_train
 
 SMOKE2 = get_preset("smoke").with_ae(steps=2)
@@ -241,3 +242,9 @@ def test_the_shipped_cpu_weights_fit_the_budget(monkeypatch):
     monkeypatch.delenv("MINILDM_WEIGHTS", raising=False)
     sizes = shipped_sizes("cpu")
     assert sizes and sum(sizes.values()) <= SHIPPED_BUDGET_BYTES, f"{sum(sizes.values()) / 1e6:.2f} MB"
+
+
+def test_every_shipped_cpu_model_is_the_one_the_code_builds(monkeypatch):
+    """A preset change that the shipped weights do not follow would make a notebook train for hours."""
+    monkeypatch.delenv("MINILDM_WEIGHTS", raising=False)
+    assert stale_shipped("cpu") == {}

@@ -18,7 +18,8 @@ def ship(args: argparse.Namespace) -> int:
     from ..recipes.presets import get_preset
     from ..recipes.registry import get_spec
     from ..recipes.ship import ship_artifact
-    from ..recipes.shipped import SHIPPED_BUDGET_BYTES, read_provenance, shipped_dir, shipped_sizes, weights_root
+    from ..recipes.shipped import (SHIPPED_BUDGET_BYTES, read_provenance, shipped_dir, shipped_sizes, stale_shipped,
+                                   weights_root)
 
     preset = get_preset(args.preset)
     if not args.names and not args.list:
@@ -32,11 +33,15 @@ def ship(args: argparse.Namespace) -> int:
               f"{prov['total_train_hours']:.2f} h over {len(prov['stretches'])} stretch(es)) to {dest}")
     if args.list:
         sizes = shipped_sizes(preset)
+        stale = stale_shipped(preset)
         print(f"shipped weights of preset {preset.name} under {weights_root() / preset.name}:")
         print(f"  {'artifact':<22}{'MB':>7}{'steps':>9}{'hours':>8}  sha256")
         for name, size in sizes.items():
             prov = read_provenance(shipped_dir(name, preset), name, preset)
             print(f"  {name:<22}{size / 1e6:>7.2f}{prov['total_steps']:>9}{prov['total_train_hours']:>8.2f}  "
-                  f"{prov['sha256'][:16]}")
+                  f"{prov['sha256'][:16]}" + ("  STALE: " + "; ".join(stale[name][:2]) if name in stale else ""))
         print(f"  {'total':<22}{sum(sizes.values()) / 1e6:>7.2f}  (budget {SHIPPED_BUDGET_BYTES / 1e6:.0f} MB)")
+        if stale:
+            print(f"  {len(stale)} stale (the code gives another recipe now): retrain them with their recorded "
+                  f"command and ship them again")
     return 0

@@ -47,8 +47,9 @@ from .presets import Preset, get_preset
 from .registry import get_spec
 
 __all__ = ["SHIPPED_FILES", "TRAIN_ENV", "WEIGHTS_ENV", "init_state", "learning_curve", "load_shipped",
-           "read_provenance", "recipe_of", "retarget_changes", "retrain_hint", "run_environment", "sha256_file",
-           "SHIPPED_BUDGET_BYTES", "shared_weights", "shipped_dir", "shipped_sizes", "train_from_scratch", "weights_root"]
+           "read_provenance", "recipe_differences", "recipe_of", "retarget_changes", "retrain_hint", "run_environment",
+           "sha256_file", "SHIPPED_BUDGET_BYTES", "shared_weights", "shipped_dir", "shipped_sizes", "stale_shipped",
+           "train_from_scratch", "weights_root"]
 
 WEIGHTS_ENV = "MINILDM_WEIGHTS"
 TRAIN_ENV = "MINILDM_TRAIN"
@@ -168,6 +169,27 @@ def read_provenance(path: Path, name: str, preset: Preset) -> dict[str, Any]:
     return read_json(path / "provenance.json", retrain_hint(name, preset), required=("sha256", "stretches"))
 
 
+def recipe_differences(name: str, preset: Preset, config: Mapping[str, Any], retarget: bool = False) -> list[str]:
+    """How the identity ``config`` of shipped ``name`` differs from the one the code gives now, apart from
+    the run's length (``retarget``: and the :data:`RETARGET_KEYS`); ``[]`` when the weights are current."""
+    identity = get_spec(name).identity(preset)
+    return config_differences(recipe_of({k: config.get(k) for k in identity}, retarget), recipe_of(identity, retarget))
+
+
+def stale_shipped(preset: str | Preset | None = None) -> dict[str, list[str]]:
+    """The shipped artifacts of ``preset`` that the code would no longer load (a preset or recipe changed
+    since they were trained), each with its differences; ``{}`` when every shipped model is current."""
+    p = get_preset(preset)
+    stale = {}
+    for name in shipped_sizes(p):
+        path = shipped_dir(name, p)
+        diffs = recipe_differences(name, p, read_json(path / "config.json", retrain_hint(name, p),
+                                                      required=("model_class", "model")))
+        if diffs:
+            stale[name] = diffs
+    return stale
+
+
 def load_shipped(name: str, preset: str | Preset | None = None, *,
                  device: str | torch.device | None = None, retarget: bool = False) -> Artifact | None:
     """The shipped weights of ``name`` under ``preset`` as an :class:`Artifact` (weights cast to float32),
@@ -186,8 +208,7 @@ def load_shipped(name: str, preset: str | Preset | None = None, *,
         raise ValueError(f"shipped weights {str(weights_file)!r} are missing or do not match the sha256 in "
                          f"provenance.json (a corrupted or partial file; `git checkout -- {path}` restores it). {hint}")
     config = read_json(path / "config.json", hint, required=("model_class", "model"))
-    diffs = config_differences(recipe_of({k: config.get(k) for k in spec.identity(p)}, retarget),
-                               recipe_of(spec.identity(p), retarget))
+    diffs = recipe_differences(name, p, config, retarget)
     if diffs:
         shown = "; ".join(diffs[:6]) + (f"; ... ({len(diffs)} in all)" if len(diffs) > 6 else "")
         raise ValueError(f"the shipped weights of {name!r} ({str(path)!r}) were made with another recipe than the "
