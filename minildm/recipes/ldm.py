@@ -29,7 +29,7 @@ from ..engine.ema import EMA
 from ..engine.tasks import LatentDiffusionTask
 from ..engine.trainer import Trainer
 from .ablation import ablation_name
-from .latent_diffusion import LatentDiffusionRecipe, build_latent_diffusion, latent_channels
+from .latent_diffusion import LatentDiffusionRecipe, build_latent_diffusion, latent_channels, schedule_ends
 from .store import load_or_train
 from ..data import load_images
 from .ablation import first_stage_config
@@ -164,7 +164,7 @@ class LDMSpec(LatentDiffusionRecipe):
             "model": {"f": self.f, "image_size": self._image_size(preset), "first_stage": fs,
                       "unet": lp.unet.config(c).to_dict(),
                       "diffusion": {"schedule": lp.schedule, "num_timesteps": lp.timesteps, "parameterization": "eps",
-                                    "linear_start": lp.linear_start, "linear_end": lp.linear_end}},
+                                    **schedule_ends(lp.linear_start, lp.linear_end)}},
             "recipe": {"kind": "ldm", "data": self.data, "first_stage": self.first_stage_name(), "budget_s": budget,
                        "batch_size": lp.batch_size, "lr": lp.lr, "ema_decay": lp.ema_decay,
                        "eval_points": lp.eval_points, "n_fid": lp.n_fid, "eval_ddim_steps": lp.eval_ddim_steps,
