@@ -12,7 +12,7 @@ from minildm.diffusion.process import GaussianDiffusion
 from minildm.engine.checkpoint import load_weights
 from minildm.recipes.presets import get_preset
 from minildm.recipes.ship import compact_log, ship_artifact
-from minildm.recipes.shipped import (SHIPPED_BUDGET_BYTES, learning_curve, load_shipped, shipped_dir, shipped_sizes,
+from minildm.recipes.shipped import (SHIPPED_BUDGET_BYTES, init_state, learning_curve, load_shipped, shipped_dir, shipped_sizes,
                                     stale_shipped)
 from minildm.recipes.store import artifact_dir, build_artifact, load_or_train
 
@@ -192,6 +192,45 @@ def test_init_from_may_change_the_noise_schedule(weights):
         "model.diffusion.schedule: saved 'linear', expected 'scaled_linear'"]
     expected = GaussianDiffusion("scaled_linear", 1000, "v", linear_start=0.0015, linear_end=0.0155)
     assert torch.allclose(art.model.diffusion.alphas_cumprod, expected.alphas_cumprod)
+
+
+def test_init_from_may_grow_the_unet(weights):
+    """A continued run may add attention at a new resolution and the pooled condition: the grown model starts
+    computing exactly what the shipped one did (zero-initialised branches), the stretch records the growth, and
+    a UNet that loses a module is not a growth."""
+    import dataclasses
+
+    from minildm.recipes.registry import get_spec
+
+    smoke = get_preset("smoke")
+
+    def variant(attention: tuple[int, ...], pooled: bool):
+        unet = dataclasses.replace(smoke.cond.unet, attention_resolutions=attention)
+        return dataclasses.replace(smoke, cond=dataclasses.replace(smoke.cond, unet=unet, pooled_context=pooled))
+
+    small, grown_preset = variant((2,), False), variant((1, 2), True)
+    build = weights / "build"
+    build_artifact("ldm-class", small, device="cpu", progress=False, root=build)
+    ship_artifact("kl-f4", small, root=build)
+    ship_artifact("ldm-class", small, root=build)
+    state, info = init_state("ldm-class", grown_preset, "shipped")
+    assert info["retargeted"] == ["model.unet.attention_resolutions: saved [2], expected [1, 2]",
+                                  "model.unet.pooled_context: saved None, expected True"]
+    assert "model.pooled_embed.2.weight" in state and "model.input_blocks.1.1.proj_out.weight" in state
+    spec = get_spec("ldm-class")
+    fresh = spec.build_model(spec.identity(grown_preset)).eval()
+    fresh.load_state_dict(state)
+    old = load_shipped("ldm-class", small, device="cpu").model
+    z = torch.randn(2, *old.latent_shape)
+    t = torch.tensor([10, 900])
+    with torch.no_grad():
+        ctx, _ = old.get_learned_conditioning(torch.tensor([0, 5]))
+        assert torch.allclose(fresh.model(z, t, context=ctx), old.model(z, t, context=ctx), atol=1e-6)
+    grown = build_artifact("ldm-class", grown_preset, steps=1, device="cpu", progress=False, root=build,
+                           init_from="shipped")
+    assert grown.model.model.config.pooled_context and grown.metrics["init_from"]["retargeted"] == info["retargeted"]
+    with pytest.raises(ValueError, match="not a growth of the saved one"):
+        init_state("ldm-class", variant((), False), "shipped")
 
 
 def test_ldm_ships_without_its_first_stage(weights):

@@ -144,7 +144,7 @@ class CondLDMSpec(LatentDiffusionRecipe):
         weighting = cp.loss_weighting_for(self.kind)
         fs = get_spec(self.first_stage_name(preset)).identity(preset)
         c = latent_channels(fs)
-        unet = cp.unet.config(c, context_dim=cp.context_dim).to_dict()
+        unet = cp.unet.config(c, context_dim=cp.context_dim, pooled_context=cp.pooled_context).to_dict()
         return {
             "model_class": "LatentDiffusion",
             "model": {"f": cp.f, "image_size": cp.image_size, "first_stage": fs, "unet": unet,

@@ -244,6 +244,10 @@ class CondPreset:
     #: β_1 and β_T of ``schedule`` (None: its defaults), as :attr:`LDMPreset.linear_start`
     linear_start: float | None = None
     linear_end: float | None = None
+    #: add the condition's pooled embedding to the timestep embedding (:class:`~minildm.models.unet.UNetConfig`):
+    #: every ResBlock, also at full latent resolution, learns which class or objects it draws (ADM's class
+    #: embedding), where cross-attention reaches only the attention resolutions
+    pooled_context: bool = False
 
     def steps_for(self, kind: str) -> int:
         """Training steps of the ``kind`` ("class" or "layout") model."""
@@ -425,8 +429,11 @@ _PRESETS: dict[str, Preset] = {
             linear_start=0.0015, linear_end=0.0155,
         ),
         checker=CheckerPreset(image_size=64, width=24, batch_size=32, steps=4000, lr=2e-3, n_train=8000, n_eval=512),
-        cond=CondPreset(f=4, image_size=64, unet=UNetSize(32, (1, 2, 2), 1, (2, 4), 4, 1), context_dim=64,
-                        layout_depth=2, schedule="scaled_linear", linear_start=0.0015, linear_end=0.0155,
+        # attention at every level and the pooled condition, grown from (2, 4) without it at 38,000 (class) and
+        # 19,000 (layout) steps: the class model drew round hexagons (circle vs hexagon: 62 of 70 errors in 512
+        # samples at s = 4; every other shape ≥ 97 % right), the layout model placed boxes but missed shapes
+        cond=CondPreset(f=4, image_size=64, unet=UNetSize(32, (1, 2, 2), 1, (1, 2, 4), 4, 1), context_dim=64,
+                        pooled_context=True, layout_depth=2, schedule="scaled_linear", linear_start=0.0015, linear_end=0.0155,
                         timesteps=1000, batch_size=32, lr=1e-3, ema_decay=0.999,
                         p_uncond=0.1, steps=24000, n_train=8000, n_eval=512, eval_ddim_steps=20,
                         guidance_scales=(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5), warmup_steps=200,

@@ -46,8 +46,8 @@ from .artifact_files import Artifact, config_differences, read_json
 from .presets import Preset, get_preset
 from .registry import get_spec
 
-__all__ = ["SHIPPED_FILES", "TRAIN_ENV", "WEIGHTS_ENV", "init_state", "learning_curve", "load_shipped",
-           "read_provenance", "recipe_differences", "recipe_of", "retarget_changes", "retrain_hint", "run_environment",
+__all__ = ["GROWTH_KEYS", "SHIPPED_FILES", "TRAIN_ENV", "WEIGHTS_ENV", "init_state", "learning_curve", "load_shipped",
+           "grown_state", "read_provenance", "recipe_differences", "recipe_of", "retarget_changes", "retrain_hint", "run_environment",
            "sha256_file", "SHIPPED_BUDGET_BYTES", "shared_weights", "shipped_dir", "shipped_sizes", "stale_shipped",
            "train_from_scratch", "weights_root"]
 
@@ -61,9 +61,18 @@ LENGTH_KEYS = ("steps", "budget_s")
 #: stretch teaches it the new target (Stable Diffusion 2's 768-v model continued an ε model this way; Lin et al.
 #: 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", continued Stable Diffusion on a new
 #: schedule); the stretch records the change.
+#: A run may also grow the UNet (:data:`GROWTH_KEYS`).
 RETARGET_KEYS = (("model", "diffusion", "parameterization"), ("recipe", "loss_weighting"),
                  ("model", "diffusion", "schedule"), ("model", "diffusion", "linear_start"),
-                 ("model", "diffusion", "linear_end"))
+                 ("model", "diffusion", "linear_end"), ("model", "unet", "attention_resolutions"),
+                 ("model", "unet", "pooled_context"))
+#: what a continued run may add to the UNet: attention at more resolutions, the pooled condition in the
+#: timestep embedding. Both add modules whose output layer is zero-initialised (a residual attention branch's
+#: ``proj_out``, ``pooled_embed``'s last linear), so the grown network starts as the trained one computes
+#: and learns only what the new modules add (the growth by zero-initialised residual branches of ADM's blocks
+#: and ControlNet). The new modules' weights come from the grown model's own initialisation
+#: (:func:`grown_state`); removing a module is not growth and fails as another model.
+GROWTH_KEYS = (("model", "unet", "attention_resolutions"), ("model", "unet", "pooled_context"))
 
 
 def weights_root() -> Path:
@@ -264,7 +273,8 @@ def init_state(name: str, preset: str | Preset | None, source: str | os.PathLike
         info = {"source": "shipped", "sha256": prov.get("sha256"), "steps": prov.get("total_steps"),
                 "train_time_s": prov.get("total_train_time_s")}
         changes = retarget_changes(art.config, expected)
-        return art.model.state_dict(), {**info, **({"retargeted": changes} if changes else {})}
+        state = grown_state(name, p, art.model.state_dict(), changes)
+        return state, {**info, **({"retargeted": changes} if changes else {})}
     path = Path(source)
     folder = path if path.is_dir() else path.parent
     weights = folder / "model.safetensors" if path.is_dir() else path
@@ -287,7 +297,31 @@ def init_state(name: str, preset: str | Preset | None, source: str | os.PathLike
     metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
     info = {"source": str(weights), "sha256": sha256_file(weights), "steps": metrics.get("steps"),
             "train_time_s": metrics.get("train_time_s"), **({"retargeted": changes} if changes else {})}
-    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, info
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    return grown_state(name, p, state, changes), info
+
+
+def grown_state(name: str, preset: Preset, state: Mapping[str, torch.Tensor],
+                changes: list[str]) -> dict[str, torch.Tensor]:
+    """``state`` completed for the model that ``preset`` builds now, where ``changes`` (:func:`retarget_changes`)
+    grow its UNet (:data:`GROWTH_KEYS`): the weights the grown model has and ``state`` lacks are its own
+    initialisation under the preset's seed; their branches output zeros, so the grown model computes what the
+    trained one did. Without growth, ``state`` unchanged; a grown model that drops any of ``state``'s weights or
+    reshapes one is a ValueError."""
+    grown = {".".join(k) for k in GROWTH_KEYS}
+    if not any(change.split(":")[0] in grown for change in changes):
+        return dict(state)
+    spec = get_spec(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(preset.seed)
+        fresh = spec.build_model(spec.identity(preset)).state_dict()
+    dropped = [k for k in state if k not in fresh]
+    reshaped = [k for k in state if k in fresh and fresh[k].shape != state[k].shape]
+    if dropped or reshaped:
+        raise ValueError(f"--init-from: the UNet of {name!r} under preset {preset.name!r} is not a growth of the "
+                         f"saved one (weights it would drop or reshape: {', '.join((dropped + reshaped)[:4])}); "
+                         "a continued run may only add attention resolutions or the pooled context")
+    return {k: state[k] if k in state else v for k, v in fresh.items()}
 
 
 def learning_curve(name: str, preset: str | Preset | None = None) -> list[dict[str, Any]]:
