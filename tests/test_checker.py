@@ -10,7 +10,7 @@ from minildm.data import load_dataset
 from minildm.data.shapes import COLOUR_NAMES, SHAPE_NAMES
 from minildm.eval.checker import (ContentChecker, box_iou, checker_targets, evaluate_checker, object_maps,
                                   position_name, reconstruction_ceiling, score_class_samples, score_layout_samples,
-                                  score_unconditional_samples)
+                                  score_unconditional_samples, shape_confusion)
 from minildm.recipes.checker import CheckerTask
 
 
@@ -98,6 +98,10 @@ def test_scores_with_a_perfect_checker_and_with_wrong_requests():
     assert right == {"acc_shape": 1.0, "acc_colour": 1.0, "acc_all": 1.0}
     wrong = score_class_samples(oracle, images, (shapes + 1) % 7, colours)
     assert wrong["acc_shape"] == 0.0 and wrong["acc_colour"] == 1.0 and wrong["acc_all"] == 0.0
+    confusion = shape_confusion(oracle, images, (shapes + 1) % 7)
+    assert confusion.sum() == len(items) and confusion.trace() == 0
+    assert all(confusion[(s + 1) % 7, s] > 0 for s in shapes.tolist())
+    assert torch.equal(shape_confusion(oracle, images, shapes).diagonal(), torch.bincount(shapes, minlength=7))
     layouts = [it["objects"] for it in items]
     good = score_layout_samples(oracle, images, layouts)
     assert good["found"] == 1.0 and good["acc_shape"] >= 0.95 and good["iou"] > 0.6

@@ -39,7 +39,7 @@ from ..models.nn.layers import Normalize
 __all__ = ["CheckerConfig", "ContentChecker", "HEADS", "object_maps", "checker_targets", "shapes_targets",
            "box_iou", "position_name", "evaluate_checker", "score_class_samples", "score_layout_samples",
            "score_unconditional_samples",
-           "score_prompt_samples"]
+           "score_prompt_samples", "shape_confusion"]
 
 #: the global heads: the main object's shape and colour, the object count
 HEADS: tuple[str, ...] = ("shape", "colour", "count")
@@ -267,6 +267,19 @@ def score_class_samples(checker: ContentChecker, images: Tensor, shape_ids: Tens
             ok &= hit
     out["acc_all"] = ok.float().mean().item()
     return out
+
+
+@torch.no_grad()
+def shape_confusion(checker: ContentChecker, images: Tensor, shape_ids: Tensor) -> Tensor:
+    """Where the shape errors of ``images`` (B, 3, H, W) go: a (n_shapes, n_shapes) count matrix, row = the
+    requested shape (``shape_ids``, (B,)), column = the checker's reading of the main object. The diagonal is
+    what :func:`score_class_samples` counts as right; notebook 04 shows which shapes a model confuses."""
+    pred = _predict(checker, images)["shape"]
+    want = torch.as_tensor(shape_ids).cpu()
+    if want.shape != pred.shape:
+        raise ValueError(f"shape_ids must have shape ({len(images)},), got {tuple(want.shape)}")
+    n = checker.n_shapes
+    return torch.bincount(want * n + pred, minlength=n * n).reshape(n, n)
 
 
 @torch.no_grad()
