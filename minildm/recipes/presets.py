@@ -433,7 +433,8 @@ _PRESETS: dict[str, Preset] = {
         # 19,000 (layout) steps: the class model drew round hexagons (circle vs hexagon: 62 of 70 errors in 512
         # samples at s = 4; every other shape ≥ 97 % right), the layout model placed boxes but missed shapes
         cond=CondPreset(f=4, image_size=64, unet=UNetSize(32, (1, 2, 2), 1, (1, 2, 4), 4, 1), context_dim=64,
-                        pooled_context=True, layout_depth=2, schedule="scaled_linear", linear_start=0.0015, linear_end=0.0155,
+                        pooled_context=True, layout_depth=2, schedule="scaled_linear", linear_start=0.0015,
+                        linear_end=0.0155,
                         timesteps=1000, batch_size=32, lr=1e-3, ema_decay=0.999,
                         p_uncond=0.1, steps=24000, n_train=8000, n_eval=512, eval_ddim_steps=20,
                         guidance_scales=(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5), warmup_steps=200,

@@ -46,9 +46,9 @@ from .artifact_files import Artifact, config_differences, read_json
 from .presets import Preset, get_preset
 from .registry import get_spec
 
-__all__ = ["GROWTH_KEYS", "SHIPPED_FILES", "TRAIN_ENV", "WEIGHTS_ENV", "init_state", "learning_curve", "load_shipped",
-           "grown_state", "read_provenance", "recipe_differences", "recipe_of", "retarget_changes", "retrain_hint", "run_environment",
-           "sha256_file", "SHIPPED_BUDGET_BYTES", "shared_weights", "shipped_dir", "shipped_sizes", "stale_shipped",
+__all__ = ["GROWTH_KEYS", "SHIPPED_FILES", "TRAIN_ENV", "WEIGHTS_ENV", "grown_state", "init_state", "learning_curve",
+           "load_shipped", "read_provenance", "recipe_differences", "recipe_of", "retarget_changes", "retrain_hint",
+           "run_environment", "sha256_file", "SHIPPED_BUDGET_BYTES", "shared_weights", "shipped_dir", "shipped_sizes", "stale_shipped",
            "train_from_scratch", "weights_root"]
 
 WEIGHTS_ENV = "MINILDM_WEIGHTS"
@@ -56,6 +56,13 @@ TRAIN_ENV = "MINILDM_TRAIN"
 SHIPPED_FILES = ("model.safetensors", "config.json", "metrics.json", "log.json", "provenance.json")
 #: recipe keys a continued run may change: how long it trained
 LENGTH_KEYS = ("steps", "budget_s")
+#: what a continued run may add to the UNet: attention at more resolutions, the pooled condition in the
+#: timestep embedding. Both add modules whose output layer is zero-initialised (a residual attention branch's
+#: ``proj_out``, ``pooled_embed``'s last linear), so the grown network starts as the trained one computes
+#: and learns only what the new modules add (the growth by zero-initialised residual branches of ADM's blocks
+#: and ControlNet). The new modules' weights come from the grown model's own initialisation
+#: (:func:`grown_state`); removing a module is not growth and fails as another model.
+GROWTH_KEYS = (("model", "unet", "attention_resolutions"), ("model", "unet", "pooled_context"))
 #: what a run continued from trained weights (``--init-from``) may change besides its length: what the UNet
 #: predicts, how the loss weighs the timesteps and the noise schedule β_t. The network is the same and the new
 #: stretch teaches it the new target (Stable Diffusion 2's 768-v model continued an ε model this way; Lin et al.
@@ -64,15 +71,7 @@ LENGTH_KEYS = ("steps", "budget_s")
 #: A run may also grow the UNet (:data:`GROWTH_KEYS`).
 RETARGET_KEYS = (("model", "diffusion", "parameterization"), ("recipe", "loss_weighting"),
                  ("model", "diffusion", "schedule"), ("model", "diffusion", "linear_start"),
-                 ("model", "diffusion", "linear_end"), ("model", "unet", "attention_resolutions"),
-                 ("model", "unet", "pooled_context"))
-#: what a continued run may add to the UNet: attention at more resolutions, the pooled condition in the
-#: timestep embedding. Both add modules whose output layer is zero-initialised (a residual attention branch's
-#: ``proj_out``, ``pooled_embed``'s last linear), so the grown network starts as the trained one computes
-#: and learns only what the new modules add (the growth by zero-initialised residual branches of ADM's blocks
-#: and ControlNet). The new modules' weights come from the grown model's own initialisation
-#: (:func:`grown_state`); removing a module is not growth and fails as another model.
-GROWTH_KEYS = (("model", "unet", "attention_resolutions"), ("model", "unet", "pooled_context"))
+                 ("model", "diffusion", "linear_end")) + GROWTH_KEYS
 
 
 def weights_root() -> Path:
