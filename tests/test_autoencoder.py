@@ -394,3 +394,21 @@ def test_autoencoder_learns_to_reconstruct(kind: str) -> None:
         last = step()
     print(f"\n{kind}: L1 {first:.3f} -> {last:.3f}")
     assert last < 0.5 * first, (first, last)
+
+
+@pytest.mark.parametrize("cls, extra", [(AutoencoderKL, {}), (VQModel, {"double_z": False, "n_embed": 16})])
+def test_freeze_encoder_trains_the_decoder_alone(cls, extra) -> None:
+    """After ``freeze_encoder`` a training step changes D (and post_quant_conv) but not z = E(x)."""
+    torch.manual_seed(0)
+    model = cls(AutoencoderConfig(resolution=16, ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=2,
+                                  embed_dim=2, norm_num_groups=4, **extra))
+    model.freeze_encoder()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    out = model(x)[0]
+    (out - x).abs().mean().backward()
+    opt.step()
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and not any(k.startswith(model.encoder_prefixes) for k in changed)
+    assert any(k.startswith("decoder.") for k in changed)

@@ -247,6 +247,20 @@ def test_ldm_ships_without_its_first_stage(weights):
     loaded = load_shipped("ldm-f4", smoke, device="cpu")
     for k, v in ldm.model.state_dict().items():
         assert torch.allclose(loaded.model.state_dict()[k], v.cpu().half().float()), k
+    # its decoder trained further, the encoder frozen: the same latents, so the LDM loads and draws through it
+    with pytest.raises(ValueError, match="continues a trained first stage"):
+        build_artifact("ae-kl-f4", smoke, steps=1, device="cpu", progress=False, root=build,
+                       options={"decoder_only": True})
+    refined = build_artifact("ae-kl-f4", smoke, steps=2, device="cpu", progress=False, root=build,
+                             init_from="shipped", options={"decoder_only": True})
+    assert refined.metrics["trained"] == "decoder only (encoder frozen)"
+    assert refined.metrics["command"].endswith("--init-from shipped --decoder-only")
+    ship_artifact("ae-kl-f4", smoke, root=build)
+    assert load_shipped("ae-kl-f4", smoke).provenance["stretches"][-1]["trained"] == "decoder only (encoder frozen)"
+    loaded = load_shipped("ldm-f4", smoke, device="cpu").model.first_stage_model.state_dict()
+    before = ldm.model.first_stage_model.state_dict()
+    changed = {k for k, v in before.items() if not torch.equal(loaded[k], v.cpu().half().float())}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed), sorted(changed)[:4]
     # a first stage shipped again (another training) no longer matches the LDM trained on the old one
     build_artifact("ae-kl-f4", smoke, steps=1, device="cpu", progress=False, root=build)
     ship_artifact("ae-kl-f4", smoke, root=build)

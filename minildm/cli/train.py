@@ -51,6 +51,9 @@ def train_first_stage_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run from its checkpoint (<artifact>.partial/)")
     add_init_from(parser)
+    parser.add_argument("--decoder-only", action="store_true",
+                        help="with --init-from: train the decoder alone, the encoder frozen, so the latents and every "
+                             "LDM trained on them stay valid (as Stable Diffusion's VAE was refined)")
 
 
 def train_first_stage(args: argparse.Namespace) -> int:
@@ -62,9 +65,12 @@ def train_first_stage(args: argparse.Namespace) -> int:
     f = args.f or preset.cond.f
     if f not in FACTORS:
         raise ValueError(f"f={f}: the first stage has factors {' '.join(map(str, FACTORS))}")
+    if args.decoder_only and not args.init_from:
+        raise ValueError("--decoder-only refines a trained first stage: give --init-from (shipped or a path)")
     artifact = build_artifact(first_stage_name(f), preset, steps=args.steps, device=args.device,
                               progress=not args.no_progress, resume=args.resume, root=args.out,
-                              init_from=args.init_from)
+                              init_from=args.init_from,
+                              options={"decoder_only": True} if args.decoder_only else None)
     ceiling = artifact.metrics.pop("ceiling", {})
     print(f"{artifact.name} (preset {preset.name}): reconstruction of {artifact.metrics.get('n', '?')} "
           "shapes val images")

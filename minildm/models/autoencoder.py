@@ -57,6 +57,18 @@ class _FirstStage(nn.Module):
     config: AutoencoderConfig
     encoder: Encoder
     decoder: Decoder
+    #: state-dict prefixes of the weights that define the latent space z = E(x)
+    encoder_prefixes: tuple[str, ...] = ("encoder.", "quant_conv.")
+
+    def freeze_encoder(self) -> None:
+        """Train the decoder D alone from here on: the weights under :attr:`encoder_prefixes` get no gradient.
+
+        z = E(x) stays what it was, so every latent diffusion model trained on these latents stays valid
+        while D learns to draw them better (how Stable Diffusion's VAE was refined into ``ft-EMA`` /
+        ``ft-MSE``: decoder only, encoder frozen)."""
+        for name, param in self.named_parameters():
+            if name.startswith(self.encoder_prefixes):
+                param.requires_grad_(False)
 
     @property
     def f(self) -> int:
@@ -192,6 +204,9 @@ class IdentityFirstStage(nn.Module):
     that a latent diffusion model with this first stage *is* a pixel-space diffusion model.
     Shapes: x (B, C, H, W) -> z (B, C, H, W) -> x̃ (B, C, H, W).
     """
+
+    #: no weights define its latents (z = x)
+    encoder_prefixes: tuple[str, ...] = ()
 
     def __init__(self, config: "IdentityConfig | None" = None) -> None:
         super().__init__()

@@ -240,11 +240,12 @@ class AblationSpec(DerivedAutoencoderSpec):
         return cmd + (f" --steps {steps}" if steps is not None and self.f != 1 else "")
 
     def train(self, preset: Preset, *, steps: int | None, device: Any, out_dir: Path | None, resume: bool,
-              progress: bool, init_state: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
+              progress: bool, init_state: Mapping[str, torch.Tensor] | None = None,
+              decoder_only: bool = False) -> TrainResult:
         if self.f == 1:
             return TrainResult(IdentityFirstStage(IdentityConfig(3, preset.ablation.image_size)).to(device), [], 0.0)
         return super().train(preset, steps=steps, device=device, out_dir=out_dir, resume=resume, progress=progress,
-                             init_state=init_state)
+                             init_state=init_state, decoder_only=decoder_only)
 
     def evaluate(self, model: nn.Module, preset: Preset, device: torch.device) -> dict[str, Any]:
         return evaluate_first_stage(model, preset, device)

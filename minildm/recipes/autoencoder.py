@@ -158,7 +158,8 @@ def _train_data(recipe: Mapping[str, Any]):
 def _run_autoencoder(variant: str, regularizer: str, preset: Preset, *, steps: int | None,
                      device: str | torch.device | None, out_dir: str | os.PathLike | None, resume: bool,
                      progress: bool, model_overrides: Mapping[str, Any] | None = None, desc: str | None = None,
-                     data: str = "shapes", init_state: Mapping[str, torch.Tensor] | None = None):
+                     data: str = "shapes", init_state: Mapping[str, torch.Tensor] | None = None,
+                     decoder_only: bool = False):
     from ..engine.tasks import AutoencoderTask
     from ..engine.trainer import Trainer
 
@@ -166,6 +167,11 @@ def _run_autoencoder(variant: str, regularizer: str, preset: Preset, *, steps: i
     model, loss = build_autoencoder(variant, regularizer, preset, model_overrides)
     identity = _identity(model, recipe, preset)
     warmup = warm_start(model, init_state)
+    if decoder_only:
+        if init_state is None:
+            raise ValueError("training the decoder only continues a trained first stage: give --init-from "
+                             "(shipped or a path)")
+        model.freeze_encoder()
     task = AutoencoderTask(model, loss, lr=recipe["lr"], betas=tuple(recipe["betas"]))
     steps_total = recipe["steps"]
     checkpoint_every = max(50, steps_total // 10) if out_dir is not None else None
@@ -266,12 +272,16 @@ class AutoencoderSpec:
         return cmd
 
     def train(self, preset: Preset, *, steps: int | None, device: Any, out_dir: Path | None, resume: bool,
-              progress: bool, init_state: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
+              progress: bool, init_state: Mapping[str, torch.Tensor] | None = None,
+              decoder_only: bool = False) -> TrainResult:
+        """Train under ``preset``; ``decoder_only`` (with ``init_state``): the encoder stays frozen
+        (:meth:`~minildm.models.autoencoder.AutoencoderKL.freeze_encoder`) and the run records it."""
         model, _, trainer, _ = _run_autoencoder(
             self.variant, self.regularizer, preset, steps=steps, device=device, out_dir=out_dir,
             resume=resume, progress=progress, model_overrides=self.model_overrides,
-            desc=f"{self.name} ({preset.name})", data=self.data, init_state=init_state)
-        return TrainResult(model, trainer.log, trainer.elapsed_s)
+            desc=f"{self.name} ({preset.name})", data=self.data, init_state=init_state, decoder_only=decoder_only)
+        return TrainResult(model, trainer.log, trainer.elapsed_s,
+                           {"trained": "decoder only (encoder frozen)"} if decoder_only else {})
 
     def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
         return model_from_config(identity["model_class"], identity["model"])
@@ -311,10 +321,11 @@ class DerivedAutoencoderSpec(ABC):
         return self.autoencoder_spec(preset).identity(self.recipe_preset(preset), steps)
 
     def train(self, preset: Preset, *, steps: int | None, device: Any, out_dir: Path | None, resume: bool,
-              progress: bool, init_state: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
+              progress: bool, init_state: Mapping[str, torch.Tensor] | None = None,
+              decoder_only: bool = False) -> TrainResult:
         return self.autoencoder_spec(preset).train(self.recipe_preset(preset), steps=steps, device=device,
                                                    out_dir=out_dir, resume=resume, progress=progress,
-                                                   init_state=init_state)
+                                                   init_state=init_state, decoder_only=decoder_only)
 
     def build_model(self, identity: Mapping[str, Any]) -> nn.Module:
         return model_from_config(identity["model_class"], identity["model"])

@@ -21,13 +21,14 @@ from ..engine.checkpoint import load_weights, non_finite_tensors, save_weights, 
 from .artifact_files import config_differences, read_json, write_json
 from .presets import Preset, get_preset
 from .registry import get_spec
-from .shipped import read_provenance, recipe_of, run_environment, sha256_file, shared_weights, shipped_dir
+from .shipped import (encoder_sha256, read_provenance, recipe_of, run_environment, sha256_file, shared_weights,
+                      shipped_dir)
 from .store import artifact_dir
 
 __all__ = ["compact_log", "ship_artifact"]
 
 #: metrics entries that describe a run rather than the model; each stretch keeps the others
-_RUN_KEYS = ("command", "run", "init_from", "steps", "train_time_s")
+_RUN_KEYS = ("command", "run", "init_from", "steps", "train_time_s", "trained")
 
 
 def _short(value: Any) -> Any:
@@ -97,14 +98,19 @@ def ship_artifact(name: str, preset: str | Preset | None = None, *, root: str | 
             raise ValueError(f"ship {other!r} before {name!r}: {name!r} holds its weights under {prefix!r}")
         other_state, _ = load_weights(other_dir / "model.safetensors")
         mine = {k[len(prefix):]: half.pop(k) for k in list(half) if k.startswith(prefix)}
-        if set(mine) != set(other_state) or any(not torch.equal(mine[k], other_state[k]) for k in mine):
+        latents = encoder_sha256(other, p, other_state)
+        # the same encoder is enough: a decoder refined since (--decoder-only) draws the same latents
+        if set(mine) != set(other_state) or encoder_sha256(other, p, mine) != latents:
             raise ValueError(f"{name!r} was trained on another {other!r} than the shipped one: retrain it on the "
                              f"shipped {other!r} (`{rebuild}`) before shipping")
-        shared[prefix] = {"artifact": other, "sha256": read_provenance(other_dir, other, p)["sha256"]}
+        shared[prefix] = {"artifact": other, "sha256": read_provenance(other_dir, other, p)["sha256"],
+                          "encoder_sha256": latents}
 
     dest = shipped_dir(name, p)
     stretch = {"command": metrics.get("command"), "steps": metrics.get("steps"),
                "train_time_s": metrics.get("train_time_s"), **dict(metrics.get("run") or {}),
+               # which part it trained, when not all (a first stage's decoder alone)
+               **({"trained": metrics["trained"]} if "trained" in metrics else {}),
                # what the model measured at the end of this stretch: the points of its learning curve
                "metrics": {k: v for k, v in metrics.items() if k not in _RUN_KEYS}}
     init = metrics.get("init_from")

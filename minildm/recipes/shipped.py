@@ -21,7 +21,9 @@ says how to retrain it. :func:`minildm.recipes.ship.ship_artifact` (``python -m 
 turns a cached artifact into shipped weights.
 
 An LDM's first stage is not stored twice: its ``first_stage_model.*`` weights are left out and
-filled in from the shipped first stage, whose sha256 the provenance pins (:func:`shared_weights`).
+filled in from the shipped first stage, whose sha256 the provenance pins (:func:`shared_weights`), and
+the sha256 of its encoder (:func:`encoder_sha256`): a first stage whose decoder alone was trained further
+encodes the same latents, and the LDMs on it draw through the refined decoder.
 
 ``$MINILDM_WEIGHTS`` moves the folder (default: ``data/weights`` of the source tree). Taught in
 notebook 01 (and used by every notebook).
@@ -46,9 +48,10 @@ from .artifact_files import Artifact, config_differences, read_json
 from .presets import Preset, get_preset
 from .registry import get_spec
 
-__all__ = ["GROWTH_KEYS", "SHIPPED_FILES", "TRAIN_ENV", "WEIGHTS_ENV", "grown_state", "init_state", "learning_curve",
-           "load_shipped", "read_provenance", "recipe_differences", "recipe_of", "retarget_changes", "retrain_hint",
-           "run_environment", "sha256_file", "SHIPPED_BUDGET_BYTES", "shared_weights", "shipped_dir", "shipped_sizes", "stale_shipped",
+__all__ = ["GROWTH_KEYS", "SHIPPED_BUDGET_BYTES", "SHIPPED_FILES", "TRAIN_ENV", "WEIGHTS_ENV",
+           "encoder_sha256", "grown_state", "init_state", "learning_curve", "load_shipped", "read_provenance",
+           "recipe_differences", "recipe_of", "retarget_changes", "retrain_hint", "run_environment",
+           "sha256_file", "shared_weights", "shipped_dir", "shipped_sizes", "stale_shipped",
            "train_from_scratch", "weights_root"]
 
 WEIGHTS_ENV = "MINILDM_WEIGHTS"
@@ -133,6 +136,26 @@ def shared_weights(name: str, preset: Preset) -> dict[str, str]:
     spec = get_spec(name)
     first_stage = getattr(spec, "first_stage_name", None)
     return {"first_stage_model.": first_stage(preset)} if callable(first_stage) else {}
+
+
+def encoder_sha256(name: str, preset: Preset, state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of the weights of first stage ``name`` that define its latent space (its model's
+    ``encoder_prefixes``: E and ``quant_conv``), over names, dtypes, shapes and values in name order.
+
+    An LDM pins it beside its first stage's file sha256: a first stage whose decoder alone was trained
+    further (``train-first-stage --decoder-only``) encodes the same latents, so the LDM stays valid and
+    draws through the refined decoder."""
+    config = read_json(shipped_dir(name, preset) / "config.json", retrain_hint(name, preset),
+                       required=("model_class", "model"))
+    prefixes = getattr(get_spec(name).build_model(config), "encoder_prefixes", None)
+    if prefixes is None:
+        raise ValueError(f"{name!r} has no encoder to pin (not a first stage)")
+    digest = hashlib.sha256()
+    for key in sorted(k for k in state if k.startswith(prefixes)):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def _code_version() -> str:
@@ -242,15 +265,19 @@ def load_shipped(name: str, preset: str | Preset | None = None, *,
 def _shared_state(name: str, prefix: str, other: str, preset: Preset,
                   provenance: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """The weights under ``prefix`` of shipped ``name``: those of the shipped ``other``, whose sha256 must be
-    the one ``name`` was trained with."""
-    expected = provenance.get("shared", {}).get(prefix, {}).get("sha256")
+    the one ``name`` was trained with, or whose encoder must be (``encoder_sha256``: the decoder alone was
+    trained further, :func:`encoder_sha256`)."""
+    pin = provenance.get("shared", {}).get(prefix, {})
+    expected = pin.get("sha256")
     other_dir = shipped_dir(other, preset)
     found = read_provenance(other_dir, other, preset)["sha256"] if (other_dir / "provenance.json").is_file() else None
-    if found is None or found != expected:
+    state = load_weights(other_dir / "model.safetensors")[0] if found is not None else {}
+    same_latents = (found is not None and found != expected and pin.get("encoder_sha256") is not None
+                    and encoder_sha256(other, preset, state) == pin["encoder_sha256"])
+    if found is None or (found != expected and not same_latents):
         raise ValueError(f"the shipped {name!r} was trained on {other!r} with sha256 {expected}, but the shipped "
-                         f"{other!r} is {'missing' if found is None else 'another one (' + found[:12] + '...)'}. "
-                         + retrain_hint(name, preset))
-    state, _ = load_weights(other_dir / "model.safetensors")
+                         f"{other!r} is {'missing' if found is None else 'another one (' + found[:12] + '...)'}"
+                         f"{' with another encoder' if pin.get('encoder_sha256') else ''}. " + retrain_hint(name, preset))
     return {prefix + k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 

@@ -217,7 +217,8 @@ def build_artifact(name: str, preset: str | Preset | None = None, *, steps: int 
     from there (a checkpoint made with other settings raises ValueError: delete the folder or
     pass ``resume=False``). The artifact directory appears atomically when everything is written,
     with any ``samples/`` the training wrote. ``options``: run options passed to the spec's
-    ``train`` (e.g. ``accumulate``, ``precision``), which do not change the artifact's identity.
+    ``train`` (e.g. ``accumulate``, ``precision``), which do not change the artifact's identity; those set to
+    True are switches (``decoder_only``) that the recorded command gives as flags (``--decoder-only``).
 
     ``init_from`` = ``"shipped"`` or a path (an artifact folder or its weights) continues training from
     those weights (:func:`~minildm.recipes.shipped.init_state`) for ``steps`` more steps (default: the
@@ -259,13 +260,16 @@ def _build_locked(name: str, p: Preset, final: Path, *, steps: int | None, dev: 
         return load_artifact(name, p, device=dev, root=root, steps=steps) if rank == 0 else None
     partial = _partial_dir(final)
     init_info = start[1] if start is not None else None
-    if resume and partial.exists() and not _resumable(partial, spec.identity(p, steps), init_info):
+    # switches of the run (e.g. decoder_only): its command's flags; a checkpoint resumes only under the same ones
+    flags = sorted(k for k, v in (options or {}).items() if v is True)
+    run_start = {**(init_info or {}), **({"flags": flags} if flags else {})} or None
+    if resume and partial.exists() and not _resumable(partial, spec.identity(p, steps), run_start):
         resume = False
     if not resume and partial.exists() and rank == 0:
         shutil.rmtree(partial)
     if rank == 0:
         partial.mkdir(parents=True, exist_ok=True)
-        write_json(partial / INIT_FILE, init_info)
+        write_json(partial / INIT_FILE, run_start)
     barrier()
     token = _BUILD_ROOT.set(artifact_root(root))
     progress_token = _BUILD_PROGRESS.set(progress)
@@ -294,7 +298,8 @@ def _build_locked(name: str, p: Preset, final: Path, *, steps: int | None, dev: 
         "steps": identity["recipe"].get("steps", result.facts.get("steps")),
         "preset": p.name,
         "device": str(dev),
-        "command": spec.command(p, steps) + (f" --init-from {init_from_arg(init_info)}" if init_info else ""),
+        "command": spec.command(p, steps) + (f" --init-from {init_from_arg(init_info)}" if init_info else "")
+                   + "".join(f" --{flag.replace('_', '-')}" for flag in flags),
         "run": run_environment(dev),
     })
     if init_info:
@@ -338,6 +343,10 @@ def _resumable(partial: Path, identity: Mapping[str, Any], init_info: Mapping[st
     if (started or {}).get("sha256") != (init_info or {}).get("sha256"):
         warnings.warn(f"discarding checkpoint {str(path)!r}: it started from other weights "
                       "(--init-from); training starts anew", stacklevel=3)
+        return False
+    if (started or {}).get("flags", []) != (init_info or {}).get("flags", []):
+        warnings.warn(f"discarding checkpoint {str(path)!r}: it was made with other switches "
+                      f"({', '.join((started or {}).get('flags', [])) or 'none'}); training starts anew", stacklevel=3)
         return False
     try:
         _, metadata = load_checkpoint(path)
