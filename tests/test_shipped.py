@@ -97,8 +97,11 @@ def test_the_step_count_alone_does_not_make_another_recipe(shipped):
 
 
 def test_init_from_shipped_adds_a_stretch(shipped, weights):
-    build, _ = shipped
+    build, first_art = shipped
     first = json.loads((shipped_dir("ae-kl-l2", SMOKE2) / "provenance.json").read_text())
+    # a stretch shipped before stretches kept their metrics gets those of the metrics.json shipped with it
+    first["stretches"][0].pop("metrics")
+    (shipped_dir("ae-kl-l2", SMOKE2) / "provenance.json").write_text(json.dumps(first))
     art = build_artifact("ae-kl-l2", SMOKE2, steps=3, device="cpu", progress=False, root=build, init_from="shipped")
     assert art.metrics["init_from"]["sha256"] == first["sha256"] and art.metrics["init_from"]["steps"] == 2
     assert art.metrics["command"].endswith("--steps 3 --init-from shipped")
@@ -116,6 +119,7 @@ def test_init_from_shipped_adds_a_stretch(shipped, weights):
     assert [p["steps"] for p in curve] == [2, 5]
     assert 0 < curve[0]["core_hours"] < curve[1]["core_hours"]
     assert curve[1]["metrics"]["psnr"] == pytest.approx(art.metrics["psnr"])
+    assert curve[0]["metrics"]["psnr"] == pytest.approx(first_art.metrics["psnr"], abs=1e-3)
     assert "command" not in curve[1]["metrics"] and "init_from" not in curve[1]["metrics"]
     assert learning_curve("ae-kl-f8", SMOKE2) == []  # not shipped
 
@@ -301,3 +305,19 @@ def test_every_shipped_cpu_model_is_the_one_the_code_builds(monkeypatch):
     """A preset change that the shipped weights do not follow would make a notebook train for hours."""
     monkeypatch.delenv("MINILDM_WEIGHTS", raising=False)
     assert stale_shipped("cpu") == {}
+
+
+def test_reevaluate_shipped_rewrites_the_metrics_alone(shipped, capsys):
+    """``reevaluate NAME --shipped`` measures the shipped weights again; weights and provenance stay."""
+    from minildm.recipes.ship import reevaluate_shipped
+
+    path = shipped_dir("ae-kl-l2", SMOKE2)
+    before = {f: (path / f).read_bytes() for f in ("model.safetensors", "provenance.json")}
+    metrics = reevaluate_shipped("ae-kl-l2", SMOKE2, device="cpu")
+    assert metrics["evaluated_by"] == "python -m minildm reevaluate ae-kl-l2 --preset smoke --shipped"
+    assert metrics["evaluated_with"] == {} and metrics["psnr"] > 0
+    assert json.loads((path / "metrics.json").read_text()) == metrics
+    assert {f: (path / f).read_bytes() for f in before} == before
+    assert load_shipped("ae-kl-l2", SMOKE2).metrics == metrics
+    with pytest.raises(ValueError, match="no shipped weights of 'ae-kl-l1-lpips'"):
+        reevaluate_shipped("ae-kl-l1-lpips", SMOKE2)

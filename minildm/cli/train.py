@@ -298,6 +298,9 @@ def reevaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="name of a cached artifact, e.g. ldm-class")
     parser.add_argument("--steps", type=positive_int, default=None,
                         help="the training steps it was built with, if not the preset's")
+    parser.add_argument("--shipped", action="store_true",
+                        help="evaluate the shipped weights instead (e.g. after their first stage's decoder was "
+                             "refined) and rewrite the shipped metrics.json")
 
 
 def reevaluate(args: argparse.Namespace) -> int:
@@ -305,11 +308,20 @@ def reevaluate(args: argparse.Namespace) -> int:
     from ..recipes.store import reevaluate_artifact
 
     preset = get_preset(args.preset)
-    art = reevaluate_artifact(args.name, preset, device=args.device, root=args.out, steps=args.steps)
-    scalars = {k: v for k, v in art.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if args.shipped:
+        from ..recipes.ship import reevaluate_shipped
+        from ..recipes.shipped import shipped_dir
+
+        if args.steps is not None:
+            raise ValueError("--steps names a cached artifact's run; the shipped weights record their own")
+        metrics, path = reevaluate_shipped(args.name, preset, device=args.device), shipped_dir(args.name, preset)
+    else:
+        art = reevaluate_artifact(args.name, preset, device=args.device, root=args.out, steps=args.steps)
+        metrics, path = art.metrics, art.path
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     print(f"{args.name} (preset {preset.name}) evaluated again: "
           + ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
-    for row in art.metrics.get("sweep", []):
+    for row in metrics.get("sweep", []):
         print("  " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
-    print(f"metrics written to {art.path / 'metrics.json'}")
+    print(f"metrics written to {path / 'metrics.json'}")
     return 0

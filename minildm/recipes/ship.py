@@ -25,7 +25,7 @@ from .shipped import (encoder_sha256, read_provenance, recipe_of, run_environmen
                       shipped_dir)
 from .store import artifact_dir
 
-__all__ = ["compact_log", "ship_artifact"]
+__all__ = ["compact_log", "reevaluate_shipped", "ship_artifact"]
 
 #: metrics entries that describe a run rather than the model; each stretch keeps the others
 _RUN_KEYS = ("command", "run", "init_from", "steps", "train_time_s", "trained")
@@ -121,6 +121,11 @@ def ship_artifact(name: str, preset: str | Preset | None = None, *, root: str | 
             old = read_provenance(dest, name, p)
             if old.get("sha256") == init.get("sha256"):
                 stretches = list(old["stretches"])
+                if stretches and not stretches[-1].get("metrics"):  # shipped before stretches kept their metrics:
+                    # the shipped metrics.json measured the weights this stretch ended with
+                    old_metrics = read_json(dest / "metrics.json", rebuild)
+                    stretches[-1] = {**stretches[-1],
+                                     "metrics": {k: v for k, v in old_metrics.items() if k not in _RUN_KEYS}}
                 # the new stretch's rows continue the old ones: steps, training time and compute count on
                 old_log = list(read_json(dest / "log.json", rebuild, kind=list))
                 offset = {"step": int(old.get("total_steps") or 0), "time_s": float(old.get("total_train_time_s") or 0),
@@ -165,3 +170,30 @@ def ship_artifact(name: str, preset: str | Preset | None = None, *, root: str | 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def reevaluate_shipped(name: str, preset: str | Preset | None = None, *,
+                       device: str | torch.device | None = None) -> dict[str, Any]:
+    """Evaluate the shipped ``name`` again with the code's evaluation and rewrite its shipped ``metrics.json``
+    (atomically; weights and provenance are untouched): after its first stage's decoder was refined
+    (``train-first-stage --decoder-only``), the LDM's samples are drawn through the new decoder and its figures
+    change. The evaluation replaces what it measures; ``evaluated_by`` records the command and
+    ``evaluated_with`` the sha256 of each shipped artifact whose weights it shares. Returns the metrics."""
+    from ..engine.device import get_device
+    from .shipped import load_shipped
+
+    spec = get_spec(name)
+    p = get_preset(preset)
+    dev = get_device(device)
+    art = load_shipped(name, p, device=dev)
+    if art is None:
+        raise ValueError(f"no shipped weights of {name!r} for preset {p.name!r} under {str(shipped_dir(name, p))!r}")
+    metrics = {**art.metrics, **dict(spec.evaluate(art.model, p, dev))}
+    metrics["evaluated_by"] = f"python -m minildm reevaluate {name} --preset {p.name} --shipped"
+    metrics["evaluated_with"] = {other: read_provenance(shipped_dir(other, p), other, p)["sha256"]
+                                 for other in shared_weights(name, p).values()}
+    dest = shipped_dir(name, p)
+    tmp = dest / ".metrics.json.tmp"
+    write_json(tmp, metrics)
+    os.replace(tmp, dest / "metrics.json")
+    return metrics
