@@ -355,7 +355,8 @@ def learning_curve(name: str, preset: str | Preset | None = None) -> list[dict[s
     accumulated by the end of the stretch (and its wall time ``train_time_s``, also accumulated, and its
     ``threads``), the ``metrics`` measured then (``{}`` for stretches shipped before they were recorded) and
     what the stretch changed of the target (``retargeted``: e.g. ε to v, see :data:`RETARGET_KEYS`; ``[]`` if
-    nothing). Empty if ``name`` is not shipped for ``preset``."""
+    nothing) and what it trained (``trained``: ``"all"``, or e.g. a first stage's decoder alone). Empty if
+    ``name`` is not shipped for ``preset``."""
     p = get_preset(preset)
     folder = shipped_dir(name, p)
     if not (folder / "provenance.json").is_file():
@@ -368,7 +369,8 @@ def learning_curve(name: str, preset: str | Preset | None = None) -> list[dict[s
         hours += float(s.get("train_time_s") or 0) * threads / 3600
         points.append({"steps": steps, "train_time_s": seconds, "core_hours": hours, "threads": threads,
                        "metrics": dict(s.get("metrics") or {}),
-                       "retargeted": list((s.get("init_from") or {}).get("retargeted") or [])})
+                       "retargeted": list((s.get("init_from") or {}).get("retargeted") or []),
+                       "trained": s.get("trained", "all")})
     return points
 
 
