@@ -72,8 +72,9 @@ def ship_artifact(name: str, preset: str | Preset | None = None, *, root: str | 
     A run continued from the shipped weights (``init_from`` in its metrics, same sha256) adds a stretch to
     their provenance; anything else starts a new one. The run's validation grids (``samples/``) ship too, all of
     them, or only the last where the spec's ``shipped_grids(preset)`` says ``"last"``. Shared weights (an LDM's
-    first stage) must equal those of the shipped artifact they come from, which must be shipped first. Returns
-    the folder."""
+    first stage) must have the encoder of the shipped artifact they come from, which must be shipped first (its
+    decoder may since have been trained further); they are left out and pinned by that artifact's sha256 and
+    :func:`~minildm.recipes.shipped.encoder_sha256`. Returns the folder."""
     spec = get_spec(name)
     p = get_preset(preset)
     src = artifact_dir(name, p, root)
