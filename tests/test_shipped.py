@@ -14,7 +14,7 @@ from minildm.recipes.presets import get_preset
 from minildm.recipes.ship import compact_log, ship_artifact
 from minildm.recipes.shipped import (SHIPPED_BUDGET_BYTES, init_state, learning_curve, load_shipped, shipped_dir, shipped_sizes,
                                     stale_shipped)
-from minildm.recipes.store import artifact_dir, build_artifact, load_or_train
+from minildm.recipes.store import artifact_dir, build_artifact, load_artifact, load_or_train
 
 SMOKE2 = get_preset("smoke").with_ae(steps=2)
 
@@ -123,6 +123,17 @@ def test_init_from_shipped_adds_a_stretch(shipped, weights):
     assert "command" not in curve[1]["metrics"] and "init_from" not in curve[1]["metrics"]
     assert [p["trained"] for p in curve] == ["all", "all"]
     assert learning_curve("ae-kl-f8", SMOKE2) == []  # not shipped
+
+
+def test_a_continued_stretch_in_the_cache_loads_whatever_its_length(shipped):
+    build, _ = shipped
+    art = build_artifact("ae-kl-l2", SMOKE2, steps=3, device="cpu", progress=False, root=build, init_from="shipped")
+    again = load_or_train("ae-kl-l2", SMOKE2, device="cpu", root=build)  # the preset says 2 steps, the stretch ran 3
+    assert again.metrics["init_from"] == art.metrics["init_from"]
+    # a run from scratch of another length is still another artifact
+    build_artifact("ae-kl-l2", SMOKE2, steps=3, device="cpu", progress=False, root=build)
+    with pytest.raises(ValueError, match="recipe.steps: saved 3, expected 2"):
+        load_artifact("ae-kl-l2", SMOKE2, device="cpu", root=build)
 
 
 def test_init_from_starts_from_the_given_weights(shipped, weights):

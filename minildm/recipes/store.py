@@ -57,7 +57,7 @@ from ..engine.filelock import FileLock
 from .artifact_files import Artifact, config_differences, read_json, write_json
 from .presets import Preset, get_preset
 from .registry import get_spec
-from .shipped import init_state, load_shipped, run_environment, train_from_scratch
+from .shipped import init_state, load_shipped, recipe_of, run_environment, train_from_scratch
 
 __all__ = [
     "ARTIFACTS_ENV",
@@ -144,15 +144,17 @@ def load_artifact(name: str, preset: str | Preset | None = None, *, device: str 
         raise ValueError(f"artifact {name!r} not found at {str(path)!r}; build it with `{rebuild}` "
                          "or load_or_train(...)")
     config = read_json(path / "config.json", rebuild, required=("model_class", "model"))
-    expected = spec.identity(p, steps)
+    metrics = read_json(path / "metrics.json", rebuild, required=("command",))
+    expected = json.loads(json.dumps(spec.identity(p, steps)))
     saved = {k: config.get(k) for k in expected}
-    diffs = config_differences(saved, json.loads(json.dumps(expected)))
+    if steps is None and metrics.get("init_from"):  # a stretch continued from weights (--init-from): any length
+        saved, expected = recipe_of(saved), recipe_of(expected)
+    diffs = config_differences(saved, expected)
     if diffs:
         shown = "; ".join(diffs[:6]) + (f"; ... ({len(diffs)} in all)" if len(diffs) > 6 else "")
         raise ValueError(f"mismatched artifact {str(path / 'config.json')!r}: it was made with a different "
                          f"config than preset {p.name!r} gives now ({shown}). Rebuild it with `{rebuild}` "
                          "(or load_or_train(..., retrain=True)).")
-    metrics = read_json(path / "metrics.json", rebuild, required=("command",))
     log = read_json(path / "log.json", rebuild, kind=list)
     weights_file = path / "model.safetensors"
     model = spec.build_model(config)
