@@ -136,6 +136,33 @@ def test_a_continued_stretch_in_the_cache_loads_whatever_its_length(shipped):
         load_artifact("ae-kl-l2", SMOKE2, device="cpu", root=build)
 
 
+def test_a_checkpoint_resumes_only_under_the_switches_it_was_made_with(shipped, monkeypatch):
+    from minildm.engine.trainer import Trainer
+    from minildm.recipes.autoencoder import AutoencoderSpec
+
+    build, _ = shipped
+    run = dict(steps=2, device="cpu", progress=False, root=build, init_from="shipped")
+
+    def interrupted(**switches):  # trains, then crashes in the evaluation: the checkpoint stays
+        def failing_eval(self, model, preset, device):
+            raise RuntimeError("evaluation crashed (simulated)")
+
+        with monkeypatch.context() as m, pytest.raises(RuntimeError, match="simulated"):
+            m.setattr(AutoencoderSpec, "evaluate", failing_eval)
+            build_artifact("ae-kl-l2", SMOKE2, options=switches, **run)
+
+    starts: list[int] = []
+    original_fit = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self, steps=None: starts.append(self.step) or original_fit(self, steps))
+    interrupted(decoder_only=True)
+    build_artifact("ae-kl-l2", SMOKE2, options={"decoder_only": True}, **run)
+    assert starts == [0, 2]  # the same switches: resumed where it stopped
+    interrupted(decoder_only=True)
+    with pytest.warns(UserWarning, match=r"made with other switches \(decoder_only\)"):
+        art = build_artifact("ae-kl-l2", SMOKE2, **run)
+    assert starts == [0, 2, 0, 0] and "trained" not in art.metrics  # the whole model, from the shipped weights
+
+
 def test_init_from_starts_from_the_given_weights(shipped, weights):
     """One step at warm-up rate 1/100 from the shipped weights stays next to them; from scratch it does not."""
     build, _ = shipped
