@@ -268,8 +268,9 @@ def check_image_range(x: Tensor, y: Tensor, what: str) -> None:
     hint = "images in [0, 255] or [0, 1]? map them with x / 127.5 - 1, or 2 * x - 1"
     if top > IMAGE_RANGE_PIXELS and low >= 0:
         raise ValueError(f"{what} expects images in [-1, 1], got values from {low:g} to {top:g} ({hint})")
-    if top > IMAGE_RANGE_WARN:
-        warnings.warn(f"{what} expects images in [-1, 1], got values up to {top:g} ({hint})", stacklevel=3)
+    if top > IMAGE_RANGE_WARN:  # one fixed text: Python shows it once per call site, not once per training step
+        warnings.warn(f"{what} expects images in [-1, 1], got values beyond ±{IMAGE_RANGE_WARN:g} ({hint})",
+                      stacklevel=3)
 
 
 def check_image_pair(x: Tensor, y: Tensor, channels: int | None, min_size: int, what: str) -> None:
