@@ -135,7 +135,9 @@ def artifact_dir(name: str, preset: str | Preset | None = None, root: str | os.P
 def load_artifact(name: str, preset: str | Preset | None = None, *, device: str | torch.device | None = None,
                   root: str | os.PathLike | None = None, steps: int | None = None) -> Artifact:
     """Load a cached artifact; ValueError naming the file and the rebuild command if it is missing,
-    corrupted, or was made with a different config than ``preset`` (and ``steps``) give now."""
+    corrupted, or was made with a different config than ``preset`` (and ``steps``) give now. A stretch
+    continued from other weights (its metrics record ``init_from``) has its own length: without ``steps``
+    it loads whatever its ``recipe.steps``."""
     spec = get_spec(name)
     p = get_preset(preset)
     path = artifact_dir(name, p, root)
