@@ -67,14 +67,15 @@ LENGTH_KEYS = ("steps", "budget_s")
 #: (:func:`grown_state`); removing a module is not growth and fails as another model.
 GROWTH_KEYS = (("model", "unet", "attention_resolutions"), ("model", "unet", "pooled_context"))
 #: what a run continued from trained weights (``--init-from``) may change besides its length: what the UNet
-#: predicts, how the loss weighs the timesteps and the noise schedule β_t. The network is the same and the new
-#: stretch teaches it the new target (Stable Diffusion 2's 768-v model continued an ε model this way; Lin et al.
-#: 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", continued Stable Diffusion on a new
-#: schedule); the stretch records the change.
+#: predicts, how the loss weighs the timesteps, the noise schedule β_t and how many training images it draws
+#: from. The network is the same and the new stretch teaches it the new target (Stable Diffusion 2's 768-v
+#: model continued an ε model this way; Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps
+#: are Flawed", continued Stable Diffusion on a new schedule; every Stable Diffusion release continued the
+#: last on more data); the stretch records the change.
 #: A run may also grow the UNet (:data:`GROWTH_KEYS`).
 RETARGET_KEYS = (("model", "diffusion", "parameterization"), ("recipe", "loss_weighting"),
                  ("model", "diffusion", "schedule"), ("model", "diffusion", "linear_start"),
-                 ("model", "diffusion", "linear_end")) + GROWTH_KEYS
+                 ("model", "diffusion", "linear_end"), ("recipe", "n_train")) + GROWTH_KEYS
 
 
 def weights_root() -> Path:

@@ -179,7 +179,7 @@ class T2ISpec(LatentDiffusionRecipe):
         if grad_checkpointing:
             ldm.model.set_gradient_checkpointing(True)
         if hasattr(ldm.cond_stage_model, "cache_size"):  # a frozen encoder: keep the captions' encodings
-            ldm.cond_stage_model.cache_size = min(recipe["n_train"], 20_000) + 16
+            ldm.cond_stage_model.cache_size = min(recipe["n_train"], 50_000) + 16
 
     def latent_batches(self, ldm: nn.Module, preset: Preset, recipe: Mapping[str, Any],
                        progress: bool) -> LatentBatches:
