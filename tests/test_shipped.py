@@ -237,6 +237,25 @@ def test_init_from_may_change_the_noise_schedule(weights):
     assert torch.allclose(art.model.diffusion.alphas_cumprod, expected.alphas_cumprod)
 
 
+def test_init_from_may_train_on_more_images(weights):
+    """A stretch may draw from more training images than the one it continues (as every Stable Diffusion release
+    continued the last on more data); the stretch records the change, and a model from scratch on the new data
+    size is still another recipe than the shipped one."""
+    import dataclasses
+
+    smoke = get_preset("smoke")
+    more = dataclasses.replace(smoke, cond=dataclasses.replace(smoke.cond, n_train=smoke.cond.n_train * 2))
+    build = weights / "build"
+    build_artifact("ldm-class", smoke, device="cpu", progress=False, root=build)
+    ship_artifact("kl-f4", smoke, root=build)
+    ship_artifact("ldm-class", smoke, root=build)
+    with pytest.raises(ValueError, match="another recipe than the code gives now.*n_train"):
+        load_shipped("ldm-class", more, device="cpu")
+    art = build_artifact("ldm-class", more, steps=2, device="cpu", progress=False, root=build, init_from="shipped")
+    assert art.metrics["init_from"]["retargeted"] == [
+        f"recipe.n_train: saved {smoke.cond.n_train}, expected {2 * smoke.cond.n_train}"]
+
+
 def test_init_from_may_grow_the_unet(weights):
     """A continued run may add attention at a new resolution and the pooled condition: the grown model starts
     computing exactly what the shipped one did (zero-initialised branches), the stretch records the growth, and

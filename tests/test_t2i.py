@@ -245,3 +245,33 @@ def test_the_scaling_study_sizes_ship_only_their_last_grid(root, tmp_path, monke
     ship_artifact("t2i-scratch-M", other, root=build)
     kept = {p.name for p in (shipped_dir("t2i-scratch-M", other) / "samples").iterdir()}
     assert kept == {n for n in everything if not n.startswith("step_")} | {"step_100000.png"}
+
+
+def test_the_scaling_study_keeps_only_the_points_of_the_current_target(root, tmp_path, monkeypatch):
+    """A shipped model continued on another target (ε to v) has validation losses of two kinds in its log; the
+    scaling study plots those measured on the target it is trained on now, at the compute counted from its first
+    step."""
+    from dataclasses import replace
+
+    from minildm.recipes.first_stage import first_stage_name
+    from minildm.recipes.ship import ship_artifact
+    from minildm.recipes.shipped import load_shipped
+    from minildm.recipes.text_to_image import objective_start
+
+    monkeypatch.setenv("MINILDM_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.delenv("MINILDM_TRAIN", raising=False)
+    for name in (first_stage_name(PRESET.t2i.f), "checker", "t2i-scratch-M"):
+        ship_artifact(name, PRESET, root=root)
+    assert objective_start(load_shipped("t2i-scratch-M", PRESET, device="cpu")) == 0
+    other = "eps" if PRESET.t2i.parameterization != "eps" else "v"
+    retargeted = replace(PRESET, t2i=replace(PRESET.t2i, parameterization=other))
+    build_artifact("t2i-scratch-M", retargeted, steps=2, root=tmp_path / "b", init_from="shipped", progress=False)
+    ship_artifact("t2i-scratch-M", retargeted, root=tmp_path / "b")
+    art = load_shipped("t2i-scratch-M", retargeted, device="cpu")
+    steps = PRESET.t2i.steps
+    assert objective_start(art) == steps
+    assert [c["step"] for c in curve(art.log)] == [steps // 2, steps, steps + 1, steps + 2]
+    study = scaling_study(retargeted, sizes=["M"], root=tmp_path / "empty", progress=False, out=tmp_path / "s.json")
+    model = study["models"][0]
+    assert model["curve_from_step"] == steps and [c["step"] for c in model["curve"]] == [steps + 1, steps + 2]
+    assert model["curve"][0]["compute"] > max(c["compute"] for c in curve(art.log)[:2])

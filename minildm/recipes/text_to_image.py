@@ -50,7 +50,7 @@ from .text_to_image_eval import reference_scores
 from .text_to_image_eval import t2i_dataset
 
 __all__ = ["TEXT_ENCODERS", "t2i_name", "parse_t2i_name", "T2ISpec", "build_t2i_ldm", "curve", "learning_curve_t2i",
-           "scaling_study"]
+           "objective_start", "scaling_study"]
 
 #: text encoders of notebook 05: trained from scratch with the UNet (the paper), frozen pretrained (SD)
 TEXT_ENCODERS = ("scratch", "minilm")
@@ -266,6 +266,23 @@ def curve(log: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
             for r in log if "eval/loss" in r]
 
 
+def objective_start(art: Any) -> int:
+    """The step after which ``art``'s training log measures the loss it is trained on now: the steps of its
+    stretches before the last one that changed the target (ε to v, the schedule: see
+    :data:`~minildm.recipes.shipped.RETARGET_KEYS`), read from its provenance if it has one (a shipped model);
+    0 if none did. Validation losses of different targets are not comparable (an ε-MSE is not a v-MSE)."""
+    from .shipped import read_provenance
+
+    if not (Path(art.path) / "provenance.json").is_file():
+        return 0
+    start, steps = 0, 0
+    for s in read_provenance(Path(art.path), art.name, get_preset(art.config.get("preset")))["stretches"]:
+        if (s.get("init_from") or {}).get("retargeted"):
+            start = steps
+        steps += int(s.get("steps") or 0)
+    return start
+
+
 def learning_curve_t2i(name: str, preset: Preset | str | None = None,
                        log: Sequence[Mapping[str, Any]] = ()) -> dict[str, list[dict[str, float]]]:
     """All-correct against training core-hours of the shipped text-to-image model ``name``, over every stretch
@@ -307,8 +324,11 @@ def scaling_study(preset: Preset | str | None = None, sizes: Sequence[str] | Non
                   device: Any = None, progress: bool = True, root: Any = None,
                   out: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train (or load) ``t2i-{encoder}-{size}`` for every size and collect loss and compositional
-    accuracy against training compute. Writes ``scaling-{encoder}.json`` (curves, parameters, the
-    command) beside the artifacts (or to ``out``) and returns its content."""
+    accuracy against training compute: each model's ``curve`` from ``curve_from_step`` on
+    (:func:`objective_start`: a shipped model continued on another target keeps only the points measured on
+    the one it is trained on now; its compute still counts from its first step). Writes
+    ``scaling-{encoder}.json`` (curves, parameters, the command) beside the artifacts (or to ``out``) and
+    returns its content."""
     from .store import artifact_root, load_or_train
 
     p = get_preset(preset)
@@ -321,10 +341,12 @@ def scaling_study(preset: Preset | str | None = None, sizes: Sequence[str] | Non
         art = load_or_train(t2i_name(encoder, size), p, device=device, progress=progress, root=root)
         seen = [r for r in art.metrics["eval"] if r["group"] == "seen"]
         held = [r for r in art.metrics["eval"] if r["group"] == "held_out"]
+        start = objective_start(art)
         result["models"].append({
             "size": size, "params": art.metrics["unet_params"] + art.metrics["cond_params"],
             "unet_params": art.metrics["unet_params"], "flops_per_step": art.metrics.get("flops_per_step"),
-            "steps": art.metrics["steps"], "curve": curve(art.log),
+            "steps": art.metrics["steps"], "curve_from_step": start,
+            "curve": [c for c in curve(art.log) if c["step"] > start],
             "final_all_correct_seen": max(r["all_correct"] for r in seen) if seen else None,
             "final_all_correct_held_out": max(r["all_correct"] for r in held) if held else None,
             "artifact": art.name})
