@@ -1,7 +1,8 @@
 """Training throughput (images/s) and model-FLOPs utilisation of the text-to-image LDM, measured in one run.
 
     python benchmarks/t2i_throughput.py [--preset gpu] [--size SIZE] [--device cuda]
-                                        [--precision auto|bf16|fp16|fp32] [--steps 40] [--batch N]
+                                        [--precision auto|bf16|fp16|fp32] [--steps 40] [--batch N ...]
+                                        [--compile]
 
 The speed of a training step does not depend on the weights, so this builds the preset's
 text-to-image LDM (notebook 05) with random weights and trains it on random latents of the right
@@ -25,7 +26,7 @@ import torch
 
 
 def measure(preset_name: str, size: str | None, device: str | None, precision: str, steps: int,
-            batch: int | None) -> dict:
+            batch: int | None, compile_unet: bool = False) -> dict:
     from minildm import get_device
     from minildm.data import load_dataset
     from minildm.engine.batches import BatchRandom, LatentBatches, move_to_device
@@ -58,6 +59,8 @@ def measure(preset_name: str, size: str | None, device: str | None, precision: s
     probe["rng"] = BatchRandom(0, 0, 0, 1, 1, dev)
     flops_per_step = count_flops(lambda: task.training_step(probe, 0, "unet")[0]) * recipe["batch_size"]
     ldm.model.zero_grad(set_to_none=True)
+    if compile_unet:  # torch.compile the UNet in place (its state_dict keys stay the same)
+        ldm.model.compile()
     peak, source = peak_flops(dev, trainer.dtype)
     trainer.callbacks.append(Throughput(recipe["batch_size"], flops_per_step, peak))
     log = trainer.fit()
@@ -70,6 +73,7 @@ def measure(preset_name: str, size: str | None, device: str | None, precision: s
             "unet_params_M": sum(p.numel() for p in ldm.model.parameters()) / 1e6,
             "gflop_per_step": flops_per_step / 1e9, "images_per_s": ips, "mfu": mfu,
             "peak_tflops": peak / 1e12 if peak else None, "peak_source": source, "steps_timed": len(rows),
+            "compiled": compile_unet,
             "max_memory_GB": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None}
 
 
@@ -81,14 +85,15 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, nargs="+", default=[0], help="global batch sizes (0: the preset's)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet first")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
     results = []
     for b in args.batch:
-        r = measure(args.preset, args.size, args.device, args.precision, args.steps, b or None)
+        r = measure(args.preset, args.size, args.device, args.precision, args.steps, b or None, args.compile)
         results.append(r)
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-        print(f"{r['device_name']} {r['precision']} preset {r['preset']} size {r['size']} "
+        print(f"{r['device_name']} {r['precision']}{' compiled' if r['compiled'] else ''} preset {r['preset']} size {r['size']} "
               f"({r['unet_params_M']:.1f} M UNet params) batch {r['batch']}: {r['images_per_s']:.0f} images/s, "
               f"{r['gflop_per_step']:.1f} GFLOP/step, MFU {mfu} of {r['peak_tflops'] or 0:.3g} TFLOP/s "
               f"({r['peak_source']}), {r['steps_timed']} steps timed"
