@@ -4,7 +4,8 @@ Each command is a :class:`Command` in :data:`COMMANDS`: a function that adds its
 subparser and a function that runs it. The commands follow the notebooks: ``train-ae`` (01),
 ``ablate-f`` and ``train-features`` (02), ``train-ldm`` (03, and 05 with ``--cond text``),
 ``train-checker``, ``train-first-stage`` and ``train-cond`` (04), ``evaluate``, ``sample`` and
-``scaling-study`` (05), ``reevaluate`` (any artifact), ``check-data`` (an image folder of your own),
+``scaling-study`` (05), ``train-ldm --task``, ``upscale``, ``inpaint``, ``img2img`` and ``synthesize``
+(06), ``reevaluate`` (any artifact), ``check-data`` (an image folder of your own),
 ``ship`` (publish cached artifacts as shipped weights; ``--init-from shipped`` on a training command
 continues from them).
 
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from typing import NoReturn, TextIO
 
 from .args import check_artifact_root, one_line
+from .image_to_image import (img2img, img2img_arguments, inpaint, inpaint_arguments, synthesize,
+                             synthesize_arguments, upscale, upscale_arguments)
 from .data import check_data, check_data_arguments
 from .weights import ship, ship_arguments
 from .text_to_image import (
@@ -73,7 +76,8 @@ COMMANDS: dict[str, Command] = {
                         ablate_f_arguments, ablate_f),
     "train-first-stage": Command("train-first-stage", "train the first stage kl-f4 of the conditional LDMs "
                                  "(notebooks 04 and 05)", train_first_stage_arguments, train_first_stage),
-    "train-ldm": Command("train-ldm", "train latent DDPMs: unconditional on the first stages of notebook 02 (notebook 03), or text-to-image with --cond text (notebook 05)",
+    "train-ldm": Command("train-ldm", "train latent DDPMs: unconditional on the first stages of notebook 02 (notebook 03), "
+                         "text-to-image with --cond text (notebook 05), image-to-image with --task (notebook 06)",
                          train_ldm_arguments, train_ldm),
     "train-features": Command("train-features", "train the feature network of the FID-style score",
                               train_features_arguments, train_features),
@@ -92,6 +96,14 @@ COMMANDS: dict[str, Command] = {
     "check-data": Command("check-data", "open every image of an image folder (and its captions file) once and "
                           "list the unreadable ones; exit status 2 if there are any", check_data_arguments,
                           check_data),
+    "upscale": Command("upscale", "x4 super-resolution of an image with ldm-sr (notebook 06)", upscale_arguments,
+                       upscale),
+    "inpaint": Command("inpaint", "fill the white region of a mask in an image with ldm-inpaint (notebook 06)",
+                       inpaint_arguments, inpaint),
+    "img2img": Command("img2img", "edit an image towards a prompt with a text-to-image LDM (SDEdit, notebook 06)",
+                       img2img_arguments, img2img),
+    "synthesize": Command("synthesize", "draw an image from a segmentation map with ldm-semantic (notebook 06)",
+                          synthesize_arguments, synthesize),
     "ship": Command("ship", "publish cached artifacts as the shipped weights under data/weights/ (fp16, with "
                     "provenance); --list shows them", ship_arguments, ship),
 }

@@ -51,13 +51,16 @@ def train_first_stage_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run from its checkpoint (<artifact>.partial/)")
     add_init_from(parser)
+    parser.add_argument("--data", choices=["shapes", "shapes+photos"], default="shapes",
+                        help="shapes: kl-f{F}; shapes+photos: kl-f{F}-photos, kl-f{F} trained further on shapes and "
+                             "photo crops (the first stage of notebook 06's super-resolution and inpainting)")
     parser.add_argument("--decoder-only", action="store_true",
                         help="with --init-from: train the decoder alone, the encoder frozen, so the latents and every "
                              "LDM trained on them stay valid (as Stable Diffusion's VAE was refined)")
 
 
 def train_first_stage(args: argparse.Namespace) -> int:
-    from ..recipes.first_stage import FACTORS, first_stage_name
+    from ..recipes.first_stage import FACTORS, first_stage_name, photo_first_stage_name
     from ..recipes.presets import get_preset
     from ..recipes.store import build_artifact, format_metrics
 
@@ -67,13 +70,21 @@ def train_first_stage(args: argparse.Namespace) -> int:
         raise ValueError(f"f={f}: the first stage has factors {' '.join(map(str, FACTORS))}")
     if args.decoder_only and not args.init_from:
         raise ValueError("--decoder-only refines a trained first stage: give --init-from (shipped or a path)")
-    artifact = build_artifact(first_stage_name(f), preset, steps=args.steps, device=args.device,
+    name = first_stage_name(f) if args.data == "shapes" else photo_first_stage_name(f)
+    from ..recipes.registry import ARTIFACTS
+
+    if name not in ARTIFACTS:
+        raise ValueError(f"--data {args.data} has a first stage for f = 4 only (kl-f4-photos), not f = {f}")
+    artifact = build_artifact(name, preset, steps=args.steps, device=args.device,
                               progress=not args.no_progress, resume=args.resume, root=args.out,
                               init_from=args.init_from,
                               options={"decoder_only": True} if args.decoder_only else None)
     ceiling = artifact.metrics.pop("ceiling", {})
     print(f"{artifact.name} (preset {preset.name}): reconstruction of {artifact.metrics.get('n', '?')} "
-          "shapes val images")
+          "val images" + (" of shapes" if args.data == "shapes" else " of each kind"))
+    for domain in ("shapes", "photos"):
+        if isinstance(artifact.metrics.get(domain), dict):
+            print(f"{domain}: " + format_metrics(artifact.metrics.pop(domain)))
     print(format_metrics(artifact.metrics))
     if ceiling:
         keys = ("acc_shape", "acc_colour", "acc_count", "acc_position")
@@ -211,6 +222,11 @@ def train_ldm_arguments(parser: argparse.ArgumentParser) -> None:
                       help="recompute UNet activations in backward (less memory, ~30%% more compute)")
     text.add_argument("--resume", action="store_true",
                       help="continue an interrupted run from its checkpoint (<artifact>.partial/)")
+    i2i = parser.add_argument_group("image-to-image (notebook 06; --steps and --resume apply too)")
+    i2i.add_argument("--task", choices=["sr", "inpaint", "semantic"], default=None,
+                     help="an image-to-image LDM: x4 super-resolution, inpainting or semantic synthesis")
+    i2i.add_argument("--pixel", action="store_true",
+                     help="with --task inpaint: the pixel-space model of the same UNet at ldm-inpaint's compute")
 
 
 def train_t2i(args: argparse.Namespace) -> int:
@@ -260,6 +276,14 @@ def train_ldm(args: argparse.Namespace) -> int:
     from ..recipes.presets import get_preset
     from ..recipes.store import artifact_dir, build_artifact, load_artifact
 
+    if args.task is not None:
+        from .image_to_image import train_i2i
+
+        if args.f or args.cond != "none" or args.budget is not None:
+            raise ValueError("--f, --cond and --budget belong to the other experiments, not to --task")
+        return train_i2i(args)
+    if args.pixel:
+        raise ValueError("--pixel goes with --task inpaint")
     if args.cond == "text":
         if args.f or args.data != "shapes" or args.budget is not None:
             raise ValueError("--f, --data and --budget belong to the unconditional experiment, not to --cond text")

@@ -12,7 +12,8 @@
 
 Names (:data:`DATASET_NAMES`, registered with :func:`~minildm.data.registry.register_dataset`): ``"shapes"`` (procedural captioned shapes, embedded,
 the default of every notebook), ``"fashion_mnist"``, ``"photos"`` (crops of photographs
-bundled with scikit-image / scikit-learn) and ``"image_folder"``. Splits: ``"train"``,
+bundled with scikit-image / scikit-learn), ``"image_folder"`` and ``"shapes+photos"`` (the two
+halves alternating, notebook 06). Splits: ``"train"``,
 ``"val"``, ``"test"``; they never share an image. Use ``DataLoader(ds,
 collate_fn=collate)`` to batch items.
 """
@@ -28,6 +29,7 @@ from . import shapes
 from .fashion_mnist import FashionMNIST
 from .photos import PhotoCrops
 from .image_folder import ImageFolder
+from .mixture import ShapesAndPhotos
 from .registry import DATASETS, register_dataset
 from .shapes import (BACKGROUND_NAMES, COLOUR_NAMES, COLOURS, LABEL_KINDS, POSITION_NAMES, RELATIONS, SHAPE_NAMES,
                      SHAPE_SYNONYMS, SIZE_NAMES, Background, Scene, ShapeObject, ShapesDataset, ShapesStream,
@@ -56,6 +58,8 @@ def load_dataset(name: str, split: str = "train", image_size: int = 64, **option
     * image_folder: ``root`` (required), ``captions``, ``channels``, ``val_fraction``,
       ``test_fraction``, ``length``; ``seed`` is accepted and unused (the split is a
       hash of each file's path). image_size 8..2048.
+    * shapes+photos: ``length`` (default 1 000 / 1 000 / 1 000... twice the photos' default), ``seed``,
+      ``channels``; even items are shapes, odd ones photo crops (``domain``).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from .guidance import guided_model
 from .process import GaussianDiffusion
-from .samplers.base import Callback, get_sampler
+from ..checks import check_number
+from .samplers.base import Callback, get_sampler, initial_noise
 
 __all__ = ["CONDITIONING_KEYS", "LatentDiffusion"]
 
@@ -47,13 +48,16 @@ class LatentDiffusion(nn.Module):
         conditioning_key: ``"crossattn"`` (the default: τ_θ(y) through cross-attention, or nothing),
             ``"concat"`` (a spatial condition ``c_concat`` (B, C_c, h, w), e.g. a masked image's latent,
             concatenated to z_t's channels, paper Sec. 3.3 / 4.5) or ``"hybrid"`` (both).
+        concat_stage_model: κ, a :class:`~minildm.conditioning.concat.ConcatConditioner` that turns a spatial
+            condition y (a low-resolution image, a masked image, a segmentation map) into ``c_concat``
+            (notebook 06); without one, ``c_concat`` is passed as a tensor.
 
     Shapes: images (B, 3, H, W) in [-1, 1]; latents (B, c, H/f, W/f); c_concat (B, C_c, H/f, W/f).
     """
 
     def __init__(self, first_stage: nn.Module, unet: nn.Module, diffusion: GaussianDiffusion, image_size: int,
                  scale_factor: float = 1.0, cond_stage_model: nn.Module | None = None,
-                 conditioning_key: str = "crossattn") -> None:
+                 conditioning_key: str = "crossattn", concat_stage_model: nn.Module | None = None) -> None:
         super().__init__()
         self.first_stage_model = first_stage.eval()
         for p in self.first_stage_model.parameters():
@@ -84,6 +88,15 @@ class LatentDiffusion(nn.Module):
         self.concat_channels = unet_c.in_channels - c
         self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
         self.cond_stage_model = cond_stage_model
+        self.concat_stage_model = concat_stage_model
+        if concat_stage_model is not None:
+            if conditioning_key == "crossattn":
+                raise ValueError("a concat_stage_model needs conditioning_key='concat' or 'hybrid'")
+            need = concat_stage_model.channels(c)
+            if need != self.concat_channels:
+                raise ValueError(f"the {concat_stage_model.kind!r} condition has {need} channels, the UNet takes "
+                                 f"{c} latent + {self.concat_channels} condition channels (in_channels="
+                                 f"{unet_c.in_channels}); expected in_channels={c + need}")
         if cond_stage_model is not None:
             width = getattr(cond_stage_model, "embed_dim", None)
             if unet_c.context_dim is None or width != unet_c.context_dim:
@@ -101,6 +114,11 @@ class LatentDiffusion(nn.Module):
         if self.cond_stage_model is None:
             raise ValueError("this model is unconditional: it has no cond_stage_model")
         return self.cond_stage_model(cond, drop=drop)
+
+    def get_concat_conditioning(self, y: Any) -> Tensor:
+        """κ(y): the spatial condition y (a dict of tensors, see :mod:`minildm.conditioning.concat`) as
+        ``c_concat`` (B, C_c, h, w) on this model's device."""
+        return self._concat_at(y, self.latent_shape[1:])
 
     def train(self, mode: bool = True) -> "LatentDiffusion":
         super().train(mode)
@@ -137,7 +155,16 @@ class LatentDiffusion(nn.Module):
         if z.ndim != 4 or tuple(z.shape[1:2]) != self.latent_shape[:1]:
             raise ValueError(f"latents must have shape (B, {self.latent_shape[0]}, h, w), got {tuple(z.shape)}")
 
-    def _check_concat(self, c_concat: Tensor | None, n: int) -> None:
+    def _concat_at(self, y: Any, hw: tuple[int, ...]) -> Tensor:
+        """κ(y) on a latent grid ``hw`` (the training grid unless sampling at another size)."""
+        if self.concat_stage_model is None:
+            raise ValueError("this model has no concat_stage_model: pass c_concat as a tensor")
+        device = self.scale_factor.device
+        y = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in y.items()} if isinstance(y, dict) else y
+        with torch.no_grad():
+            return self.concat_stage_model(y, tuple(hw), self.encode_first_stage)
+
+    def _check_concat(self, c_concat: Tensor | None, n: int, hw: tuple[int, ...] | None = None) -> None:
         """ValueError unless ``c_concat`` is (n, C_c, h, w) for a "concat"/"hybrid" model and None otherwise."""
         if self.conditioning_key == "crossattn":
             if c_concat is not None:
@@ -145,6 +172,8 @@ class LatentDiffusion(nn.Module):
                                  "this one has 'crossattn'")
             return
         c, h, w = self.latent_shape
+        if hw is not None:
+            h, w = hw
         expected = (n, self.concat_channels, h, w)
         if c_concat is None:
             raise ValueError(f"this model (conditioning_key={self.conditioning_key!r}) needs c_concat "
@@ -165,7 +194,7 @@ class LatentDiffusion(nn.Module):
         ``context`` (B, L, d) and ``context_mask`` (B, L) feed the cross-attention, ``c_concat``
         (B, C_c, h, w) is stacked onto z_t's channels ("concat" and "hybrid" models)."""
         self._check_latent(z_t)
-        self._check_concat(c_concat, z_t.shape[0])
+        self._check_concat(c_concat, z_t.shape[0], tuple(z_t.shape[2:]))
         kwargs: dict[str, Tensor] = {}
         if context_mask is not None:
             kwargs["context_mask"] = context_mask
@@ -196,7 +225,8 @@ class LatentDiffusion(nn.Module):
                guidance_scale: float = 1.0, uncond: Tensor | None = None, decode: bool = True,
                progress: bool = False, callback: Callback | None = None,
                x_T: Tensor | None = None, cond: Any = None, mask: Tensor | None = None, x0: Tensor | None = None,
-               c_concat: Tensor | None = None) -> Tensor:
+               c_concat: Tensor | None = None, concat: Any = None, skip: int = 0,
+               latent_size: tuple[int, int] | None = None) -> Tensor:
         """``n`` samples: images (n, 3, H, W) with ``decode``, else scaled latents (n, c, h, w).
 
         ``sampler`` names a registered sampler (:func:`~minildm.diffusion.samplers.get_sampler`):
@@ -206,14 +236,32 @@ class LatentDiffusion(nn.Module):
         (1: the conditional model alone, 0: the unconditional one). A raw ``context`` (n, L, d)
         with its null ``uncond`` works too. A "concat" / "hybrid" model takes its spatial condition
         ``c_concat`` (n, C_c, h, w), the same for both halves of the guidance. ``mask`` (1 = keep,
-        broadcastable to (n, c, h, w)) and ``x0`` (scaled latents) inpaint in latent space.
+        broadcastable to (n, c, h, w)) and ``x0`` (scaled latents) inpaint in latent space. ``concat``:
+        the spatial condition y that :meth:`get_concat_conditioning` turns into ``c_concat``. ``skip``
+        (DDIM): leave out the noisiest steps, ``x_T`` then being a sample at the first step kept.
+        ``latent_size`` (h, w): sample a latent of another size than the training one (the UNet is
+        convolutional; paper Sec. 4.3.2, Fig. 9), decoded to (n, 3, f·h, f·w).
         """
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
         chosen = get_sampler(sampler, self.diffusion)
         settings = {"steps": steps, "eta": eta}
         options = {k: settings[k] for k in chosen.options}
-        self._check_concat(c_concat, n)
+        if skip:
+            if "steps" not in chosen.options:
+                raise ValueError(f"skip needs a sampler with a step count (ddim), got {sampler!r}")
+            options["skip"] = skip
+        shape = (n, *self.latent_shape)
+        if latent_size is not None:
+            h, w = (int(v) for v in latent_size)
+            if h < 1 or w < 1:
+                raise ValueError(f"latent_size must be two positive ints, got {latent_size!r}")
+            shape = (n, self.latent_shape[0], h, w)
+        if concat is not None:
+            if c_concat is not None:
+                raise ValueError("pass either concat (the condition y) or c_concat (its tensor), not both")
+            c_concat = self._concat_at(concat, shape[2:])
+        self._check_concat(c_concat, n, shape[2:])
         device = self.scale_factor.device
         was_training = self.model.training
         self.model.eval()
@@ -233,10 +281,45 @@ class LatentDiffusion(nn.Module):
         elif self.conditional and context is None:
             raise ValueError("this model is conditional: pass cond (one condition per sample)")
         model_fn = guided_model(self.apply_model, guidance_scale, uncond, uncond_mask)
-        shape = (n, *self.latent_shape)
         try:
             z = chosen.sample(model_fn, shape, generator=generator, device=device, x_T=x_T, mask=mask, x0=x0,
                               progress=progress, callback=callback, **options, **kwargs)
         finally:
             self.model.train(was_training)
         return self.decode_first_stage(z) if decode else z
+
+    @torch.no_grad()
+    def img2img(self, x: Tensor, strength: float, *, steps: int = 50, eta: float = 0.0,
+                generator: torch.Generator | None = None, cond: Any = None, guidance_scale: float = 1.0,
+                concat: Any = None, decode: bool = True, progress: bool = False) -> Tensor:
+        """SDEdit (Meng et al. 2022): edit images x (n, 3, H, W) in [-1, 1] by noising their latent to the
+        timestep τ_k of the ``strength`` · ``steps``-th DDIM step and denoising from there,
+
+            z_{τ_k} = q_sample(s · E(x), τ_k) = √ᾱ_{τ_k} z_0 + √(1 − ᾱ_{τ_k}) ε,   then DDIM τ_k → 0.
+
+        ``strength`` 0 returns the reconstruction D(E(x)); 1 starts from pure noise ε, exactly
+        :meth:`sample` with the same generator (the input is ignored). Between, small strengths keep
+        the layout and colours of x, large ones only its rough composition. ``cond`` /
+        ``guidance_scale`` / ``concat`` as in :meth:`sample`. Taught in notebook 06.
+        """
+        strength = check_number("strength", strength, minimum=0)
+        if strength > 1:
+            raise ValueError(f"strength must lie in [0, 1], got {strength}")
+        if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"images must be (n, 3, H, W), got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        device = self.scale_factor.device
+        z0 = self.encode_first_stage(x.to(device))
+        if strength == 0:
+            return self.decode_first_stage(z0) if decode else z0
+        run = max(1, round(strength * steps))
+        noise = initial_noise(tuple(z0.shape), generator, device)
+        if run >= steps:  # strength 1: from pure noise, as sample() starts
+            x_T, skip = noise, 0
+        else:
+            tau = int(get_sampler("ddim", self.diffusion).timesteps(steps)[run - 1].clamp(max=self.diffusion.num_timesteps - 1))
+            x_T = self.diffusion.q_sample(z0, torch.full((z0.shape[0],), tau, device=device, dtype=torch.long), noise)
+            skip = steps - run
+        return self.sample(z0.shape[0], sampler="ddim", steps=steps, eta=eta, generator=generator, x_T=x_T,
+                           skip=skip, cond=cond, guidance_scale=guidance_scale, concat=concat, decode=decode,
+                           progress=progress, latent_size=tuple(z0.shape[2:]))

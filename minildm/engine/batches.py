@@ -152,10 +152,18 @@ class LatentBatches:
     is a pure function of (seed, step), as in :class:`minildm.engine.batches.DatasetBatches`. ``cond``, if
     given, holds one condition per latent: a tensor (N, ...) (e.g. class labels) or a dict of such
     tensors (e.g. a layout from :func:`minildm.conditioning.layout.layout_from_objects`).
+
+    ``concat``, if given, holds a spatial condition per latent (a dict of tensors (N, ...), e.g. the
+    low-resolution images of super-resolution), returned as ``batch["concat"]``; ``augment(concat,
+    generator)`` may add random parts to it per batch (e.g. inpainting holes), drawn from a generator
+    seeded by (seed, step) over the whole global batch, so that resumed and data-parallel runs see the same.
     """
 
     def __init__(self, latents: torch.Tensor, batch_size: int, seed: int = 0,
-                 cond: torch.Tensor | Mapping[str, torch.Tensor] | None = None) -> None:
+                 cond: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
+                 concat: Mapping[str, torch.Tensor] | None = None,
+                 augment: Callable[[dict[str, torch.Tensor], torch.Generator], dict[str, torch.Tensor]] | None = None
+                 ) -> None:
         from .batches import DatasetBatches
 
         if latents.ndim != 4 or latents.shape[0] < 1:
@@ -165,8 +173,14 @@ class LatentBatches:
             lengths = {len(v) for v in (cond.values() if isinstance(cond, Mapping) else [cond])}
             if lengths != {n}:
                 raise ValueError(f"cond must hold one condition per latent ({n}), got lengths {sorted(lengths)}")
+        if concat is not None and {len(v) for v in concat.values()} != {n}:
+            raise ValueError(f"concat must hold one condition per latent ({n}), got lengths "
+                             f"{sorted({len(v) for v in concat.values()})}")
         self.latents = latents
         self.cond = cond
+        self.concat = concat
+        self.augment = augment
+        self.seed = int(seed)
         self._order = DatasetBatches(range(n), batch_size, seed=seed, collate_fn=list)
 
     @classmethod
@@ -211,9 +225,19 @@ class LatentBatches:
     def batch(self, step: int, part: tuple[int, int] | None = None) -> dict[str, Any]:
         """Batch ``step``; ``part=(lo, hi)``: only its samples lo … hi − 1 (one rank's slice)."""
         idx = self._order.indices(step)
+        concat = None
+        if self.concat is not None:
+            concat = {k: v[idx] for k, v in self.concat.items()}
+            if self.augment is not None:  # drawn for the global batch, then sliced
+                g = torch.Generator().manual_seed((self.seed * 1_000_003 + step * 7_919 + 4_242) % (2**63))
+                concat = self.augment(concat, g)
+            if part is not None:
+                concat = {k: v[part[0]:part[1]] for k, v in concat.items()}
         if part is not None:
             idx = idx[part[0]:part[1]]
         out: dict[str, Any] = {"latent": self.latents[idx]}
+        if concat is not None:
+            out["concat"] = concat
         if isinstance(self.cond, Mapping):
             out["cond"] = {k: v[idx] for k, v in self.cond.items()}
         elif isinstance(self.cond, (list, tuple)):  # e.g. captions

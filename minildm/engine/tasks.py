@@ -201,7 +201,8 @@ class LatentDiffusionTask:
 
     Batches hold ``"latent"`` (B, c, h, w): scaled latents encoded once beforehand (see
     :class:`minildm.engine.batches.LatentBatches`), or ``"image"`` (B, 3, H, W), encoded here by the frozen
-    first stage; a conditional model also reads ``"cond"`` (the conditions y). Conditioning dropout
+    first stage; a conditional model also reads ``"cond"`` (the conditions y), a "concat" model
+    ``"concat"`` (its spatial condition y, turned into c_concat by the model's concat stage κ). Conditioning dropout
     replaces each condition by ∅ with probability ``p_uncond`` (classifier-free guidance needs
     both). Timesteps, noise and dropout come from torch's global RNG, which checkpoints save, so
     resuming is exact. With ``per_sample_rng`` they come from the batch's
@@ -268,6 +269,8 @@ class LatentDiffusionTask:
                 kwargs["context_mask"] = mask
         elif batch.get("context") is not None:
             kwargs["context"] = batch["context"]
+        if batch.get("concat") is not None:  # a spatial condition y -> c_concat = κ(y) (notebook 06)
+            kwargs["c_concat"] = self.ldm.get_concat_conditioning(batch["concat"])
         if self.snr_gamma is not None:
             kwargs["snr_gamma"] = self.snr_gamma
             kwargs["loss_weighting"] = self.loss_weighting

@@ -39,7 +39,7 @@ from ..models.nn.layers import Normalize
 __all__ = ["CheckerConfig", "ContentChecker", "HEADS", "object_maps", "checker_targets", "shapes_targets",
            "box_iou", "position_name", "evaluate_checker", "score_class_samples", "score_layout_samples",
            "score_unconditional_samples",
-           "score_prompt_samples", "shape_confusion"]
+           "score_prompt_samples", "score_semantic_samples", "shape_confusion"]
 
 #: the global heads: the main object's shape and colour, the object count
 HEADS: tuple[str, ...] = ("shape", "colour", "count")
@@ -415,3 +415,45 @@ def reconstruction_ceiling(checker: ContentChecker, first_stage: nn.Module, data
 
 # ------------------------------------------------------------------------------------------ artifact
 
+
+
+@torch.no_grad()
+def score_semantic_samples(checker: ContentChecker, images: Tensor,
+                           layouts: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, float]:
+    """How well images generated from segmentation maps follow them, per region (object) of the map.
+
+    The map names each region's shape but no colour, so regions are located by their true cells T
+    (:func:`object_maps` on the checker's grid) rather than by colour: ``acc_shape`` is the fraction of
+    regions whose majority predicted shape over T is the map's class; ``iou`` the mean IoU of T with the
+    predicted cells P of that shape within the region's box grown by a quarter of its side;
+    ``all_correct`` the fraction of images with every region's shape right and IoU >= 0.5.
+    ``layouts``: the objects of each image's map (dicts with ``shape``, ``colour``, ``box``).
+    """
+    if len(images) != len(layouts):
+        raise ValueError(f"{len(images)} images for {len(layouts)} maps")
+    from ..data.shapes import COLOUR_NAMES, SHAPE_NAMES
+
+    pred = _predict(checker, images)["shape_map"]
+    g = pred.shape[-1]
+    shapes_ok, ious, image_ok = [], [], []
+    for i, objs in enumerate(layouts):
+        colour_true, _ = object_maps(objs, g)
+        ok = True
+        for o in objs:
+            true = torch.from_numpy(colour_true == COLOUR_NAMES.index(o["colour"]))
+            k = SHAPE_NAMES.index(o["shape"])
+            shape_ok = bool(true.any()) and _majority(pred[i][true], -1) == k
+            x0, y0, x1, y1 = (float(v) for v in o["box"])
+            mx, my = (x1 - x0) / 4, (y1 - y0) / 4
+            near = torch.zeros(g, g, dtype=torch.bool)
+            near[max(0, int((y0 - my) * g)):int(math.ceil((y1 + my) * g)),
+                 max(0, int((x0 - mx) * g)):int(math.ceil((x1 + mx) * g))] = True
+            p = (pred[i] == k) & near
+            union = int((p | true).sum())
+            iou = int((p & true).sum()) / union if union else 0.0
+            shapes_ok.append(shape_ok)
+            ious.append(iou)
+            ok &= shape_ok and iou >= 0.5
+        image_ok.append(ok)
+    mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
+    return {"acc_shape": mean(shapes_ok), "iou": mean(ious), "all_correct": mean(image_ok), "n_regions": len(ious)}

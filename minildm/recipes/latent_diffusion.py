@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..conditioning import build_conditioner
+from ..conditioning import build_concat_conditioner, build_conditioner
 from ..diffusion.ldm import LatentDiffusion
 from ..diffusion.process import GaussianDiffusion
 from ..engine.batches import LatentBatches
@@ -61,7 +61,8 @@ def build_latent_diffusion(identity: Mapping[str, Any]) -> LatentDiffusion:
     ``model`` holds ``first_stage`` (the first stage artifact's identity), ``unet`` (a
     :class:`~minildm.models.unet.UNetConfig` dict), ``diffusion`` (schedule, T, parameterization and,
     optionally, β_1 and β_T as ``linear_start`` / ``linear_end``),
-    ``image_size`` and, for a conditional model, ``cond_stage`` (a conditioner config)."""
+    ``image_size`` and, for a conditional model, ``cond_stage`` (a conditioner config), for a "concat"
+    model ``concat_stage`` (a :mod:`~minildm.conditioning.concat` config; notebook 06)."""
     m = identity["model"]
     fs = m["first_stage"]
     first_stage = model_from_config(fs["model_class"], fs["model"])
@@ -69,8 +70,10 @@ def build_latent_diffusion(identity: Mapping[str, Any]) -> LatentDiffusion:
     diffusion = GaussianDiffusion(d["schedule"], d["num_timesteps"], d["parameterization"],
                                   linear_start=d.get("linear_start"), linear_end=d.get("linear_end"))
     cond_stage = build_conditioner(m["cond_stage"]) if m.get("cond_stage") else None
+    concat_stage = build_concat_conditioner(m["concat_stage"]) if m.get("concat_stage") else None
+    key = ("hybrid" if cond_stage is not None else "concat") if concat_stage is not None else "crossattn"
     return LatentDiffusion(first_stage, UNetModel(UNetConfig.from_dict(m["unet"])), diffusion, m["image_size"],
-                           cond_stage_model=cond_stage)
+                           cond_stage_model=cond_stage, conditioning_key=key, concat_stage_model=concat_stage)
 
 
 class LatentDiffusionRecipe(ABC):

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from ..models.unet import UNetConfig
 
 __all__ = ["UNetSize", "AutoencoderPreset", "FeatureNetPreset", "AblationPreset", "FirstStagePreset", "LDMPreset",
-           "CheckerPreset", "CondPreset", "T2ISize", "T2IPreset", "T2I_HOLDOUT", "Preset"]
+           "CheckerPreset", "CondPreset", "I2IPreset", "T2ISize", "T2IPreset", "T2I_HOLDOUT", "Preset"]
 
 
 @dataclass(frozen=True)
@@ -331,6 +331,48 @@ T2I_HOLDOUT = ("red star", "orange circle", "yellow cross", "green square", "cya
 
 
 @dataclass(frozen=True)
+class I2IPreset:
+    """The image-to-image LDMs of notebook 06 (``python -m minildm train-ldm --task sr|inpaint|semantic``):
+    one UNet size ``unet`` for all three, on the latents of ``kl-f{f}`` (semantic synthesis, shapes) or of
+    ``kl-f{f}-photos`` (super-resolution and inpainting, shapes and photo crops; ``kl-f{f}`` trained
+    ``photo_first_stage_steps`` more steps on both), with a spatial condition concatenated to z_t. Each
+    trains ``{sr,inpaint,semantic}_steps`` steps on ``n_train`` images (v-prediction with the capped x̂₀
+    weight as in notebook 04) and is measured on ``n_eval`` validation images (DDIM, ``eval_ddim_steps``).
+    ``sr_factor``: the upscaling factor (4 in the paper). The pixel-space inpainting model ``pdm-inpaint``
+    (the same UNet on pixels) trains for the FLOPs of ``compare_steps`` steps of ``ldm-inpaint``, whose
+    EMA weights are measured at that step too (paper Tab. 6/7: LDM vs pixel DM at equal compute)."""
+
+    f: int
+    image_size: int
+    unet: UNetSize
+    schedule: str
+    timesteps: int
+    batch_size: int
+    lr: float
+    ema_decay: float
+    n_train: int
+    n_eval: int
+    eval_ddim_steps: int
+    sr_steps: int
+    inpaint_steps: int
+    semantic_steps: int
+    compare_steps: int
+    photo_first_stage_steps: int
+    sr_factor: int = 4
+    parameterization: str = "v"
+    loss_weighting: str = "capped"
+    snr_gamma: float | None = 5.0
+    linear_start: float | None = None
+    linear_end: float | None = None
+    warmup_steps: int = 0
+    min_lr_ratio: float | None = None
+
+    def steps_for(self, task: str) -> int:
+        """Training steps of the ``task`` ("sr", "inpaint" or "semantic") model."""
+        return {"sr": self.sr_steps, "inpaint": self.inpaint_steps, "semantic": self.semantic_steps}[task]
+
+
+@dataclass(frozen=True)
 class Preset:
     """All sizes of one preset. Sections are added as the notebooks grow."""
 
@@ -345,6 +387,7 @@ class Preset:
     cond: CondPreset
     t2i: T2IPreset
     first_stage: FirstStagePreset
+    i2i: I2IPreset
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,11 +17,11 @@ import os
 import torch
 
 from .preset_sections import (T2I_HOLDOUT, AblationPreset, AutoencoderPreset, CheckerPreset, CondPreset,
-                              FeatureNetPreset, FirstStagePreset, LDMPreset, Preset, T2IPreset, T2ISize, UNetSize)
+                              FeatureNetPreset, FirstStagePreset, I2IPreset, LDMPreset, Preset, T2IPreset, T2ISize, UNetSize)
 
 __all__ = ["PRESET_ENV", "PRESET_NAMES", "get_preset", "preset_name", "Preset", "UNetSize", "AutoencoderPreset",
            "FeatureNetPreset", "AblationPreset", "FirstStagePreset", "LDMPreset", "CheckerPreset", "CondPreset",
-           "T2ISize", "T2IPreset", "T2I_HOLDOUT"]
+           "T2ISize", "T2IPreset", "T2I_HOLDOUT", "I2IPreset"]
 
 PRESET_ENV = "MINILDM_PRESET"
 PRESET_NAMES = ("smoke", "cpu", "gpu")
@@ -62,6 +62,10 @@ _PRESETS: dict[str, Preset] = {
                       n_eval_per_kind=1, samples_per_prompt=1, eval_ddim_steps=4, guidance_scales=(1.0, 3.0),
                       curve_points=2, curve_prompts=1, curve_scale=3.0, checkpoint_every=2),
         first_stage=FirstStagePreset(variant="l1-lpips", image_size=64, z_channels=4, steps=6, batch_size=8, lr=8e-4),
+        i2i=I2IPreset(f=4, image_size=64, unet=UNetSize(16, (1, 2), 1, (2,), 2), schedule="scaled_linear",
+                      linear_start=0.0015, linear_end=0.0155, timesteps=1000, batch_size=4, lr=1e-3, ema_decay=0.99,
+                      n_train=16, n_eval=8, eval_ddim_steps=3, sr_steps=3, inpaint_steps=3, semantic_steps=3,
+                      compare_steps=2, photo_first_stage_steps=3),
     ),
     "cpu": Preset(
         name="cpu",
@@ -131,6 +135,12 @@ _PRESETS: dict[str, Preset] = {
         # shape in 92.6 % of its validation reconstructions (the ablation's ae-kl-f4: 73 %), PSNR 24.4 dB
         first_stage=FirstStagePreset(variant="l1-lpips", image_size=64, z_channels=4, steps=4000, batch_size=8,
                                      lr=8e-4),
+        # notebook 04's schedule and loss on kl-f4's latents; 256 validation images per metric
+        i2i=I2IPreset(f=4, image_size=64, unet=UNetSize(32, (1, 2, 2), 2, (2, 4), 4), schedule="scaled_linear",
+                      linear_start=0.0015, linear_end=0.0155, timesteps=1000, batch_size=32, lr=1e-3,
+                      ema_decay=0.999, n_train=8000, n_eval=256, eval_ddim_steps=20, sr_steps=6000,
+                      inpaint_steps=6000, semantic_steps=10000, compare_steps=1500, photo_first_stage_steps=3000,
+                      warmup_steps=200, min_lr_ratio=0.1),
     ),
     "gpu": Preset(
         name="gpu",
@@ -173,6 +183,11 @@ _PRESETS: dict[str, Preset] = {
                       curve_scale=3.0, checkpoint_every=2000),
         first_stage=FirstStagePreset(variant="l1-lpips-gan", image_size=128, z_channels=4, steps=40000, batch_size=32,
                                      lr=4.5e-6 * 32),
+        i2i=I2IPreset(f=4, image_size=128, unet=UNetSize(128, (1, 2, 2, 4), 2, (2, 4, 8), 8), schedule="scaled_linear",
+                      linear_start=0.0015, linear_end=0.0155, timesteps=1000, batch_size=64, lr=1e-4,
+                      ema_decay=0.9999, n_train=50000, n_eval=1000, eval_ddim_steps=50, sr_steps=100000,
+                      inpaint_steps=100000, semantic_steps=100000, compare_steps=20000,
+                      photo_first_stage_steps=20000, warmup_steps=1000, min_lr_ratio=0.1),
     ),
 }
 

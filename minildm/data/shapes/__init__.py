@@ -24,6 +24,7 @@ Modules, each with one job:
   :class:`Scene`, the per-item random generator, random scenes, relations, held-out pairs;
 * :mod:`~minildm.data.shapes.render`: backgrounds and anti-aliased objects -> uint8 images;
 * :mod:`~minildm.data.shapes.captions`: captions and the phrase helpers;
+* :mod:`~minildm.data.shapes.segmentation`: per-pixel class maps (background + shape kind);
 * :mod:`~minildm.data.shapes.dataset`: items and labels, :class:`ShapesDataset`,
   :class:`ShapesStream`, :func:`render_scene`.
 
@@ -87,6 +88,7 @@ from .geometry import HALF_EXTENTS, shape_sdf
 from .render import draw_object, outline_width, render, render_background
 from .scene import (MARGIN, MAX_OVERLAP, VERSION, Background, Scene, ShapeObject, box_overlap, item_rng, make_object,
                     parse_holdout, relation, sample_background, sample_scene, scene_has, size_word, split_code)
+from .segmentation import SEGMENTATION_CLASSES, segmentation_from_objects, segmentation_map
 from .vocabulary import (BACKGROUND_NAMES, BACKGROUND_WORDS, COLOUR_NAMES, COLOURS, COUNT_WORDS, LABEL_KINDS,
                          PLURALS, POSITION_NAMES, POSITION_PHRASES, RELATION_PHRASES, RELATIONS, SHAPE_NAMES,
                          SHAPE_SYNONYMS, SIZE_NAMES, SIZE_RADII, label_names)
@@ -94,10 +96,10 @@ from .vocabulary import (BACKGROUND_NAMES, BACKGROUND_WORDS, COLOUR_NAMES, COLOU
 __all__ = [
     "BACKGROUND_NAMES", "BACKGROUND_WORDS", "COLOURS", "COLOUR_NAMES", "COUNT_WORDS", "DEFAULT_LENGTHS",
     "HALF_EXTENTS", "LABEL_KINDS", "MARGIN", "MAX_IMAGE_SIZE", "MAX_OVERLAP", "MIN_IMAGE_SIZE", "PLURALS",
-    "POSITION_NAMES", "POSITION_PHRASES", "RELATIONS", "RELATION_PHRASES", "SHAPE_NAMES", "SHAPE_SYNONYMS",
+    "POSITION_NAMES", "POSITION_PHRASES", "RELATIONS", "RELATION_PHRASES", "SEGMENTATION_CLASSES", "SHAPE_NAMES", "SHAPE_SYNONYMS",
     "SIZE_NAMES", "SIZE_RADII", "SPLITS", "VERSION", "Background", "Scene", "ShapeObject", "ShapesDataset",
     "ShapesStream", "article", "box_overlap", "caption_corpus", "caption_scene", "draw_object", "generate",
     "item_rng", "join_phrases", "label_names", "make_object", "outline_width", "parse_holdout", "relation",
     "render", "render_background", "render_scene", "sample_background", "sample_scene", "scene_has",
-    "scene_label", "shape_sdf", "size_word", "split_code",
+    "scene_label", "segmentation_from_objects", "segmentation_map", "shape_sdf", "size_word", "split_code",
 ]

@@ -50,20 +50,25 @@ class DDIMSampler(Sampler):
                x_T: Tensor | None = None, mask: Tensor | None = None, x0: Tensor | None = None,
                callback: Callback | None = None, generator: torch.Generator | None = None,
                progress: bool = False, device: str | torch.device = "cpu", clip_denoised: bool = False,
-               **model_kwargs: Any) -> Tensor:
+               skip: int = 0, **model_kwargs: Any) -> Tensor:
         """x_T ~ N(0, I) -> x_0 in ``steps`` DDIM steps: (B, c, h, w) -> (B, c, h, w).
 
         ``callback(t, x_t, x̂_0)`` sees each step; ``mask`` (1 = keep) and ``x0`` inpaint
-        (:class:`~minildm.diffusion.samplers.base.Inpainting`).
+        (:class:`~minildm.diffusion.samplers.base.Inpainting`). ``skip`` > 0 leaves out the ``skip``
+        noisiest steps: ``x_T`` is then a sample at τ_{S−skip} (SDEdit's start, see
+        :meth:`~minildm.diffusion.ldm.LatentDiffusion.img2img`).
         """
         eta = check_eta(eta)
         d = self.diffusion
         shape, x_T, inpaint = check_sample_inputs(shape, device, x_T, mask, x0)
         taus = self.timesteps(steps).clamp(max=d.num_timesteps - 1)
+        if not isinstance(skip, int) or isinstance(skip, bool) or not 0 <= skip < len(taus):
+            raise ValueError(f"skip must be an int in [0, {len(taus)}), got {skip!r}")
+        taus = taus[:len(taus) - skip]
         # x_T ~ N(0, I)
         x = initial_noise(shape, generator, device) if x_T is None else x_T
         ac = d.alphas_cumprod
-        for k in timestep_iter(range(len(taus) - 1, -1, -1), len(taus), progress, f"DDIM {steps}"):
+        for k in timestep_iter(range(len(taus) - 1, -1, -1), len(taus), progress, f"DDIM {len(taus)}"):
             tau = int(taus[k])
             t = torch.full((shape[0],), tau, device=device, dtype=torch.long)
             out = model_fn(x, t, **model_kwargs)
