@@ -309,7 +309,7 @@ def test_bad_render_requests_raise_value_error():
             render_scene([good], **{"image_size": 64, **kwargs})
     with pytest.raises(ValueError):
         render_scene([], 64)
-    assert set(DATASET_NAMES) == {"shapes", "fashion_mnist", "photos", "image_folder"}
+    assert set(DATASET_NAMES) == {"shapes", "fashion_mnist", "photos", "image_folder", "shapes+photos"}
 
 
 # ----------------------------------------------------------------------------------------- photos
