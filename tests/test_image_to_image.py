@@ -37,7 +37,7 @@ def _ldm(concat, c=4, size=16, first_stage=None):
 # ------------------------------------------------------------------------------------------- data
 def test_segmentation_map_matches_the_rendered_objects():
     objects = [{"shape": "hexagon", "colour": "red", "centre": (0.3, 0.4), "size": "large"},
-               {"shape": "cross", "colour": "blue", "centre": (0.75, 0.75), "size": "small"}]
+               {"shape": "cross", "colour": "blue", "centre": (0.72, 0.72), "size": "medium"}]
     item = render_scene(objects, 64)
     seg = segmentation_from_objects(item["objects"], 64)
     assert seg.shape == (64, 64) and seg.dtype == torch.int64
