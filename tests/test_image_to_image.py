@@ -234,3 +234,20 @@ def test_commands_refuse_bad_inputs(argv, match, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out.png").exists() and not (tmp_path / "art").exists()  # nothing trained or written
+
+
+def test_training_on_an_image_folder_prints_the_channel_layout(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for i in range(24):
+        _png(tmp_path / "imgs" / f"{i}.png", rng.integers(0, 255, (48, 48, 3)))
+    argv = ["train-ldm", "--task", "inpaint", "--data", "image_folder", "--root", str(tmp_path / "imgs"),
+            "--preset", "smoke", "--out", str(tmp_path / "art"), "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "input channels = z_t (4) + the hole mask (1) + the masked image's latent (4) = 9" in out
+    assert "biharmonic" in out and (tmp_path / "art" / "smoke" / "ldm-inpaint-folder" / "model.safetensors").is_file()
+    cfg = (tmp_path / "art" / "smoke" / "ldm-inpaint-folder" / "config.json").read_text()
+    assert str(tmp_path / "imgs") in cfg  # the folder is part of the model's identity
+    assert main([a if a != "inpaint" else "semantic" for a in argv]) == 2
+    assert "semantic synthesis needs maps" in capsys.readouterr().err

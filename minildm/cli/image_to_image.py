@@ -14,8 +14,8 @@ def print_i2i_metrics(name: str, m: dict[str, Any]) -> None:
     """The metrics of an image-to-image artifact, one line per method (and domain)."""
     if "sr" in m:
         sr = m["sr"]
-        print(f"x{sr['factor']} super-resolution of {sr['n']} val images ({sr['n_photos']} photo crops), "
-              f"DDIM-{sr['ddim_steps']}:")
+        photos = f" ({sr['n_photos']} photo crops)" if sr["n_photos"] else ""
+        print(f"x{sr['factor']} super-resolution of {sr['n']} val images{photos}, DDIM-{sr['ddim_steps']}:")
         for method in ("ldm", "bicubic"):
             row = sr[method]
             print(f"  {method:<10} {_fmt(row, ('psnr', 'ssim', 'lpips', 'fd'))}")
@@ -24,8 +24,8 @@ def print_i2i_metrics(name: str, m: dict[str, Any]) -> None:
                     print(f"    {d:<8} {_fmt(row[d], ('psnr', 'ssim', 'lpips', 'fd'))}")
     if "inpaint" in m:
         ip = m["inpaint"]
-        print(f"inpainting of {ip['n']} val images ({ip['n_photos']} photo crops), holes cover "
-              f"{ip['hole_fraction']:.0%} of the pixels:")
+        photos = f" ({ip['n_photos']} photo crops)" if ip["n_photos"] else ""
+        print(f"inpainting of {ip['n']} val images{photos}, holes cover {ip['hole_fraction']:.0%} of the pixels:")
         for method, row in ip.items():
             if isinstance(row, dict):
                 print(f"  {method:<12} {_fmt(row, ('lpips', 'psnr_hole', 'fd'))}")
@@ -41,19 +41,36 @@ def print_i2i_metrics(name: str, m: dict[str, Any]) -> None:
 
 
 def train_i2i(args: argparse.Namespace) -> int:
-    from ..recipes.image_to_image import i2i_name
+    from ..recipes.image_to_image import i2i_name, with_image_folder
     from ..recipes.presets import get_preset
     from ..recipes.registry import get_spec
     from ..recipes.store import artifact_dir, build_artifact, load_artifact
 
     preset = get_preset(args.preset)
-    name = i2i_name(args.task, args.pixel)
+    folder = args.data == "image_folder"
+    if folder:
+        from ..data.image_folder import check_image_folder
+
+        if not args.root:
+            raise ValueError("--data image_folder needs --root PATH (a folder of images)")
+        report = check_image_folder(args.root)
+        if report.unreadable:
+            raise ValueError(f"{args.root}: {report.report().splitlines()[0]} (python -m minildm check-data "
+                             f"{args.root} lists them)")
+        preset = with_image_folder(preset, args.root)
+    elif args.root is not None:
+        raise ValueError("--root goes with --data image_folder")
+    name = i2i_name(args.task, args.pixel, folder)
     spec = get_spec(name)
     identity = spec.identity(preset, args.steps)
     unet = identity["model"]["unet"]
     c = unet["out_channels"]
-    print(f"{name}: the UNet's input is z_t ({c} channels) + c_concat ({unet['in_channels'] - c} channels: "
-          f"{identity['model']['concat_stage']['type']}) = {unet['in_channels']} channels")
+    cc = unet["in_channels"] - c
+    parts = {"low_resolution": f"the x{identity['recipe'].get('sr_factor', 4)}-downsampled image ({cc})",
+             "masked_image": f"the hole mask (1) + the masked image's latent ({cc - 1})",
+             "segmentation": f"the segmentation map, one channel per class ({cc})"}
+    print(f"{name}: the UNet's input channels = z_t ({c}) + {parts[identity['model']['concat_stage']['type']]} "
+          f"= {unet['in_channels']}")
     if args.retrain or args.resume or args.init_from or args.steps is not None \
             or not artifact_dir(name, preset, args.out).is_dir():
         art = build_artifact(name, preset, steps=args.steps, device=args.device, progress=not args.no_progress,

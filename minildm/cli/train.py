@@ -200,9 +200,11 @@ def train_ldm_arguments(parser: argparse.ArgumentParser) -> None:
     add_common(parser)
     parser.add_argument("--f", type=factor_arg, nargs="+", default=None, metavar="F",
                         help="first stages ae-kl-f{F} to train on (default: all of the preset's, 1 = pixel space)")
-    parser.add_argument("--data", choices=["shapes", "fashion_mnist"], default="shapes",
+    parser.add_argument("--data", choices=["shapes", "fashion_mnist", "image_folder"], default="shapes",
                         help="shapes: the pixel-vs-latent experiment (one model per f); fashion_mnist: one LDM "
-                             "with f = 4 on Fashion-MNIST (its autoencoder is trained first)")
+                             "with f = 4 on Fashion-MNIST (its autoencoder is trained first); image_folder (with "
+                             "--task sr or inpaint and --root): an image-to-image model on images of your own")
+    parser.add_argument("--root", default=None, metavar="PATH", help="the image folder of --data image_folder")
     parser.add_argument("--budget", type=positive_int, default=None, metavar="SECONDS",
                         help="training time per model in seconds (default: the preset's)")
     parser.add_argument("--retrain", action="store_true", help="train again even where an artifact exists")
@@ -279,9 +281,12 @@ def train_ldm(args: argparse.Namespace) -> int:
     if args.task is not None:
         from .image_to_image import train_i2i
 
-        if args.f or args.cond != "none" or args.budget is not None:
-            raise ValueError("--f, --cond and --budget belong to the other experiments, not to --task")
+        if args.f or args.cond != "none" or args.budget is not None or args.data == "fashion_mnist":
+            raise ValueError("--f, --cond, --budget and --data fashion_mnist belong to the other experiments, "
+                             "not to --task")
         return train_i2i(args)
+    if args.data == "image_folder" or args.root is not None:
+        raise ValueError("--data image_folder and --root train an image-to-image model: add --task sr or --task inpaint")
     if args.pixel:
         raise ValueError("--pixel goes with --task inpaint")
     if args.cond == "text":

@@ -44,7 +44,7 @@ from .latent_diffusion import LatentDiffusionRecipe, latent_channels, schedule_e
 from .presets import Preset
 from .registry import register
 
-__all__ = ["TASKS", "I2ISpec", "i2i_name", "task_data", "concat_config", "eval_images", "eval_holes",
+__all__ = ["TASKS", "FOLDER_KEY", "I2ISpec", "i2i_name", "with_image_folder", "task_data", "concat_config", "eval_images", "eval_holes",
            "sample_sr", "sample_inpainting", "inpaint_biharmonic", "inpaint_by_masking", "evaluate_sr",
            "evaluate_inpainting", "semantic_tiles", "sample_semantic", "evaluate_semantic"]
 
@@ -52,18 +52,43 @@ __all__ = ["TASKS", "I2ISpec", "i2i_name", "task_data", "concat_config", "eval_i
 TASKS = ("sr", "inpaint", "semantic")
 
 
-def i2i_name(task: str, pixel: bool = False) -> str:
-    """Artifact name: ``ldm-{task}``, or ``pdm-inpaint`` for the pixel-space inpainting model."""
+#: where a preset's ``extra`` names the image folder of the ``*-folder`` artifacts
+FOLDER_KEY = "image_folder"
+
+
+def i2i_name(task: str, pixel: bool = False, folder: bool = False) -> str:
+    """Artifact name: ``ldm-{task}``, ``pdm-inpaint`` for the pixel-space inpainting model, or
+    ``ldm-{sr,inpaint}-folder`` for the models trained on an image folder of one's own."""
     if task not in TASKS:
         raise ValueError(f"unknown image-to-image task {task!r}: choose one of {', '.join(TASKS)}")
     if pixel and task != "inpaint":
         raise ValueError("the pixel-space comparison model exists for inpainting only (--task inpaint --pixel)")
-    return "pdm-inpaint" if pixel else f"ldm-{task}"
+    if folder and (pixel or task == "semantic"):
+        raise ValueError("an image folder trains --task sr or --task inpaint (semantic synthesis needs maps)")
+    return "pdm-inpaint" if pixel else f"ldm-{task}" + ("-folder" if folder else "")
 
 
-def task_data(task: str) -> str:
+def with_image_folder(preset: Preset, root: str) -> Preset:
+    """``preset`` whose ``*-folder`` artifacts train on the images under ``root``."""
+    import dataclasses
+    from pathlib import Path as _Path
+
+    return dataclasses.replace(preset, extra={**preset.extra, FOLDER_KEY: str(_Path(root).expanduser().resolve())})
+
+
+def task_data(task: str, folder: bool = False) -> str:
     """The dataset a task trains and is measured on."""
+    if folder:
+        return "image_folder"
     return "shapes" if task == "semantic" else "shapes+photos"
+
+
+def _folder_root(preset: Preset) -> str:
+    root = preset.extra.get(FOLDER_KEY)
+    if not root:
+        raise ValueError("the *-folder models train on an image folder: give it with --data image_folder --root PATH "
+                         "(or recipes.image_to_image.with_image_folder(preset, PATH))")
+    return root
 
 
 def concat_config(task: str, preset: Preset, f: int) -> dict[str, Any]:
@@ -78,17 +103,24 @@ def concat_config(task: str, preset: Preset, f: int) -> dict[str, Any]:
             "method": "area", "out_channels": None}
 
 
-def _items(task: str, split: str, n: int, preset: Preset, offset: int = 0) -> list[dict[str, Any]]:
+def _items(task: str, split: str, n: int, preset: Preset, offset: int = 0, folder: bool = False
+           ) -> list[dict[str, Any]]:
+    """Items ``offset`` … ``offset + n − 1`` of the task's split (of an image folder: at most all it has)."""
     from ..data import load_dataset
 
+    if folder:
+        ds = load_dataset("image_folder", split, preset.i2i.image_size, root=_folder_root(preset))
+        n = min(n, len(ds) - offset)
+        return [{**ds[i], "domain": "folder"} for i in range(offset, offset + n)]
     ds = load_dataset(task_data(task), split, preset.i2i.image_size, length=offset + n, seed=preset.seed)
     return [ds[i] for i in range(offset, offset + n)]
 
 
-def eval_images(task: str, preset: Preset, n: int | None = None) -> tuple[Tensor, list[str], list[Any]]:
+def eval_images(task: str, preset: Preset, n: int | None = None, folder: bool = False
+                ) -> tuple[Tensor, list[str], list[Any]]:
     """The first ``n`` (default ``preset.i2i.n_eval``) validation images of a task: images (n, 3, H, W),
-    their domains (``shapes`` / ``photos``) and their objects."""
-    items = _items(task, "val", n or preset.i2i.n_eval, preset)
+    their domains (``shapes`` / ``photos`` / ``folder``) and their objects."""
+    items = _items(task, "val", n or preset.i2i.n_eval, preset, folder=folder)
     return (torch.stack([it["image"] for it in items]), [it.get("domain", "shapes") for it in items],
             [it["objects"] for it in items])
 
@@ -179,12 +211,12 @@ def _per_domain(out: Tensor, ref: Tensor, domains: Sequence[str], feature_net: n
 
 
 @torch.no_grad()
-def evaluate_sr(model: nn.Module, preset: Preset, feature_net: nn.Module, n: int | None = None,
-                steps: int | None = None, seed: int = 0) -> dict[str, Any]:
+def evaluate_sr(model: nn.Module, preset: Preset, feature_net: nn.Module | None, n: int | None = None,
+                steps: int | None = None, seed: int = 0, folder: bool = False) -> dict[str, Any]:
     """PSNR, SSIM, LPIPS and FD-feat of LDM-SR and of bicubic upsampling on the same ``n`` validation images
-    (all, and per domain), ×``sr_factor``."""
+    (all, and per domain), ×``sr_factor``; no FD-feat without a ``feature_net``."""
     ip = preset.i2i
-    x, domains, _ = eval_images("sr", preset, n)
+    x, domains, _ = eval_images("sr", preset, n, folder)
     lr = bicubic_downsample(x, ip.sr_factor)
     t0 = time.perf_counter()
     ldm = sample_sr(model, lr, steps or ip.eval_ddim_steps, seed)
@@ -197,11 +229,12 @@ def evaluate_sr(model: nn.Module, preset: Preset, feature_net: nn.Module, n: int
 
 @torch.no_grad()
 def evaluate_inpainting(methods: Mapping[str, Callable[[Tensor, Tensor], Tensor]], preset: Preset,
-                        feature_net: nn.Module, n: int | None = None, seed: int = 0) -> dict[str, Any]:
+                        feature_net: nn.Module | None, n: int | None = None, seed: int = 0, folder: bool = False
+                        ) -> dict[str, Any]:
     """For each inpainting method (name -> fn(images, holes) -> composited images): LPIPS of the result (only
     the hole differs from the original), PSNR of the hole's pixels and FD-feat of the results, on ``n``
     validation images with the holes of :func:`eval_holes` (all, and per domain)."""
-    x, domains, _ = eval_images("inpaint", preset, n)
+    x, domains, _ = eval_images("inpaint", preset, n, folder)
     holes = eval_holes(len(x), x.shape[-1], seed)
     out: dict[str, Any] = {"n": len(x), "n_photos": domains.count("photos"),
                            "hole_fraction": float(holes.mean())}
@@ -294,17 +327,24 @@ def _step_flops(name: str, preset_name: str) -> int:
 @register("ldm-inpaint", task="inpaint")
 @register("ldm-semantic", task="semantic")
 @register("pdm-inpaint", task="inpaint", pixel=True)
+@register("ldm-sr-folder", task="sr", folder=True)
+@register("ldm-inpaint-folder", task="inpaint", folder=True)
 class I2ISpec(LatentDiffusionRecipe):
-    """Artifacts ``ldm-sr``, ``ldm-inpaint``, ``ldm-semantic``, ``pdm-inpaint`` (see the module docstring)."""
+    """Artifacts ``ldm-sr``, ``ldm-inpaint``, ``ldm-semantic``, ``pdm-inpaint`` (see the module docstring), and
+    ``ldm-sr-folder`` / ``ldm-inpaint-folder``: the same recipes on an image folder of one's own (named by
+    the preset's ``extra["image_folder"]``, :func:`with_image_folder`; the CLI's ``--data image_folder
+    --root PATH``), continuing the shipped models' first stage ``kl-f4-photos``."""
 
-    def __init__(self, task: str, pixel: bool = False) -> None:
-        self.task_name, self.pixel = task, pixel
-        self.name = i2i_name(task, pixel)
+    def __init__(self, task: str, pixel: bool = False, folder: bool = False) -> None:
+        self.task_name, self.pixel, self.folder = task, pixel, folder
+        self.name = i2i_name(task, pixel, folder)
         self.description = {"sr": "LDM-SR: x4 super-resolution, low-resolution image concatenated",
                              "inpaint": "inpainting LDM: masked image's latent and mask concatenated",
                              "semantic": "semantic synthesis LDM: segmentation map concatenated"}[task]
         if pixel:
             self.description = "pixel-space inpainting DM (same UNet), trained for ldm-inpaint's FLOPs"
+        if folder:
+            self.description += ", trained on an image folder"
 
     def first_stage_name(self, preset: Preset) -> str:
         from .ablation import ablation_name
@@ -349,12 +389,15 @@ class I2ISpec(LatentDiffusionRecipe):
                        **({"compare_steps": ip.compare_steps} if self.task_name == "inpaint" else {}),
                        **({"sr_factor": ip.sr_factor} if self.task_name == "sr" else {}),
                        "seed": preset.seed, "steps": steps if steps is not None else self.default_steps(preset),
-                       "data": {"name": task_data(self.task_name), "split": "train", "image_size": ip.image_size}},
+                       "data": {"name": task_data(self.task_name, self.folder), "split": "train",
+                                "image_size": ip.image_size,
+                                **({"root": preset.extra.get(FOLDER_KEY)} if self.folder else {})}},
             "preset": preset.name,
         }
 
     def command(self, preset: Preset, steps: int | None = None) -> str:
-        return (f"python -m minildm train-ldm --task {self.task_name}{' --pixel' if self.pixel else ''} "
+        folder = f" --data image_folder --root {preset.extra.get(FOLDER_KEY) or 'PATH'}" if self.folder else ""
+        return (f"python -m minildm train-ldm --task {self.task_name}{' --pixel' if self.pixel else ''}{folder} "
                 f"--preset {preset.name}" + (f" --steps {steps}" if steps is not None else ""))
 
     def latent_batches(self, ldm: nn.Module, preset: Preset, recipe: Mapping[str, Any],
@@ -363,7 +406,7 @@ class I2ISpec(LatentDiffusionRecipe):
         images themselves with holes drawn per batch (inpainting), the segmentation maps (semantic)."""
         from ..data.shapes import segmentation_from_objects
 
-        items = _items(self.task_name, "train", recipe["n_train"], preset)
+        items = _items(self.task_name, "train", recipe["n_train"], preset, folder=self.folder)
         images = torch.stack([it["image"] for it in items])
         ldm.compute_scale_factor(images[:1024])
         z = LatentBatches.encode(ldm, images, recipe["batch_size"]).latents
@@ -391,7 +434,7 @@ class I2ISpec(LatentDiffusionRecipe):
         from .store import load_or_train
 
         deps = super().dependencies(preset, device, progress)
-        if self.task_name == "inpaint" and not self.pixel:  # the equal-compute measure during training
+        if self.task_name == "inpaint" and not (self.pixel or self.folder):  # the equal-compute measure
             deps["feature_net"] = load_or_train("feature-net", preset, device=device, progress=progress).model
         return deps
 
@@ -400,7 +443,7 @@ class I2ISpec(LatentDiffusionRecipe):
         """Train; ``ldm-inpaint`` measures its EMA weights at ``compare_steps`` (the pixel model's compute)
         on the evaluation's images, kept in the log (a resumed run past that step keeps the row)."""
         compare = recipe.get("compare_steps")
-        if self.pixel or compare is None or compare >= recipe["steps"] or any("eval/compare" in r for r in trainer.log):
+        if self.pixel or self.folder or compare is None or compare >= recipe["steps"] or any("eval/compare" in r for r in trainer.log):
             trainer.fit()
             return
         if trainer.step < compare:
@@ -427,17 +470,20 @@ class I2ISpec(LatentDiffusionRecipe):
             checker = load_or_train("checker", preset, device=device).model
             out["semantic"] = evaluate_semantic(model, checker, preset, seed=preset.seed)
             return out
-        feature_net = load_or_train("feature-net", preset, device=device).model
+        # FD-feat's features know the shapes data: not measured on a folder of one's own
+        feature_net = None if self.folder else load_or_train("feature-net", preset, device=device).model
         if self.task_name == "sr":
-            out["sr"] = evaluate_sr(model, preset, feature_net, seed=preset.seed)
+            out["sr"] = evaluate_sr(model, preset, feature_net, seed=preset.seed, folder=self.folder)
             return out
         steps, seed = ip.eval_ddim_steps, preset.seed
         methods: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
             self.name: lambda x, h: sample_inpainting(model, x, h, steps, seed)}
         if not self.pixel:
-            uncond = load_or_train("ldm-f4", preset, device=device).model
             methods["biharmonic"] = inpaint_biharmonic
+        if not (self.pixel or self.folder):
+            uncond = load_or_train("ldm-f4", preset, device=device).model
             methods["masking"] = lambda x, h: inpaint_by_masking(uncond, x, h, steps, seed)
-        out["inpaint"] = evaluate_inpainting(methods, preset, feature_net, seed=seed)
-        out["step_flops"] = _step_flops(self.name, preset.name)
+        out["inpaint"] = evaluate_inpainting(methods, preset, feature_net, seed=seed, folder=self.folder)
+        if not self.folder:
+            out["step_flops"] = _step_flops(self.name, preset.name)
         return out
