@@ -68,7 +68,9 @@ def train_i2i(args: argparse.Namespace) -> int:
     cc = unet["in_channels"] - c
     parts = {"low_resolution": f"the x{identity['recipe'].get('sr_factor', 4)}-downsampled image ({cc})",
              "masked_image": f"the hole mask (1) + the masked image's latent ({cc - 1})",
-             "segmentation": f"the segmentation map, one channel per class ({cc})"}
+             "segmentation": (f"the segmentation map folded into channels, {k} classes x {cc // k} pixels per cell ({cc})"
+                              if (k := identity["model"]["concat_stage"].get("num_classes", cc)) != cc
+                              else f"the segmentation map, one channel per class ({cc})")}
     print(f"{name}: the UNet's input channels = z_t ({c}) + {parts[identity['model']['concat_stage']['type']]} "
           f"= {unet['in_channels']}")
     if args.retrain or args.resume or args.init_from or args.steps is not None \

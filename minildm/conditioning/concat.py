@@ -14,9 +14,11 @@ Each :class:`ConcatConditioner` is one κ, registered by its ``type`` (:func:`bu
 * :class:`MaskedImage` (inpainting, Sec. 4.5; Stable Diffusion's inpainting UNet): the hole m
   (1 = fill) resized to the grid and the latent of the masked image, [m↓, s·E((1 − m) ⊙ x)];
   C_c = 1 + c, so a 4-channel latent gives the UNet its 4 + 1 + 4 = 9 input channels.
-* :class:`SegmentationMap` (semantic synthesis, Sec. 4.3.2): the one-hot map through a
-  :class:`SpatialRescaler` (CompVis name): ``n_stages`` halvings to the latent grid and an optional
-  1×1 convolution to ``out_channels``; C_c = classes (or out_channels).
+* :class:`SegmentationMap` (semantic synthesis, Sec. 4.3.2): the one-hot map brought to the latent grid,
+  either through a :class:`SpatialRescaler` (CompVis name: ``n_stages`` halvings, here by area, so each
+  cell holds its class fractions, and an optional 1×1 convolution to ``out_channels``; C_c = K) or folded
+  into channels (``method="space_to_depth"``: each f × f block of the one-hot map becomes K·f² channels of
+  one cell, so the UNet sees the map at full resolution; C_c = K·f²).
 
 Conditions are dicts of tensors: ``{"lr": ...}``, ``{"image": ..., "hole": ...}``, ``{"segmentation": ...}``.
 """
@@ -154,8 +156,9 @@ class SpatialRescaler(nn.Module):
 
 @_register
 class SegmentationMap(ConcatConditioner):
-    """The semantic synthesis condition: one-hot map -> :class:`SpatialRescaler` (class fractions per latent
-    cell with ``method="area"`` and no channel mapper)."""
+    """The semantic synthesis condition: one-hot map (B, K, H, W) -> :class:`SpatialRescaler` (class fractions
+    per latent cell with ``method="area"`` and no channel mapper) or, with ``method="space_to_depth"``,
+    ``F.pixel_unshuffle`` by 2^n_stages: (B, K·4^n, H/2^n, W/2^n), the full-resolution map in channels."""
 
     kind = "segmentation"
     keys = ("segmentation",)
@@ -163,9 +166,16 @@ class SegmentationMap(ConcatConditioner):
     def __init__(self, num_classes: int, n_stages: int = 2, method: str = "area", out_channels: int | None = None) -> None:
         super().__init__()
         self.num_classes, self.n_stages, self.method, self.out_channels = int(num_classes), n_stages, method, out_channels
-        self.rescaler = SpatialRescaler(n_stages, method, 0.5, self.num_classes, out_channels)
+        if method == "space_to_depth":
+            if out_channels is not None:
+                raise ValueError("space_to_depth has no channel mapper: out_channels must be None")
+            self.rescaler = nn.PixelUnshuffle(2 ** n_stages)
+        else:
+            self.rescaler = SpatialRescaler(n_stages, method, 0.5, self.num_classes, out_channels)
 
     def channels(self, latent_channels: int) -> int:
+        if self.method == "space_to_depth":
+            return self.num_classes * 4 ** self.n_stages
         return self.out_channels or self.num_classes
 
     def forward(self, y: Mapping[str, Tensor], latent_hw: tuple[int, int], encode: Encode) -> Tensor:

@@ -9,7 +9,7 @@ artifact           paper                             y -> c_concat              
 =================  ================================  ==========================================  ===================
 ``ldm-sr``         Sec. 4.4, LDM-SR (×4)             bicubic ×4 image on the latent grid (3)     shapes+photos, kl-f4-photos
 ``ldm-inpaint``    Sec. 4.5, LDM-4 inpainting        [hole↓, s·E(masked image)] (1 + 4)          shapes+photos, kl-f4-photos
-``ldm-semantic``   Sec. 4.3.2, semantic synthesis    one-hot map, SpatialRescaler (8)            shapes, kl-f4
+``ldm-semantic``   Sec. 4.3.2, semantic synthesis    one-hot map folded to the grid (8·16)       shapes, kl-f4
 ``pdm-inpaint``    Tab. 6/7, pixel-space DM          [hole, masked image] (1 + 3) on pixels      shapes+photos, identity
 =================  ================================  ==========================================  ===================
 
@@ -100,7 +100,7 @@ def concat_config(task: str, preset: Preset, f: int) -> dict[str, Any]:
     if task == "inpaint":
         return {"type": "masked_image"}
     return {"type": "segmentation", "num_classes": len(SEGMENTATION_CLASSES), "n_stages": int(math.log2(f)),
-            "method": "area", "out_channels": None}
+            "method": preset.i2i.semantic_rescaler, "out_channels": None}
 
 
 def _items(task: str, split: str, n: int, preset: Preset, offset: int = 0, folder: bool = False

@@ -359,6 +359,9 @@ class I2IPreset:
     compare_steps: int
     photo_first_stage_steps: int
     sr_factor: int = 4
+    #: how the segmentation map reaches the latent grid (:class:`~minildm.conditioning.concat.SegmentationMap`):
+    #: "space_to_depth" (the full-resolution map folded into channels) or "area" (class fractions per cell)
+    semantic_rescaler: str = "space_to_depth"
     parameterization: str = "v"
     loss_weighting: str = "capped"
     snr_gamma: float | None = 5.0

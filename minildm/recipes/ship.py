@@ -37,8 +37,9 @@ def _short(value: Any) -> Any:
     return value
 
 
-#: loss rows a shipped log keeps at most (a plot needs no more); evaluation rows and stretch marks all stay
-MAX_LOSS_ROWS = 1000
+#: loss rows a shipped log keeps at most (a plot needs no more; the shipped-weights budget is shared by every
+#: model); evaluation rows and stretch marks all stay
+MAX_LOSS_ROWS = 300
 
 
 def _is_loss_row(row: dict[str, Any]) -> bool:
