@@ -251,3 +251,32 @@ def test_training_on_an_image_folder_prints_the_channel_layout(tmp_path, capsys)
     assert str(tmp_path / "imgs") in cfg  # the folder is part of the model's identity
     assert main([a if a != "inpaint" else "semantic" for a in argv]) == 2
     assert "semantic synthesis needs maps" in capsys.readouterr().err
+
+
+def test_repaint_resampling_keeps_the_known_region_and_needs_a_mask():
+    from minildm.diffusion.samplers import DDIMSampler
+
+    d = GaussianDiffusion("linear", 50)
+    model = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    x0 = torch.randn(2, 3, 8, 8)
+    keep = torch.zeros(2, 1, 8, 8)
+    keep[..., :4] = 1
+    calls = []
+    out = DDIMSampler(d).sample(lambda x, t: calls.append(1) or model(x, t), (2, 3, 8, 8), steps=5, resample=3,
+                                mask=keep, x0=x0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[..., :4], x0[..., :4]) and len(calls) == 4 * 3 + 1  # r passes per step, one at the end
+    with pytest.raises(ValueError, match="needs mask and x0"):
+        DDIMSampler(d).sample(model, (1, 3, 8, 8), steps=5, resample=2)
+    with pytest.raises(ValueError, match="resample"):
+        DDIMSampler(d).sample(model, (1, 3, 8, 8), steps=5, resample=0, mask=keep[:1], x0=x0[:1])
+
+
+def test_space_to_depth_keeps_the_full_resolution_map():
+    seg = torch.randint(0, 8, (2, 64, 64))
+    k = SegmentationMap(8, n_stages=2, method="space_to_depth")
+    c = k({"segmentation": seg}, (16, 16), None)
+    assert c.shape == (2, 128, 16, 16) and k.channels(4) == 128
+    back = torch.nn.functional.pixel_shuffle(c, 4).argmax(1)
+    assert torch.equal(back, seg)  # nothing of the map is lost
+    with pytest.raises(ValueError, match="no channel mapper"):
+        SegmentationMap(8, 2, method="space_to_depth", out_channels=3)

@@ -225,7 +225,7 @@ class LatentDiffusion(nn.Module):
                guidance_scale: float = 1.0, uncond: Tensor | None = None, decode: bool = True,
                progress: bool = False, callback: Callback | None = None,
                x_T: Tensor | None = None, cond: Any = None, mask: Tensor | None = None, x0: Tensor | None = None,
-               c_concat: Tensor | None = None, concat: Any = None, skip: int = 0,
+               c_concat: Tensor | None = None, concat: Any = None, skip: int = 0, resample: int = 1,
                latent_size: tuple[int, int] | None = None) -> Tensor:
         """``n`` samples: images (n, 3, H, W) with ``decode``, else scaled latents (n, c, h, w).
 
@@ -238,7 +238,8 @@ class LatentDiffusion(nn.Module):
         ``c_concat`` (n, C_c, h, w), the same for both halves of the guidance. ``mask`` (1 = keep,
         broadcastable to (n, c, h, w)) and ``x0`` (scaled latents) inpaint in latent space. ``concat``:
         the spatial condition y that :meth:`get_concat_conditioning` turns into ``c_concat``. ``skip``
-        (DDIM): leave out the noisiest steps, ``x_T`` then being a sample at the first step kept.
+        (DDIM): leave out the noisiest steps, ``x_T`` then being a sample at the first step kept. ``resample``
+        (DDIM, with ``mask``/``x0``): RePaint's r, each step done r times with a jump back in between.
         ``latent_size`` (h, w): sample a latent of another size than the training one (the UNet is
         convolutional; paper Sec. 4.3.2, Fig. 9), decoded to (n, 3, f·h, f·w).
         """
@@ -251,6 +252,10 @@ class LatentDiffusion(nn.Module):
             if "steps" not in chosen.options:
                 raise ValueError(f"skip needs a sampler with a step count (ddim), got {sampler!r}")
             options["skip"] = skip
+        if resample != 1:
+            if "steps" not in chosen.options:
+                raise ValueError(f"resample needs the ddim sampler, got {sampler!r}")
+            options["resample"] = resample
         shape = (n, *self.latent_shape)
         if latent_size is not None:
             h, w = (int(v) for v in latent_size)

@@ -167,9 +167,10 @@ def inpaint_biharmonic(images: Tensor, holes: Tensor) -> Tensor:
 
 
 def inpaint_by_masking(model: nn.Module, images: Tensor, holes: Tensor, steps: int = 20, seed: int = 0,
-                       progress: bool = False) -> Tensor:
+                       progress: bool = False, resample: int = 1) -> Tensor:
     """Inpainting with an *unconditional* LDM by masking in the sampler (CompVis ``mask``/``x0``): the latent
-    cells touched by a hole are generated, the others kept at q(z_t | E(x)); then composited in pixels."""
+    cells touched by a hole are generated, the others kept at q(z_t | E(x)); then composited in pixels.
+    ``resample`` > 1: RePaint's harmonising jumps (see :class:`~minildm.diffusion.samplers.ddim.DDIMSampler`)."""
     f = images.shape[-1] // model.latent_shape[-1]
     g = torch.Generator().manual_seed(seed)
 
@@ -177,7 +178,7 @@ def inpaint_by_masking(model: nn.Module, images: Tensor, holes: Tensor, steps: i
         x = images[s].to(model.scale_factor.device)
         keep = 1 - F.max_pool2d(holes[s].to(x.device), f)  # 1 = a latent cell with no missing pixel
         z0 = model.encode_first_stage(x)
-        return model.sample(len(x), steps=steps, generator=g, mask=keep, x0=z0, progress=progress)
+        return model.sample(len(x), steps=steps, generator=g, mask=keep, x0=z0, progress=progress, resample=resample)
 
     out = _batched(run, len(images))
     return holes * out + (1 - holes) * images

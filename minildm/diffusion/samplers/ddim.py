@@ -50,13 +50,16 @@ class DDIMSampler(Sampler):
                x_T: Tensor | None = None, mask: Tensor | None = None, x0: Tensor | None = None,
                callback: Callback | None = None, generator: torch.Generator | None = None,
                progress: bool = False, device: str | torch.device = "cpu", clip_denoised: bool = False,
-               skip: int = 0, **model_kwargs: Any) -> Tensor:
+               skip: int = 0, resample: int = 1, **model_kwargs: Any) -> Tensor:
         """x_T ~ N(0, I) -> x_0 in ``steps`` DDIM steps: (B, c, h, w) -> (B, c, h, w).
 
         ``callback(t, x_t, x̂_0)`` sees each step; ``mask`` (1 = keep) and ``x0`` inpaint
         (:class:`~minildm.diffusion.samplers.base.Inpainting`). ``skip`` > 0 leaves out the ``skip``
         noisiest steps: ``x_T`` is then a sample at τ_{S−skip} (SDEdit's start, see
-        :meth:`~minildm.diffusion.ldm.LatentDiffusion.img2img`).
+        :meth:`~minildm.diffusion.ldm.LatentDiffusion.img2img`). ``resample`` = r > 1 (with ``mask``/``x0``,
+        RePaint, Lugmayr et al. 2022): each step is done r times, going back from τ− to τ in between with
+        fresh noise, x_τ ~ q(x_τ | x_τ−) = N(√(ᾱ_τ / ᾱ_τ−) x_τ−, (1 − ᾱ_τ / ᾱ_τ−) I), so the generated
+        region is harmonised with the known one that the replacement put in.
         """
         eta = check_eta(eta)
         d = self.diffusion
@@ -65,30 +68,49 @@ class DDIMSampler(Sampler):
         if not isinstance(skip, int) or isinstance(skip, bool) or not 0 <= skip < len(taus):
             raise ValueError(f"skip must be an int in [0, {len(taus)}), got {skip!r}")
         taus = taus[:len(taus) - skip]
+        if not isinstance(resample, int) or isinstance(resample, bool) or resample < 1:
+            raise ValueError(f"resample must be an int >= 1, got {resample!r}")
+        if resample > 1 and inpaint is None:
+            raise ValueError("resample (RePaint) harmonises an inpainting run: it needs mask and x0")
         # x_T ~ N(0, I)
         x = initial_noise(shape, generator, device) if x_T is None else x_T
         ac = d.alphas_cumprod
         for k in timestep_iter(range(len(taus) - 1, -1, -1), len(taus), progress, f"DDIM {len(taus)}"):
-            tau = int(taus[k])
-            t = torch.full((shape[0],), tau, device=device, dtype=torch.long)
-            out = model_fn(x, t, **model_kwargs)
-            # x̂_0 = (x_τ − √(1 − ᾱ_τ) ε̂) / √ᾱ_τ (or from x̂_0 / v̂ directly)
-            x0_hat = d.predict_x0(x, t, out)
-            if clip_denoised:
-                x0_hat = x0_hat.clamp(-1, 1)
-            # ε̂ = (x_τ − √ᾱ_τ x̂_0) / √(1 − ᾱ_τ), consistent with a clipped x̂_0
-            eps = (d.predict_eps(x, t, out) if not clip_denoised
-                   else (x - ac[tau].sqrt() * x0_hat) / (1 - ac[tau]).sqrt())
-            a_t = float(ac[tau])
-            a_prev = float(ac[int(taus[k - 1])]) if k > 0 else 1.0
-            # σ = η √((1 − ᾱ_{τ−}) / (1 − ᾱ_τ)) √(1 − ᾱ_τ / ᾱ_{τ−})
-            sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(1 - a_t / a_prev)
-            # x_{τ−} = √ᾱ_{τ−} x̂_0 + √(1 − ᾱ_{τ−} − σ²) ε̂ + σ z
-            x = math.sqrt(a_prev) * x0_hat + math.sqrt(max(1 - a_prev - sigma ** 2, 0.0)) * eps
-            if sigma > 0 and k > 0:
-                x = x + sigma * initial_noise(shape, generator, device)
-            if inpaint is not None:
-                x = inpaint.apply(d, x, int(taus[k - 1]) if k > 0 else None, generator)
+            for u in range(resample if k > 0 else 1):
+                if u > 0:  # RePaint: back from τ− to τ with fresh noise, then the step again
+                    a_back = float(ac[int(taus[k])]) / float(ac[int(taus[k - 1])])
+                    x = math.sqrt(a_back) * x + math.sqrt(1 - a_back) * initial_noise(shape, generator, device)
+                x, x0_hat = self._step(model_fn, x, k, taus, eta, clip_denoised, inpaint, generator, device,
+                                       model_kwargs)
             if callback is not None:
-                callback(tau, x, x0_hat)
+                callback(int(taus[k]), x, x0_hat)
         return x
+
+    def _step(self, model_fn: ModelFn, x: Tensor, k: int, taus: Tensor, eta: float, clip_denoised: bool,
+              inpaint: Any, generator: torch.Generator | None, device: str | torch.device,
+              model_kwargs: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """One DDIM step from τ_k to τ_{k−1} (to 0 for k = 0): (x_{τ−}, x̂_0)."""
+        d = self.diffusion
+        ac = d.alphas_cumprod
+        shape = tuple(x.shape)
+        tau = int(taus[k])
+        t = torch.full((shape[0],), tau, device=device, dtype=torch.long)
+        out = model_fn(x, t, **model_kwargs)
+        # x̂_0 = (x_τ − √(1 − ᾱ_τ) ε̂) / √ᾱ_τ (or from x̂_0 / v̂ directly)
+        x0_hat = d.predict_x0(x, t, out)
+        if clip_denoised:
+            x0_hat = x0_hat.clamp(-1, 1)
+        # ε̂ = (x_τ − √ᾱ_τ x̂_0) / √(1 − ᾱ_τ), consistent with a clipped x̂_0
+        eps = (d.predict_eps(x, t, out) if not clip_denoised
+               else (x - ac[tau].sqrt() * x0_hat) / (1 - ac[tau]).sqrt())
+        a_t = float(ac[tau])
+        a_prev = float(ac[int(taus[k - 1])]) if k > 0 else 1.0
+        # σ = η √((1 − ᾱ_{τ−}) / (1 − ᾱ_τ)) √(1 − ᾱ_τ / ᾱ_{τ−})
+        sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(1 - a_t / a_prev)
+        # x_{τ−} = √ᾱ_{τ−} x̂_0 + √(1 − ᾱ_{τ−} − σ²) ε̂ + σ z
+        x = math.sqrt(a_prev) * x0_hat + math.sqrt(max(1 - a_prev - sigma ** 2, 0.0)) * eps
+        if sigma > 0 and k > 0:
+            x = x + sigma * initial_noise(shape, generator, device)
+        if inpaint is not None:
+            x = inpaint.apply(d, x, int(taus[k - 1]) if k > 0 else None, generator)
+        return x, x0_hat
