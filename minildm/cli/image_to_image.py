@@ -3,7 +3,10 @@ report), ``upscale``, ``inpaint``, ``img2img`` and ``synthesize`` (applying the 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _fmt(row: dict[str, Any], keys: tuple[str, ...]) -> str:
