@@ -75,7 +75,7 @@ COMMANDS: dict[str, Command] = {
     "ablate-f": Command("ablate-f", "train and measure the downsampling-factor ablation (notebook 02)",
                         ablate_f_arguments, ablate_f),
     "train-first-stage": Command("train-first-stage", "train the first stage kl-f4 of the conditional LDMs "
-                                 "(notebooks 04 and 05)", train_first_stage_arguments, train_first_stage),
+                                 "(notebooks 04 and 05), or kl-f4-photos with --data shapes+photos (notebook 06)", train_first_stage_arguments, train_first_stage),
     "train-ldm": Command("train-ldm", "train latent DDPMs: unconditional on the first stages of notebook 02 (notebook 03), "
                          "text-to-image with --cond text (notebook 05), image-to-image with --task (notebook 06)",
                          train_ldm_arguments, train_ldm),
