@@ -86,6 +86,23 @@ def outline_width(size: int, radius_px: float) -> float:
     return float(np.clip(0.1 * radius_px, 0.5, max(0.5, size / 64)))
 
 
+def object_sdf(obj: ShapeObject, size: int) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """The signed distance d(p) in pixels (negative inside) of ``obj`` on a size × size canvas, over the window
+    of pixels around it: ((y0, y1, x0, x1), d of shape (y1 − y0, x1 − x0)); None when it misses the canvas.
+    The renderer draws from it, the segmentation maps (:mod:`~minildm.data.shapes.segmentation`) read it."""
+    r_px = obj.radius * size
+    cx, cy = obj.cx * size, obj.cy * size
+    ex, ey = HALF_EXTENTS[obj.shape]
+    x0, x1 = max(0, int(cx - ex * r_px) - 2), min(size, int(math.ceil(cx + ex * r_px)) + 2)
+    y0, y1 = max(0, int(cy - ey * r_px) - 2), min(size, int(math.ceil(cy + ey * r_px)) + 2)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    gx, gy = _pixel_grid(size)
+    px = (gx[y0:y1, x0:x1] - cx) / r_px
+    py = (gy[y0:y1, x0:x1] - cy) / r_px
+    return (y0, y1, x0, x1), shape_sdf(obj.shape, px, py) * r_px
+
+
 def draw_object(canvas: np.ndarray, obj: ShapeObject) -> None:
     """Composite one object onto ``canvas`` (size, size, 3) float32 in place.
 
@@ -94,17 +111,11 @@ def draw_object(canvas: np.ndarray, obj: ShapeObject) -> None:
     shade: c = c_canvas (1 - α) + c_outline (α - α_body) + c_body α_body.
     """
     size = canvas.shape[0]
-    r_px = obj.radius * size
-    cx, cy = obj.cx * size, obj.cy * size
-    ex, ey = HALF_EXTENTS[obj.shape]
-    x0, x1 = max(0, int(cx - ex * r_px) - 2), min(size, int(math.ceil(cx + ex * r_px)) + 2)
-    y0, y1 = max(0, int(cy - ey * r_px) - 2), min(size, int(math.ceil(cy + ey * r_px)) + 2)
-    if x0 >= x1 or y0 >= y1:
+    window = object_sdf(obj, size)
+    if window is None:
         return
-    gx, gy = _pixel_grid(size)
-    px = (gx[y0:y1, x0:x1] - cx) / r_px
-    py = (gy[y0:y1, x0:x1] - cy) / r_px
-    d = shape_sdf(obj.shape, px, py) * r_px
+    (y0, y1, x0, x1), d = window
+    r_px = obj.radius * size
     alpha = np.clip(0.5 - d, 0.0, 1.0)
     body = np.clip(0.5 - d - outline_width(size, r_px), 0.0, 1.0)
     colour = np.asarray(COLOURS[obj.colour], dtype=np.float32) / 255.0

@@ -11,14 +11,13 @@ image; the checker then reads back each region's shape.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from .geometry import HALF_EXTENTS, shape_sdf
+from .render import object_sdf
 from .scene import ShapeObject, make_object
 from .vocabulary import SHAPE_NAMES
 
@@ -33,19 +32,12 @@ def segmentation_map(objects: Sequence[ShapeObject], image_size: int) -> np.ndar
     object (d < 0); ``objects`` main object first, as in a :class:`~minildm.data.shapes.scene.Scene`."""
     size = int(image_size)
     seg = np.zeros((size, size), dtype=np.int64)
-    c = np.arange(size, dtype=np.float32) + 0.5
     for obj in reversed(tuple(objects)):  # main object last, i.e. on top (as render() draws them)
-        r_px = obj.radius * size
-        cx, cy = obj.cx * size, obj.cy * size
-        ex, ey = HALF_EXTENTS[obj.shape]
-        x0, x1 = max(0, int(cx - ex * r_px) - 2), min(size, int(math.ceil(cx + ex * r_px)) + 2)
-        y0, y1 = max(0, int(cy - ey * r_px) - 2), min(size, int(math.ceil(cy + ey * r_px)) + 2)
-        if x0 >= x1 or y0 >= y1:
+        window = object_sdf(obj, size)
+        if window is None:
             continue
-        gy, gx = np.meshgrid(c[y0:y1], c[x0:x1], indexing="ij")
-        d = shape_sdf(obj.shape, (gx - cx) / r_px, (gy - cy) / r_px) * r_px
-        region = seg[y0:y1, x0:x1]
-        region[d < 0] = 1 + SHAPE_NAMES.index(obj.shape)
+        (y0, y1, x0, x1), d = window
+        seg[y0:y1, x0:x1][d < 0] = 1 + SHAPE_NAMES.index(obj.shape)
     return seg
 
 
