@@ -280,3 +280,16 @@ def test_space_to_depth_keeps_the_full_resolution_map():
     assert torch.equal(back, seg)  # nothing of the map is lost
     with pytest.raises(ValueError, match="no channel mapper"):
         SegmentationMap(8, 2, method="space_to_depth", out_channels=3)
+
+
+def test_a_concat_stage_with_weights_trains_with_the_unet():
+    k = SegmentationMap(8, n_stages=1, method="area", out_channels=3)
+    ldm = _ldm(k, size=16)
+    task = LatentDiffusionTask(ldm, 1e-3)
+    assert "concat_stage" in task.modules()
+    task.configure_optimizers()
+    seg = torch.randint(0, 8, (2, 16, 16))
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    loss, _ = task.training_step({"latent": ldm.encode_first_stage(x), "concat": {"segmentation": seg}}, 0, "unet")
+    loss.backward()
+    assert k.rescaler.channel_mapper.weight.grad is not None

@@ -161,8 +161,8 @@ class LatentDiffusion(nn.Module):
             raise ValueError("this model has no concat_stage_model: pass c_concat as a tensor")
         device = self.scale_factor.device
         y = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in y.items()} if isinstance(y, dict) else y
-        with torch.no_grad():
-            return self.concat_stage_model(y, tuple(hw), self.encode_first_stage)
+        # the frozen encoder runs without gradients; a κ with weights (a channel mapper) trains with the UNet
+        return self.concat_stage_model(y, tuple(hw), self.encode_first_stage)
 
     def _check_concat(self, c_concat: Tensor | None, n: int, hw: tuple[int, ...] | None = None) -> None:
         """ValueError unless ``c_concat`` is (n, C_c, h, w) for a "concat"/"hybrid" model and None otherwise."""

@@ -241,6 +241,9 @@ class LatentDiffusionTask:
         mods = {"unet": self.ldm.model}
         if getattr(self.ldm, "cond_stage_model", None) is not None:
             mods["cond_stage"] = self.ldm.cond_stage_model
+        concat = getattr(self.ldm, "concat_stage_model", None)
+        if concat is not None and any(True for _ in concat.parameters()):  # e.g. a SpatialRescaler's channel mapper
+            mods["concat_stage"] = concat
         return mods
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:

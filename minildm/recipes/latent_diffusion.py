@@ -123,10 +123,19 @@ class LatentDiffusionRecipe(ABC):
         """Run options that change how the model computes, not what it is (e.g. gradient checkpointing)."""
 
     def trained_modules(self, ldm: LatentDiffusion) -> nn.Module:
-        """What the optimizer and the EMA see: ε_θ, and τ_θ when there is one (paper Eq. 3)."""
-        if ldm.cond_stage_model is None:
+        """What the optimizer and the EMA see: ε_θ, and τ_θ when there is one (paper Eq. 3), and κ when it has
+        weights."""
+        concat = ldm.concat_stage_model
+        if concat is not None and not any(True for _ in concat.parameters()):
+            concat = None
+        if ldm.cond_stage_model is None and concat is None:
             return ldm.model
-        return nn.ModuleDict({"unet": ldm.model, "cond_stage": ldm.cond_stage_model})
+        mods = {"unet": ldm.model}
+        if ldm.cond_stage_model is not None:
+            mods["cond_stage"] = ldm.cond_stage_model
+        if concat is not None:  # a κ with weights (a SpatialRescaler's channel mapper)
+            mods["concat_stage"] = concat
+        return nn.ModuleDict(mods)
 
     def task(self, ldm: LatentDiffusion, recipe: Mapping[str, Any]) -> LatentDiffusionTask:
         """The training objective: the LDM loss with the recipe's conditioning dropout, loss weighting
