@@ -293,3 +293,15 @@ def test_a_concat_stage_with_weights_trains_with_the_unet():
     loss, _ = task.training_step({"latent": ldm.encode_first_stage(x), "concat": {"segmentation": seg}}, 0, "unet")
     loss.backward()
     assert k.rescaler.channel_mapper.weight.grad is not None
+
+
+def test_inpainting_evaluation_reports_each_mask_kind():
+    from minildm.recipes import image_to_image as i2i
+    from minildm.recipes.presets import get_preset
+
+    preset = get_preset("smoke")
+    out = i2i.evaluate_inpainting({"keep": lambda x, h: x, "grey": lambda x, h: x * (1 - h)}, preset, None, n=6)
+    assert out["n"] == 6 and out["keep"]["lpips"] == pytest.approx(0.0, abs=1e-6)
+    by_kind = out["grey"]["lpips_by_kind"]
+    assert set(by_kind) == set(MASK_KINDS) and all(set(v) == {"shapes", "photos"} for v in by_kind.values())
+    assert all(v > 0 for kinds in by_kind.values() for v in kinds.values())

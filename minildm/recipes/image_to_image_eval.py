@@ -180,7 +180,10 @@ def evaluate_inpainting(methods: Mapping[str, Callable[[Tensor, Tensor], Tensor]
                         ) -> dict[str, Any]:
     """For each inpainting method (name -> fn(images, holes) -> composited images): LPIPS of the result (only
     the hole differs from the original), PSNR of the hole's pixels and FD-feat of the results, on ``n``
-    validation images with the holes of :func:`eval_holes` (all, and per domain)."""
+    validation images with the holes of :func:`eval_holes` (all, and per domain); ``lpips_by_kind``: the LPIPS
+    per mask kind and domain (the holes take the kinds in turn)."""
+    from ..eval.metrics import lpips_distance
+
     x, domains, _ = eval_images("inpaint", preset, n, folder)
     holes = eval_holes(len(x), x.shape[-1], seed)
     out: dict[str, Any] = {"n": len(x), "n_photos": domains.count("photos"),
@@ -190,6 +193,12 @@ def evaluate_inpainting(methods: Mapping[str, Callable[[Tensor, Tensor], Tensor]
         result = fn(x, holes)
         row = _per_domain(result, x, domains, feature_net, holes)
         row["seconds"] = time.perf_counter() - t0
+        per_image = _batched(lambda s: lpips_distance(result[s], x[s]), len(x))
+        row["lpips_by_kind"] = {
+            kind: {d: float(per_image[idx].mean()) for d in sorted(set(domains))
+                   if len(idx := torch.tensor([i for i in range(k, len(x), len(MASK_KINDS)) if domains[i] == d],
+                                              dtype=torch.long))}
+            for k, kind in enumerate(MASK_KINDS)}
         out[name] = row
     return out
 
