@@ -153,7 +153,18 @@ def _model(name: str, args: argparse.Namespace) -> Any:
                          root=args.out).model
 
 
-def _common(parser: argparse.ArgumentParser, output: bool = True) -> None:
+def _draw(model: Any, args: argparse.Namespace, concat: dict[str, "torch.Tensor"], latent_hw: tuple[int, int]
+          ) -> "torch.Tensor":
+    """One sample of a concat model for ``concat`` on a latent grid ``latent_hw``, with the command's DDIM steps
+    and seed: (1, 3, f·h, f·w) on the CPU."""
+    import torch
+
+    g = torch.Generator().manual_seed(args.seed)
+    return model.sample(1, steps=args.steps, generator=g, concat=concat, latent_size=latent_hw,
+                        progress=not args.no_progress).cpu()
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
     from .args import add_common
 
     add_common(parser)
@@ -178,18 +189,14 @@ def upscale_arguments(parser: argparse.ArgumentParser) -> None:
 
 def upscale(args: argparse.Namespace) -> int:
     """x4 super-resolution with ldm-sr (the model is convolutional: any size it can take)."""
-    import torch
-
     from .args import check_output_file
 
     check_output_file(args.output)
     lr = read_rgb(args.input, "input")
     check_side(lr.shape[2], lr.shape[3], "the input", multiple=SIDE_MULTIPLE // 4, scale=4)
     model = _model("ldm-sr", args)
-    g = torch.Generator().manual_seed(args.seed)
     hw = tuple(lr.shape[-2:])  # the latent grid of the x4 image is the input's size (f = 4)
-    x = model.sample(1, steps=args.steps, generator=g, concat={"lr": lr}, latent_size=hw,
-                     progress=not args.no_progress)
+    x = _draw(model, args, {"lr": lr}, hw)
     write_image(x[0], args.output)
     print(f"upscaled {args.input} ({hw[1]}x{hw[0]}) x4 to {args.output} ({x.shape[-1]}x{x.shape[-2]}) "
           f"with ldm-sr, DDIM-{args.steps}")
@@ -221,8 +228,6 @@ def read_mask(path: str, image: "torch.Tensor") -> "torch.Tensor":
 
 def inpaint(args: argparse.Namespace) -> int:
     """Fill the white region of MASK in INPUT with ldm-inpaint."""
-    import torch
-
     from .args import check_output_file
 
     check_output_file(args.output)
@@ -232,10 +237,7 @@ def inpaint(args: argparse.Namespace) -> int:
     if not hole.any():
         raise ValueError("the mask has no white pixel: nothing to fill")
     model = _model("ldm-inpaint", args)
-    g = torch.Generator().manual_seed(args.seed)
-    hw = (x.shape[2] // 4, x.shape[3] // 4)
-    out = model.sample(1, steps=args.steps, generator=g, concat={"image": x, "hole": hole}, latent_size=hw,
-                       progress=not args.no_progress).cpu()
+    out = _draw(model, args, {"image": x, "hole": hole}, (x.shape[2] // 4, x.shape[3] // 4))
     write_image((hole * out + (1 - hole) * x)[0], args.output)
     print(f"filled {hole.mean():.0%} of {args.input} with ldm-inpaint, DDIM-{args.steps}: {args.output}")
     return 0
@@ -253,8 +255,6 @@ def synthesize_arguments(parser: argparse.ArgumentParser) -> None:
 
 def synthesize(args: argparse.Namespace) -> int:
     """An image from a segmentation map with ldm-semantic, at the map's size."""
-    import torch
-
     from ..data.shapes import SEGMENTATION_CLASSES
     from .args import check_output_file
 
@@ -265,9 +265,7 @@ def synthesize(args: argparse.Namespace) -> int:
         raise ValueError(f"the map's values must be class ids 0..{len(SEGMENTATION_CLASSES) - 1} "
                          f"({', '.join(SEGMENTATION_CLASSES)}), it has {int(seg.max())}")
     model = _model("ldm-semantic", args)
-    g = torch.Generator().manual_seed(args.seed)
-    x = model.sample(1, steps=args.steps, generator=g, concat={"segmentation": seg[None]},
-                     latent_size=(seg.shape[0] // 4, seg.shape[1] // 4), progress=not args.no_progress)
+    x = _draw(model, args, {"segmentation": seg[None]}, (seg.shape[0] // 4, seg.shape[1] // 4))
     write_image(x[0], args.output)
     print(f"synthesized {args.output} ({seg.shape[1]}x{seg.shape[0]}) from {args.map} with ldm-semantic, "
           f"DDIM-{args.steps}")

@@ -24,6 +24,7 @@ Conditions are dicts of tensors: ``{"lr": ...}``, ``{"image": ..., "hole": ...}`
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -56,19 +57,21 @@ def _tensor(y: Mapping[str, Any], key: str, kind: str, ndim: int) -> Tensor:
     return t
 
 
-class ConcatConditioner(nn.Module):
-    """κ: a condition y -> c_concat (B, C_c, h, w) on the latent grid (h, w)."""
+class ConcatConditioner(nn.Module, ABC):
+    """κ: a condition y -> c_concat (B, C_c, h, w) on the latent grid (h, w). Subclasses give :meth:`channels`
+    and :meth:`forward`."""
 
     kind: ClassVar[str] = ""
     #: the data field(s) the condition is made of
     keys: ClassVar[tuple[str, ...]] = ()
 
+    @abstractmethod
     def channels(self, latent_channels: int) -> int:
         """C_c, the channels κ adds to the UNet's input."""
-        raise NotImplementedError
 
+    @abstractmethod
     def forward(self, y: Mapping[str, Tensor], latent_hw: tuple[int, int], encode: Encode) -> Tensor:
-        raise NotImplementedError
+        """c_concat (B, C_c, h, w) of the condition y on the latent grid ``latent_hw``; ``encode`` is s · E."""
 
     def config(self) -> dict[str, Any]:
         return {"type": self.kind}
