@@ -11,8 +11,8 @@ from minildm.cli import main
 from minildm.conditioning.concat import (LowResolution, MaskedImage, SegmentationMap, SpatialRescaler,
                                          build_concat_conditioner, one_hot_map)
 from minildm.data import load_dataset, render_scene
-from minildm.data.degradations import (MASK_KINDS, bicubic_downsample, check_hole, degrade, random_hole,
-                                       random_holes)
+from minildm.data.degradations import (MASK_KINDS, bicubic_downsample, check_hole, degrade, pyramid_fill,
+                                       random_hole, random_holes)
 from minildm.data.shapes import COLOURS, SEGMENTATION_CLASSES, segmentation_from_objects
 from minildm.diffusion.ldm import LatentDiffusion
 from minildm.diffusion.process import GaussianDiffusion
@@ -86,6 +86,43 @@ def test_shapes_and_photos_alternate():
 
 
 # ------------------------------------------------------------------------------------------- conditioners
+def test_pyramid_fill_keeps_the_known_pixels_and_interpolates_the_hole():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 64, 64, generator=g) * 2 - 1
+    hole = random_holes(3, 64, generator=g)
+    out = pyramid_fill(x, hole)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert torch.equal(out * (1 - hole), x * (1 - hole))  # known pixels exactly
+    const = torch.full((3, 3, 64, 64), 0.3)
+    assert torch.allclose(pyramid_fill(const, hole), const, atol=1e-6)  # a flat image is filled flat
+    ramp = torch.linspace(0, 1, 37).expand(1, 3, 37, 37).contiguous()  # odd size too
+    box = torch.zeros(1, 1, 37, 37)
+    box[..., 12:25, 12:25] = 1
+    err = (pyramid_fill(ramp, box) - ramp).abs()[..., 12:25, 12:25]
+    assert err.mean() < 0.1 < (ramp * (1 - box) - ramp).abs()[..., 12:25, 12:25].mean()  # better than a grey fill
+    one = torch.ones(1, 1, 8, 8)
+    one[..., 5, 2] = 0  # a single known pixel fills the whole image with its colour
+    dot = torch.zeros(1, 3, 8, 8)
+    dot[..., 5, 2] = torch.tensor([0.5, -0.2, 0.1])
+    assert torch.allclose(pyramid_fill(dot, one), dot[..., 5:6, 2:3].expand(1, 3, 8, 8), atol=1e-6)
+    with pytest.raises(ValueError, match="the hole must be"):
+        pyramid_fill(x, hole[:2])
+
+
+def test_masked_image_fills():
+    enc = lambda x: x[..., ::4, ::4]  # noqa: E731  (a stand-in E on the 4x grid)
+    x, hole = torch.full((1, 3, 16, 16), 0.8), torch.zeros(1, 1, 16, 16)
+    hole[..., 4:8, 4:8] = 1
+    zero = MaskedImage()({"image": x, "hole": hole}, (4, 4), enc)
+    filled = MaskedImage("pyramid")({"image": x, "hole": hole}, (4, 4), enc)
+    assert zero[0, 1:, 1, 1].eq(0).all() and torch.allclose(filled[0, 1:, 1, 1], torch.full((3,), 0.8))
+    assert torch.equal(zero[:, :1], filled[:, :1])  # the same mask channel
+    assert MaskedImage().config() == {"type": "masked_image"}  # configs written before ``fill`` read the same
+    assert build_concat_conditioner(MaskedImage("pyramid").config()).fill == "pyramid"
+    with pytest.raises(ValueError, match="unknown fill"):
+        MaskedImage("telea")
+
+
 def test_concat_conditioners_shapes_and_channels():
     enc = lambda x: x.mean(1, keepdim=True).expand(-1, 4, -1, -1)[..., ::4, ::4]  # noqa: E731  (a stand-in E)
     lr = torch.rand(2, 3, 16, 16)

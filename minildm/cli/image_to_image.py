@@ -70,7 +70,7 @@ def train_i2i(args: argparse.Namespace) -> int:
     c = unet["out_channels"]
     cc = unet["in_channels"] - c
     parts = {"low_resolution": f"the x{identity['recipe'].get('sr_factor', 4)}-downsampled image ({cc})",
-             "masked_image": f"the hole mask (1) + the masked image's latent ({cc - 1})",
+             "masked_image": f"the hole mask (1) + the filled image's latent ({cc - 1})",
              "segmentation": (f"the segmentation map folded into channels, {k} classes x {cc // k} pixels per cell ({cc})"
                               if (k := identity["model"]["concat_stage"].get("num_classes", cc)) != cc
                               else f"the segmentation map, one channel per class ({cc})")}

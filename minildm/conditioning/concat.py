@@ -12,8 +12,9 @@ Each :class:`ConcatConditioner` is one κ, registered by its ``type`` (:func:`bu
 * :class:`LowResolution` (LDM-SR, Sec. 4.4): the low-resolution image y (B, 3, H/k, W/k), resized
   (bicubic) to the latent grid when k ≠ f; C_c = 3.
 * :class:`MaskedImage` (inpainting, Sec. 4.5; Stable Diffusion's inpainting UNet): the hole m
-  (1 = fill) resized to the grid and the latent of the masked image, [m↓, s·E((1 − m) ⊙ x)];
-  C_c = 1 + c, so a 4-channel latent gives the UNet its 4 + 1 + 4 = 9 input channels.
+  (1 = fill) resized to the grid and the latent of the masked image, [m↓, s·E((1 − m) ⊙ x)], or of the
+  image with its hole pre-filled by push-pull interpolation (``fill="pyramid"``); C_c = 1 + c, so a
+  4-channel latent gives the UNet its 4 + 1 + 4 = 9 input channels.
 * :class:`SegmentationMap` (semantic synthesis, Sec. 4.3.2): the one-hot map brought to the latent grid,
   either through a :class:`SpatialRescaler` (CompVis name: ``n_stages`` halvings, here by area, so each
   cell holds its class fractions, and an optional 1×1 convolution to ``out_channels``; C_c = K) or folded
@@ -31,6 +32,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..data.degradations import pyramid_fill
 
 __all__ = ["CONCAT_CONDITIONERS", "ConcatConditioner", "LowResolution", "MaskedImage", "SegmentationMap",
            "SpatialRescaler", "build_concat_conditioner", "one_hot_map"]
@@ -105,10 +108,22 @@ class LowResolution(ConcatConditioner):
 
 @_register
 class MaskedImage(ConcatConditioner):
-    """The inpainting condition [m↓, s·E((1 − m) ⊙ x)] (Stable Diffusion's order: mask, then masked latent)."""
+    """The inpainting condition [m↓, s·E(fill(x, m))] (Stable Diffusion's order: mask, then masked latent).
+
+    ``fill="zero"`` is Stable Diffusion's (1 − m) ⊙ x: the missing pixels become 0, mid grey. ``fill="pyramid"``
+    pre-fills them by push-pull interpolation (:func:`~minildm.data.degradations.pyramid_fill`), so that the
+    latent cells a thin stroke touches keep their colours and the UNet refines a smooth guess instead of a
+    grey patch; m↓ still marks every cell with a missing pixel. Either way C_c = 1 + c."""
 
     kind = "masked_image"
     keys = ("image", "hole")
+    FILLS: ClassVar[tuple[str, ...]] = ("zero", "pyramid")
+
+    def __init__(self, fill: str = "zero") -> None:
+        super().__init__()
+        if fill not in self.FILLS:
+            raise ValueError(f"unknown fill {fill!r}: choose one of {', '.join(self.FILLS)}")
+        self.fill = fill
 
     def channels(self, latent_channels: int) -> int:
         return 1 + latent_channels
@@ -120,9 +135,13 @@ class MaskedImage(ConcatConditioner):
             raise ValueError(f"the hole must be (B, 1, H, W) = ({x.shape[0]}, 1, {x.shape[2]}, {x.shape[3]}), "
                              f"got {tuple(hole.shape)}")
         hole = hole.to(x.dtype)
-        masked = x * (1 - hole)  # missing pixels become 0 (mid grey in [-1, 1])
+        masked = pyramid_fill(x, hole) if self.fill == "pyramid" else x * (1 - hole)
         small = F.interpolate(hole, size=latent_hw, mode="area") if tuple(hole.shape[-2:]) != tuple(latent_hw) else hole
         return torch.cat([(small > 0).to(x.dtype), encode(masked)], dim=1)
+
+    def config(self) -> dict[str, Any]:
+        # the default is left out, so configs written before ``fill`` existed still read the same
+        return {"type": self.kind} if self.fill == "zero" else {"type": self.kind, "fill": self.fill}
 
 
 def one_hot_map(segmentation: Tensor, num_classes: int) -> Tensor:

@@ -8,9 +8,9 @@ condition y concatenated to z_t (:mod:`minildm.conditioning.concat`):
 artifact           paper                             y -> c_concat                               data, first stage
 =================  ================================  ==========================================  ===================
 ``ldm-sr``         Sec. 4.4, LDM-SR (×4)             bicubic ×4 image on the latent grid (3)     shapes+photos, kl-f4-photos
-``ldm-inpaint``    Sec. 4.5, LDM-4 inpainting        [hole↓, s·E(masked image)] (1 + 4)          shapes+photos, kl-f4-photos
+``ldm-inpaint``    Sec. 4.5, LDM-4 inpainting        [hole↓, s·E(filled image)] (1 + 4)          shapes+photos, kl-f4-photos
 ``ldm-semantic``   Sec. 4.3.2, semantic synthesis    one-hot map folded to the grid (8·16)       shapes, kl-f4
-``pdm-inpaint``    Tab. 6/7, pixel-space DM          [hole, masked image] (1 + 3) on pixels      shapes+photos, identity
+``pdm-inpaint``    Tab. 6/7, pixel-space DM          [hole, filled image] (1 + 3) on pixels      shapes+photos, identity
 =================  ================================  ==========================================  ===================
 
 The measures (the artifacts' metrics; :func:`evaluate_sr`, :func:`evaluate_inpainting`,
@@ -19,6 +19,8 @@ same run on the same validation images: bicubic upsampling for SR; biharmonic in
 (``skimage.restoration.inpaint_biharmonic``) and the sampling-time masking of the unconditional
 ``ldm-f4`` for inpainting. Semantic synthesis is judged by the content checker per region of the map,
 at the training size and, the UNet being convolutional, at 2× and 4× the size (paper Fig. 9).
+The inpainting models see the image with its hole pre-filled by push-pull interpolation (the preset's
+``inpaint_fill``; Stable Diffusion fills it with grey), so they refine a smooth guess.
 
 ``python -m minildm train-ldm --task sr|inpaint|semantic [--pixel] --preset cpu`` builds one.
 """
@@ -75,7 +77,8 @@ def concat_config(task: str, preset: Preset, f: int) -> dict[str, Any]:
     if task == "sr":
         return {"type": "low_resolution", "factor": preset.i2i.sr_factor}
     if task == "inpaint":
-        return {"type": "masked_image"}
+        fill = preset.i2i.inpaint_fill
+        return {"type": "masked_image"} if fill == "zero" else {"type": "masked_image", "fill": fill}
     return {"type": "segmentation", "num_classes": len(SEGMENTATION_CLASSES), "n_stages": int(math.log2(f)),
             "method": preset.i2i.semantic_rescaler, "out_channels": None}
 
@@ -118,7 +121,7 @@ class I2ISpec(LatentDiffusionRecipe):
         self.task_name, self.pixel, self.folder = task, pixel, folder
         self.name = i2i_name(task, pixel, folder)
         self.description = {"sr": "LDM-SR: x4 super-resolution, low-resolution image concatenated",
-                             "inpaint": "inpainting LDM: masked image's latent and mask concatenated",
+                             "inpaint": "inpainting LDM: hole-filled image's latent and mask concatenated",
                              "semantic": "semantic synthesis LDM: segmentation map concatenated"}[task]
         if pixel:
             self.description = "pixel-space inpainting DM (same UNet), trained for ldm-inpaint's FLOPs"

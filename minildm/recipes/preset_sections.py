@@ -362,6 +362,9 @@ class I2IPreset:
     #: how the segmentation map reaches the latent grid (:class:`~minildm.conditioning.concat.SegmentationMap`):
     #: "space_to_depth" (the full-resolution map folded into channels) or "area" (class fractions per cell)
     semantic_rescaler: str = "space_to_depth"
+    #: how the inpainting condition fills the hole before encoding (:class:`~minildm.conditioning.concat.MaskedImage`):
+    #: "pyramid" (push-pull interpolation) or "zero" (mid grey, Stable Diffusion's convention)
+    inpaint_fill: str = "pyramid"
     parameterization: str = "v"
     loss_weighting: str = "capped"
     snr_gamma: float | None = 5.0
