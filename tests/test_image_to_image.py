@@ -282,7 +282,7 @@ def test_training_on_an_image_folder_prints_the_channel_layout(tmp_path, capsys)
             "--preset", "smoke", "--out", str(tmp_path / "art"), "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "input channels = z_t (4) + the hole mask (1) + the masked image's latent (4) = 9" in out
+    assert "input channels = z_t (4) + the hole mask (1) + the filled image's latent (4) = 9" in out
     assert "biharmonic" in out and (tmp_path / "art" / "smoke" / "ldm-inpaint-folder" / "model.safetensors").is_file()
     cfg = (tmp_path / "art" / "smoke" / "ldm-inpaint-folder" / "config.json").read_text()
     assert str(tmp_path / "imgs") in cfg  # the folder is part of the model's identity

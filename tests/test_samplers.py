@@ -8,7 +8,8 @@ import torch
 
 from minildm.diffusion.ldm import LatentDiffusion
 from minildm.diffusion.process import GaussianDiffusion
-from minildm.diffusion.samplers import SAMPLERS, DDIMSampler, DDPMSampler, Sampler, get_sampler, register_sampler
+from minildm.diffusion.samplers import (SAMPLERS, DDIMSampler, DDPMSampler, DPMPP2MSampler, Sampler, get_sampler,
+                                        register_sampler)
 from minildm.diffusion.samplers.base import initial_noise
 from minildm.models.autoencoder import IdentityConfig, IdentityFirstStage
 from minildm.models.unet import UNetModel
@@ -35,8 +36,12 @@ def _old_ddpm(d, model, shape, generator, x_T=None, callback=None):
     return x
 
 
-def _old_ddim(d, model, shape, steps, eta, generator, x_T=None, callback=None, inpaint=None):
-    """The old DDIM loop; with ``inpaint`` = (mask, x0) the CompVis-style replacement written out."""
+def _old_ddim(d, model, shape, steps, eta, generator, x_T=None, callback=None, inpaint=None, set_alpha_to_one=False):
+    """The old DDIM loop; with ``inpaint`` = (mask, x0) the CompVis-style replacement written out.
+
+    The old loop's last step went to ᾱ = 1 (``set_alpha_to_one=True``); with ``set_alpha_to_one=False``
+    (the sampler's default since, as in CompVis / Stable Diffusion) it goes to ᾱ_0 and, for η > 0,
+    adds noise there too."""
     T = d.num_timesteps
     c = T // steps
     taus = (torch.arange(0, T, c)[:steps] + (1 if c > 1 else 0)).clamp(max=T - 1)
@@ -49,10 +54,10 @@ def _old_ddim(d, model, shape, steps, eta, generator, x_T=None, callback=None, i
         x0 = d.predict_x0(x, t, out)
         eps = d.predict_eps(x, t, out)
         a_t = float(ac[tau])
-        a_prev = float(ac[int(taus[k - 1])]) if k > 0 else 1.0
+        a_prev = float(ac[int(taus[k - 1])]) if k > 0 else (1.0 if set_alpha_to_one else float(ac[0]))
         sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(1 - a_t / a_prev)
         x = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma ** 2, 0.0)) * eps
-        if sigma > 0 and k > 0:
+        if sigma > 0:  # at the last step only with ᾱ_0 (σ = 0 there with ᾱ = 1)
             x = x + sigma * initial_noise(shape, generator, "cpu")
         if inpaint is not None:
             m, known = inpaint
@@ -68,11 +73,13 @@ def _old_ddim(d, model, shape, steps, eta, generator, x_T=None, callback=None, i
 
 def test_registry():
     assert SAMPLERS["ddpm"] is DDPMSampler and SAMPLERS["ddim"] is DDIMSampler
+    assert SAMPLERS["dpmpp-2m"] is DPMPP2MSampler
     d = GaussianDiffusion("linear", 20)
     s = get_sampler("ddim", d)
     assert isinstance(s, DDIMSampler) and isinstance(s, Sampler) and s.diffusion is d and s.name == "ddim"
-    assert DDIMSampler.options == ("steps", "eta") and DDPMSampler.options == ()
-    with pytest.raises(ValueError, match="unknown sampler 'euler': choose one of ddim, ddpm") as err:
+    assert DDIMSampler.options == ("steps", "eta", "set_alpha_to_one") and DDPMSampler.options == ()
+    assert DPMPP2MSampler.options == ("steps",)
+    with pytest.raises(ValueError, match="unknown sampler 'euler': choose one of ddim, ddpm, dpmpp-2m$") as err:
         get_sampler("euler", d)
     assert "\n" not in str(err.value)
     with pytest.raises(TypeError, match="Sampler subclass"):
@@ -98,6 +105,7 @@ def test_registry():
 
 @pytest.mark.parametrize("kind", ["ddpm", "ddim-eta0", "ddim-eta1"])
 def test_samples_are_bit_identical_to_the_old_loops(kind):
+    """The old loops' DDIM ended at ᾱ = 1: ``set_alpha_to_one=True`` reproduces them bit for bit."""
     d = GaussianDiffusion("linear", 40)
     model = _model(d)
     new_traj, old_traj = [], []
@@ -110,9 +118,9 @@ def test_samples_are_bit_identical_to_the_old_loops(kind):
         else:
             eta = float(kind[-1])
             new = DDIMSampler(d).sample(model, SHAPE, 7, eta, x_T=x_T, generator=torch.Generator().manual_seed(1),
-                                        callback=lambda *a: new_traj.append(a))
+                                        callback=lambda *a: new_traj.append(a), set_alpha_to_one=True)
             old = _old_ddim(d, model, SHAPE, 7, eta, torch.Generator().manual_seed(1), x_T,
-                            callback=lambda *a: old_traj.append(a))
+                            callback=lambda *a: old_traj.append(a), set_alpha_to_one=True)
         assert torch.equal(new, old)
     assert len(new_traj) == len(old_traj) > 0
     for (t1, x1, p1), (t2, x2, p2) in zip(new_traj, old_traj):
@@ -132,7 +140,9 @@ def test_latent_diffusion_samples_are_bit_identical_to_the_old_loops():
     with torch.no_grad():
         for sampler, kw, old in (("ddpm", {}, lambda g: _old_ddpm(d, unet, shape, g)),
                                  ("ddim", {"steps": 6}, lambda g: _old_ddim(d, unet, shape, 6, 0.0, g)),
-                                 ("ddim", {"steps": 5, "eta": 1.0}, lambda g: _old_ddim(d, unet, shape, 5, 1.0, g))):
+                                 ("ddim", {"steps": 5, "eta": 1.0}, lambda g: _old_ddim(d, unet, shape, 5, 1.0, g)),
+                                 ("ddim", {"steps": 5, "eta": 1.0, "sampler_options": {"set_alpha_to_one": True}},
+                                  lambda g: _old_ddim(d, unet, shape, 5, 1.0, g, set_alpha_to_one=True))):
             new = ldm.sample(2, sampler=sampler, generator=torch.Generator().manual_seed(4), decode=False, **kw)
             assert torch.equal(new, old(torch.Generator().manual_seed(4))), (sampler, kw)
 
@@ -144,7 +154,9 @@ def _known_case():
     return x0, mask
 
 
-@pytest.mark.parametrize("sampler, kw", [("ddpm", {}), ("ddim", {"steps": 6}), ("ddim", {"steps": 6, "eta": 1.0})])
+@pytest.mark.parametrize("sampler, kw", [("ddpm", {}), ("ddim", {"steps": 6}), ("ddim", {"steps": 6, "eta": 1.0}),
+                                        ("ddim", {"steps": 6, "eta": 1.0, "set_alpha_to_one": True}),
+                                        ("dpmpp-2m", {"steps": 6})])
 def test_inpainting_keeps_the_known_region_exactly(sampler, kw):
     d = GaussianDiffusion("linear", 30)
     x0, mask = _known_case()
@@ -182,7 +194,7 @@ def test_latent_diffusion_inpaints_in_latent_space():
     x0 = torch.rand(2, 3, 8, 8) * 2 - 1
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., 2:6, 2:6] = 1
-    for sampler in ("ddim", "ddpm"):
+    for sampler in ("ddim", "ddpm", "dpmpp-2m"):
         z = ldm.sample(2, sampler=sampler, steps=4, mask=mask, x0=x0, decode=False)
         assert torch.equal(z[..., 2:6, 2:6], x0[..., 2:6, 2:6])
     with pytest.raises(ValueError, match="x0"):
@@ -201,7 +213,7 @@ def test_latent_diffusion_inpaints_in_latent_space():
     (dict(mask=[[1.0]], x0=torch.ones(SHAPE)), "mask must be a tensor"),
     (dict(x_T=torch.ones(1, 2, 4, 4)), "x_T must be a tensor of shape"),
 ])
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp-2m"])
 def test_bad_inputs_are_one_line_value_errors(sampler, kwargs, match):
     d = GaussianDiffusion("linear", 10)
     with pytest.raises(ValueError, match=match) as err:

@@ -13,7 +13,7 @@ images.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -66,6 +66,8 @@ class LatentDiffusion(nn.Module):
         self.diffusion = diffusion
         self.image_size = int(image_size)
         f = int(getattr(first_stage, "f", 1))
+        #: the first stage's downsampling factor (1 in pixel space)
+        self.f = f
         if self.image_size % f:
             raise ValueError(f"image_size {image_size} is not divisible by the first stage's f = {f}")
         c = int(getattr(first_stage.config, "embed_dim", None) or getattr(first_stage.config, "in_channels", 3))
@@ -226,7 +228,8 @@ class LatentDiffusion(nn.Module):
                progress: bool = False, callback: Callback | None = None,
                x_T: Tensor | None = None, cond: Any = None, mask: Tensor | None = None, x0: Tensor | None = None,
                c_concat: Tensor | None = None, concat: Any = None, skip: int = 0, resample: int = 1,
-               latent_size: tuple[int, int] | None = None) -> Tensor:
+               latent_size: tuple[int, int] | None = None,
+               sampler_options: Mapping[str, Any] | None = None) -> Tensor:
         """``n`` samples: images (n, 3, H, W) with ``decode``, else scaled latents (n, c, h, w).
 
         ``sampler`` names a registered sampler (:func:`~minildm.diffusion.samplers.get_sampler`):
@@ -241,19 +244,21 @@ class LatentDiffusion(nn.Module):
         (DDIM): leave out the noisiest steps, ``x_T`` then being a sample at the first step kept. ``resample``
         (DDIM, with ``mask``/``x0``): RePaint's r, each step done r times with a jump back in between.
         ``latent_size`` (h, w): sample a latent of another size than the training one (the UNet is
-        convolutional; paper Sec. 4.3.2, Fig. 9), decoded to (n, 3, f·h, f·w).
+        convolutional; paper Sec. 4.3.2, Fig. 9), decoded to (n, 3, f·h, f·w). ``sampler_options``: further
+        settings of the sampler (e.g. DDIM's ``set_alpha_to_one``), each passed on when the chosen sampler
+        takes it.
         """
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
         chosen = get_sampler(sampler, self.diffusion)
-        settings = {"steps": steps, "eta": eta}
-        options = {k: settings[k] for k in chosen.options}
+        settings = {**(sampler_options or {}), "steps": steps, "eta": eta}
+        options = {k: settings[k] for k in chosen.options if k in settings}
         if skip:
             if "steps" not in chosen.options:
                 raise ValueError(f"skip needs a sampler with a step count (ddim), got {sampler!r}")
             options["skip"] = skip
         if resample != 1:
-            if "steps" not in chosen.options:
+            if chosen.name != "ddim":
                 raise ValueError(f"resample needs the ddim sampler, got {sampler!r}")
             options["resample"] = resample
         shape = (n, *self.latent_shape)

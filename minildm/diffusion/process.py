@@ -11,13 +11,15 @@ ratio is SNR(t) = ᾱ_t / (1 − ᾱ_t).
 
 Timesteps are 0-based here, t ∈ {0, …, T − 1}, as in the CompVis code (t = 0 is the first noising step).
 
-The samplers of the reverse process live in :mod:`minildm.diffusion.samplers` (both seeded,
+The samplers of the reverse process live in :mod:`minildm.diffusion.samplers` (all seeded,
 deterministic given a generator, with classifier-free guidance):
 
 * :class:`~minildm.diffusion.samplers.ddpm.DDPMSampler`: ancestral sampling through all T steps with
   the posterior q(x_{t−1} | x_t, x̂_0) (variance β̃_t, "fixed small", :meth:`GaussianDiffusion.p_mean_variance`);
 * :class:`~minildm.diffusion.samplers.ddim.DDIMSampler`: Song et al. 2021, on S ≤ T evenly spaced
-  timesteps; η = 0 is deterministic, η = 1 matches DDPM's variance.
+  timesteps; η = 0 is deterministic, η = 1 matches DDPM's variance;
+* :class:`~minildm.diffusion.samplers.dpm_solver.DPMPP2MSampler`: DPM-Solver++(2M) (Lu et al. 2022), the
+  second-order multistep solver of most Stable Diffusion front ends.
 """
 from __future__ import annotations
 

@@ -3,9 +3,9 @@
 * :class:`Sampler`: the interface, ``sampler.sample(model_fn, shape, *, x_T, mask, x0, callback,
   generator, progress, ...) -> x_0`` with x of shape (B, c, h, w);
 * a registry: :func:`register_sampler` names a sampler class, :func:`get_sampler` builds one by
-  name, :data:`SAMPLERS` lists them (``"ddpm"``, ``"ddim"``);
+  name, :data:`SAMPLERS` lists them (``"ddpm"``, ``"ddim"``, ``"dpmpp-2m"``);
 * the helpers of the sampling loops: :func:`initial_noise`, :func:`timestep_iter`,
-  :func:`check_sample_inputs` and :class:`Inpainting`.
+  :func:`check_sample_inputs`, :func:`check_steps`, :func:`check_skip` and :class:`Inpainting`.
 
 Inpainting (CompVis ``DDIMSampler`` with ``mask`` and ``x0``): after each step from t to t' the known
 region (mask = 1) is replaced by a fresh sample of the forward process at t',
@@ -35,6 +35,8 @@ __all__ = [
     "Sampler",
     "check_eta",
     "check_sample_inputs",
+    "check_skip",
+    "check_steps",
     "get_sampler",
     "initial_noise",
     "register_sampler",
@@ -144,12 +146,30 @@ def check_eta(eta: float) -> float:
     return float(eta)
 
 
+def check_steps(steps: int, maximum: int, bound: str) -> int:
+    """``steps`` if it is an int in [1, ``maximum``]; else a one-line ValueError (``bound`` says why
+    ``maximum`` is the most, e.g. "the 1000 diffusion timesteps")."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if steps > maximum:
+        raise ValueError(f"steps must be <= {bound}, got {steps}")
+    return steps
+
+
+def check_skip(skip: int, steps: int) -> int:
+    """``skip`` (how many of the ``steps`` noisiest steps to leave out) if it is an int in [0, steps);
+    else a one-line ValueError."""
+    if not isinstance(skip, int) or isinstance(skip, bool) or not 0 <= skip < steps:
+        raise ValueError(f"skip must be an int in [0, {steps}), got {skip!r}")
+    return skip
+
+
 class Sampler(ABC):
     """A sampler of the reverse process p_θ(x_{t−1} | x_t) of a :class:`GaussianDiffusion`.
 
     Subclasses implement :meth:`sample` and list in :attr:`options` the extra keyword arguments of
     their ``sample`` that :meth:`minildm.diffusion.ldm.LatentDiffusion.sample` should hand on
-    (DDIM: ``steps``, ``eta``).
+    (DDIM: ``steps``, ``eta``, ``set_alpha_to_one``; DPM-Solver++: ``steps``).
     """
 
     #: the name under which :func:`register_sampler` filed the class

@@ -4,6 +4,15 @@
 
 with the mean and variance of the forward process' posterior q(x_{t−1} | x_t, x_0) at x_0 = x̂_0
 ("fixed small" variance β̃_t = β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t)). Latents x: (B, c, h, w).
+
+It is diffusers' ``DDPMScheduler(variance_type="fixed_small", clip_sample=False)`` step for step over
+t = T − 1, …, 0, drawing the same noise from a seeded generator (one N(0, I) of the sample's shape per
+step t > 0, none at t = 0). Two differences of convention, not of the update: minildm's DDPM always
+runs all T steps (diffusers' ``set_timesteps(n < T)`` strides it; here DDIM with η = 1 does that), and
+with Stable Diffusion's ``steps_offset=1`` diffusers' ``set_timesteps(T)`` would start at t = T, past
+the schedule, so the T-step trajectory is its timesteps with offset 0. diffusers computes
+β_t = 1 − ᾱ_t / ᾱ_{t−1} from float32 ᾱ (about 1e-4 relative error at SD's small β_t); minildm keeps the
+schedule in float64.
 """
 from __future__ import annotations
 
