@@ -14,10 +14,11 @@ from .classes import ClassEmbedder
 from .concat import (CONCAT_CONDITIONERS, ConcatConditioner, LowResolution, MaskedImage, SegmentationMap,
                      SpatialRescaler, build_concat_conditioner)
 from .layout import LayoutEmbedder, layout_from_objects
-from .pretrained import FrozenHFTextEmbedder, frozen_clip, frozen_minilm
+from .pretrained import FrozenCLIPEmbedder, FrozenHFTextEmbedder, frozen_clip, frozen_minilm
 from .text import TransformerTextEmbedder, WordTokenizer
 
 __all__ = ["CONCAT_CONDITIONERS", "CONDITIONERS", "ClassEmbedder", "ConcatConditioner", "LowResolution", "MaskedImage",
-           "SegmentationMap", "SpatialRescaler", "build_concat_conditioner", "Conditioning", "FrozenHFTextEmbedder", "LayoutEmbedder",
+           "SegmentationMap", "SpatialRescaler", "build_concat_conditioner", "Conditioning", "FrozenCLIPEmbedder",
+           "FrozenHFTextEmbedder", "LayoutEmbedder",
            "TransformerTextEmbedder", "WordTokenizer", "build_conditioner", "frozen_clip", "frozen_minilm",
            "layout_from_objects", "register_conditioner"]
