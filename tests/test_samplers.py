@@ -78,7 +78,7 @@ def test_registry():
     s = get_sampler("ddim", d)
     assert isinstance(s, DDIMSampler) and isinstance(s, Sampler) and s.diffusion is d and s.name == "ddim"
     assert DDIMSampler.options == ("steps", "eta", "set_alpha_to_one") and DDPMSampler.options == ()
-    assert DPMPP2MSampler.options == ("steps",)
+    assert DPMPP2MSampler.options == ("steps", "timestep_spacing")
     with pytest.raises(ValueError, match="unknown sampler 'euler': choose one of ddim, ddpm, dpmpp-2m$") as err:
         get_sampler("euler", d)
     assert "\n" not in str(err.value)

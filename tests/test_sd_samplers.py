@@ -133,34 +133,44 @@ def test_ddpm_matches_diffusers_over_the_whole_trajectory(parameterization):
 
 
 # -- DPM-Solver++(2M) ------------------------------------------------------------------------------------
-def _dpm_scheduler(parameterization: str) -> DPMSolverMultistepScheduler:
-    """DPM-Solver++ the way users switch an SD pipeline to it: from the DDIM scheduler's config."""
-    scheduler = DPMSolverMultistepScheduler.from_config(_sd_scheduler(parameterization).config)
+def _dpm_scheduler(parameterization: str, spacing: str = "leading") -> DPMSolverMultistepScheduler:
+    """DPM-Solver++ the way users switch an SD pipeline to it: from the DDIM scheduler's config, one that sets
+    ``timestep_spacing="leading"`` or (``spacing="linspace"``) one that leaves it out, as SD's shipped
+    configs do, so that the solver's own default applies."""
+    ddim = _sd_scheduler(parameterization)
+    if spacing == "linspace":
+        ddim = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                             set_alpha_to_one=False, steps_offset=1, prediction_type=PREDICTION_TYPE[parameterization])
+    scheduler = DPMSolverMultistepScheduler.from_config(ddim.config)
     c = scheduler.config
     assert (c.algorithm_type, c.solver_order, c.solver_type, c.final_sigmas_type) == ("dpmsolver++", 2,
                                                                                     "midpoint", "zero")
     assert c.lower_order_final and not (c.use_karras_sigmas or c.thresholding or c.euler_at_final)
-    assert (c.timestep_spacing, c.steps_offset) == ("leading", 1)
+    assert (c.timestep_spacing, c.steps_offset) == (spacing, 1)
     return scheduler
 
 
+@pytest.mark.parametrize("spacing", ["leading", "linspace"])
 @pytest.mark.parametrize("steps", [1, 2, 10, 25, 50, 998])
-def test_dpm_solver_timesteps_match_diffusers(steps):
-    scheduler = _dpm_scheduler("eps")
+def test_dpm_solver_timesteps_match_diffusers(steps, spacing):
+    scheduler = _dpm_scheduler("eps", spacing)
     scheduler.set_timesteps(steps)
-    assert scheduler.timesteps.flip(0).tolist() == DPMPP2MSampler(_diffusion("eps")).timesteps(steps).tolist()
+    ours = DPMPP2MSampler(_diffusion("eps")).timesteps(steps, spacing)
+    assert scheduler.timesteps.flip(0).tolist() == ours.tolist()
 
 
+@pytest.mark.parametrize("spacing", ["leading", "linspace"])
 @pytest.mark.parametrize("steps", [3, 10, 25])
 @pytest.mark.parametrize("parameterization", ["eps", "v"])
-def test_dpm_solver_matches_diffusers(parameterization, steps):
+def test_dpm_solver_matches_diffusers(parameterization, steps, spacing):
     d = _diffusion(parameterization)
     model, x_T = _model(d), _x_T()
-    scheduler = _dpm_scheduler(parameterization)
+    scheduler = _dpm_scheduler(parameterization, spacing)
     scheduler.set_timesteps(steps)
     theirs = _run(scheduler, model, x_T)
     calls: list = []
-    ours = get_sampler("dpmpp-2m", d).sample(model, SHAPE, steps, x_T=x_T, callback=lambda *a: calls.append(a))
+    ours = get_sampler("dpmpp-2m", d).sample(model, SHAPE, steps, x_T=x_T, callback=lambda *a: calls.append(a),
+                                             timestep_spacing=spacing)
     assert (ours - theirs).abs().max() <= ATOL
     # one model call per step; the last step returns that call's x̂_0
     assert [t for t, _, _ in calls] == scheduler.timesteps.tolist()
@@ -192,11 +202,15 @@ def test_dpm_solver_skip_starts_later():
 
 @pytest.mark.parametrize("steps, match", [(0, "steps must be a positive int"), (-3, "steps must be a positive int"),
                                           (True, "steps must be a positive int"), (2.5, "steps must be a positive int"),
-                                          (999, "steps must be <= T − 2 = 998")])
+                                          (1000, "steps must be <= T − 1 = 999")])
 def test_dpm_solver_bad_steps(steps, match):
     with pytest.raises(ValueError, match=match) as err:
         DPMPP2MSampler(_diffusion("eps")).sample(lambda x, t: x, SHAPE, steps)
     assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="T − 2 = 998"):
+        DPMPP2MSampler(_diffusion("eps")).sample(lambda x, t: x, SHAPE, 999, timestep_spacing="leading")
+    with pytest.raises(ValueError, match="timestep_spacing must be one of"):
+        DPMPP2MSampler(_diffusion("eps")).sample(lambda x, t: x, SHAPE, 10, timestep_spacing="trailing")
 
 
 def test_dpm_solver_bad_skip():

@@ -46,20 +46,29 @@ class DPMPP2MSampler(Sampler):
     Stable Diffusion ``config`` (the way users switch an SD pipeline to it), i.e. with its defaults
     ``algorithm_type="dpmsolver++"``, ``solver_order=2``, ``solver_type="midpoint"`` (the D_i above),
     ``lower_order_final=True``, ``final_sigmas_type="zero"``, no Karras / exponential / beta sigmas, no
-    thresholding, and SD's ``timestep_spacing="leading"``, ``steps_offset=1``:
+    thresholding:
 
-    * S timesteps t_k = k·⌊T/(S+1)⌋ + 1, k = S, …, 1 (S + 1 points from 0, the one at 0 dropped; note
-      ⌊T/(S+1)⌋ where DDIM has ⌊T/S⌋), so S ≤ T − 2 keeps them below T;
+    * S timesteps, by ``timestep_spacing``: ``"linspace"`` (the default, and what ``from_config`` gives for
+      SD's shipped scheduler configs, which do not set the spacing: diffusers then takes the solver's own
+      default) t_k = round(k·(T − 1)/S), k = S, …, 1, from T − 1 = 999 down; or ``"leading"`` (a config that
+      sets it, with ``steps_offset=1``) t_k = k·⌊T/(S+1)⌋ + 1 (note ⌊T/(S+1)⌋ where DDIM has ⌊T/S⌋);
     * after t_1 the solver steps to σ = 0 (α = 1, λ = +∞): e^{−h} = 0 and the first-order step returns
       x̂_0(t_1) itself;
     * the first step (no earlier x̂_0 yet) and that last one are first order, all others 2M.
     """
 
-    options = ("steps",)
+    options = ("steps", "timestep_spacing")
+    SPACINGS = ("linspace", "leading")
 
-    def timesteps(self, steps: int) -> Tensor:
-        """t_1 < … < t_S, (S,) int64: t_k = k·⌊T/(S+1)⌋ + 1 (diffusers' "leading" spacing, offset 1)."""
+    def timesteps(self, steps: int, timestep_spacing: str = "linspace") -> Tensor:
+        """t_1 < … < t_S, (S,) int64, for ``timestep_spacing`` "linspace" (round(k·(T − 1)/S), rounding half
+        to even as numpy does) or "leading" (k·⌊T/(S+1)⌋ + 1, ``steps_offset`` 1)."""
         T = self.diffusion.num_timesteps
+        if timestep_spacing not in self.SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {', '.join(self.SPACINGS)}, got {timestep_spacing!r}")
+        if timestep_spacing == "linspace":
+            check_steps(steps, T - 1, f"T − 1 = {T - 1} (distinct timesteps in 1 … T − 1)")
+            return torch.round(torch.arange(1, steps + 1, dtype=torch.float64) * ((T - 1) / steps)).long()
         check_steps(steps, T - 2, f"T − 2 = {T - 2} (its timesteps k·⌊T/(S+1)⌋ + 1 must stay below T = {T})")
         return torch.arange(1, steps + 1) * (T // (steps + 1)) + 1
 
@@ -74,17 +83,18 @@ class DPMPP2MSampler(Sampler):
                mask: Tensor | None = None, x0: Tensor | None = None, callback: Callback | None = None,
                generator: torch.Generator | None = None, progress: bool = False,
                device: str | torch.device = "cpu", clip_denoised: bool = False, skip: int = 0,
-               **model_kwargs: Any) -> Tensor:
+               timestep_spacing: str = "linspace", **model_kwargs: Any) -> Tensor:
         """x_T ~ N(0, I) -> x_0 in ``steps`` model calls: (B, c, h, w) -> (B, c, h, w).
 
         ``callback(t, x, x̂_0)`` sees each step (t the timestep just done); ``mask`` (1 = keep) and ``x0``
         inpaint (:class:`~minildm.diffusion.samplers.base.Inpainting`, after every step); ``clip_denoised``
         clamps x̂_0 to [-1, 1]. ``skip`` > 0 leaves out the ``skip`` noisiest steps, ``x_T`` then being a
         sample at the first timestep kept (the solver starts there with a first-order step).
+        ``timestep_spacing``: see :meth:`timesteps`.
         """
         d = self.diffusion
         shape, x_T, inpaint = check_sample_inputs(shape, device, x_T, mask, x0)
-        ts = [int(t) for t in self.timesteps(steps).flip(0)]  # noisiest first
+        ts = [int(t) for t in self.timesteps(steps, timestep_spacing).flip(0)]  # noisiest first
         ts = ts[check_skip(skip, len(ts)):]
         # x_T ~ N(0, I)
         x = initial_noise(shape, generator, device) if x_T is None else x_T
