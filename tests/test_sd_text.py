@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import string
 
 import pytest
 import torch
@@ -18,50 +17,7 @@ from minildm.interop import (clip_text_config_from_state_dict, clip_text_layout,
                              clip_text_model_from_original, clip_text_state_dict_from_original,
                              clip_text_state_dict_to_original)
 
-WORDS = ("a", "red", "star", "photo", "of", "horse", "riding", "blue", "circle", "on", "the", "moon")
-PROMPTS = ["a red star", "a photo of a horse riding on the moon", "blue", "the moon, a blue circle!"]
-#: the pad token of each tokenizer: SD 1.x pads with <|endoftext|>, SD 2.x (OpenCLIP) with "!"
-PADS = {"v1": "<|endoftext|>", "v2": "!"}
-HEAD_DIM = 8  # 32-wide tiny models with 4 heads
-
-
-def write_tokenizer(folder, pad: str) -> int:
-    """A CLIP BPE tokenizer (vocab.json, merges.txt) knowing ``WORDS``; returns its vocabulary size."""
-    vocab = {"!": 0}
-    for c in string.ascii_lowercase:
-        vocab.setdefault(c, len(vocab))
-    for c in string.ascii_lowercase + "!,":
-        vocab.setdefault(c + "</w>", len(vocab))
-    merges: list[str] = []
-    for word in WORDS:  # merged left to right: "r e" -> "re", "re d</w>" -> "red</w>"
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        merged = pieces[0]
-        for piece in pieces[1:]:
-            if f"{merged} {piece}" not in merges:
-                merges.append(f"{merged} {piece}")
-            merged += piece
-            vocab.setdefault(merged, len(vocab))
-    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
-    folder.mkdir(parents=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": pad}))
-    return len(vocab)
-
-
-def tiny_clip(vocab_size: int, layers: int = 2, act: str = "quick_gelu", seed: int = 0):
-    """A 32-wide CLIPTextModel (4 heads, 77 positions), every weight perturbed (layer norms included)."""
-    torch.manual_seed(seed)
-    model = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-        num_attention_heads=32 // HEAD_DIM, max_position_embeddings=77, hidden_act=act,
-        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
+from sd_tiny import HEAD_DIM, PADS, PROMPTS, WORDS, tiny_clip, write_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=sorted(PADS))
