@@ -128,3 +128,26 @@ def test_bad_models_get_one_line_errors(sd, tmp_path):
                           ({"prompt": []}, "prompt must be"), ({"sampler": "euler"}, "unknown sampler")]:
         with pytest.raises(ValueError, match=match):
             model(**{"prompt": PROMPTS, "num_inference_steps": 2, "height": 16, "width": 16, **kwargs})
+
+
+def test_sd_command_writes_a_png_and_refuses_bad_models(sd, tmp_path, capsys):
+    from PIL import Image
+
+    from minildm.cli import main
+
+    kind, root, _ = sd
+    out = tmp_path / "out.png"
+    argv = ["sd", "--model", str(root), "--prompt", "a red star", "--negative-prompt", "blue", "--steps", "3",
+            "--height", "16", "--width", "16", "--seed", "1", "--device", "cpu", "--output", str(out), "--no-progress"]
+    assert main(argv) == 0 and Image.open(out).size == (16, 16)
+    assert "dpmpp-2m-3" in capsys.readouterr().out
+    other = tmp_path / "vae.safetensors"
+    save_file({"encoder.conv_in.weight": torch.zeros(4, 3, 3, 3)}, str(other))
+    no_tokenizer = tmp_path / "copy"
+    shutil.copytree(root, no_tokenizer)
+    shutil.rmtree(no_tokenizer / "tokenizer")
+    for model, match in [(tmp_path, "no model_index.json"), (other, "not a Stable Diffusion checkpoint"),
+                         (no_tokenizer, "no tokenizer found")]:
+        assert main([*argv[:1], "--model", str(model), *argv[3:]]) == 2
+        err = capsys.readouterr().err
+        assert match in err and err.count("\n") == 1

@@ -5,7 +5,7 @@ subparser and a function that runs it. The commands follow the notebooks: ``trai
 ``ablate-f`` and ``train-features`` (02), ``train-ldm`` (03, and 05 with ``--cond text``),
 ``train-checker``, ``train-first-stage`` and ``train-cond`` (04), ``evaluate``, ``sample`` and
 ``scaling-study`` (05), ``train-ldm --task``, ``upscale``, ``inpaint``, ``img2img`` and ``synthesize``
-(06), ``reevaluate`` (any artifact), ``check-data`` (an image folder of your own),
+(06), ``sd`` (Stable Diffusion weights of one's own, 05), ``reevaluate`` (any artifact), ``check-data`` (an image folder of your own),
 ``ship`` (publish cached artifacts as shipped weights; ``--init-from shipped`` on a training command
 continues from them).
 
@@ -29,6 +29,7 @@ from .args import check_artifact_root, one_line
 from .image_to_image import (img2img, img2img_arguments, inpaint, inpaint_arguments, synthesize,
                              synthesize_arguments, upscale, upscale_arguments)
 from .data import check_data, check_data_arguments
+from .stable_diffusion import sd, sd_arguments
 from .weights import ship, ship_arguments
 from .text_to_image import (
     evaluate,
@@ -104,6 +105,8 @@ COMMANDS: dict[str, Command] = {
                        img2img_arguments, img2img),
     "synthesize": Command("synthesize", "draw an image from a segmentation map with ldm-semantic (notebook 06)",
                           synthesize_arguments, synthesize),
+    "sd": Command("sd", "draw images from a prompt with Stable Diffusion v1 / v2 weights (a diffusers folder or an "
+                  "original single file) in minildm's own modules (notebook 05)", sd_arguments, sd),
     "ship": Command("ship", "publish cached artifacts as the shipped weights under data/weights/ (fp16, with "
                     "provenance); --list shows them", ship_arguments, ship),
 }
