@@ -17,7 +17,11 @@ from minildm.interop import (clip_text_config_from_state_dict, clip_text_layout,
                              clip_text_model_from_original, clip_text_state_dict_from_original,
                              clip_text_state_dict_to_original)
 
-from sd_tiny import HEAD_DIM, PADS, PROMPTS, WORDS, tiny_clip, write_tokenizer  # noqa: E402
+from minildm.interop.tiny_sd import HEAD_DIM, PADS, WORDS  # noqa: E402
+from minildm.interop.tiny_sd import tiny_clip_text_model as tiny_clip  # noqa: E402
+from minildm.interop.tiny_sd import write_clip_tokenizer as write_tokenizer  # noqa: E402
+
+PROMPTS = ["a red star", "a photo of a horse riding on the moon", "blue", "the moon, a blue circle!"]
 
 
 @pytest.fixture(scope="module", params=sorted(PADS))

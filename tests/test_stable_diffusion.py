@@ -16,7 +16,7 @@ from safetensors.torch import save_file  # noqa: E402
 from minildm.diffusion.stable_diffusion import StableDiffusion  # noqa: E402
 from minildm.interop import clip_text_state_dict_to_original  # noqa: E402
 from minildm.interop.stable_diffusion import infer_variant, load_stable_diffusion  # noqa: E402
-from sd_tiny import tiny_pipeline  # noqa: E402
+from minildm.interop.tiny_sd import write_tiny_stable_diffusion  # noqa: E402
 
 PROMPTS = ["a red star", "a photo of a horse riding on the moon"]
 NEGATIVE = ["blue", ""]
@@ -30,7 +30,7 @@ SINGLE_FILE = {"v1": {"variant": "v1", "unet_config": {"num_heads": 4, "num_grou
 def sd(request, tmp_path_factory):
     """(kind, folder, diffusers pipeline loaded from the folder as users load one)."""
     root = tmp_path_factory.mktemp(f"sd-{request.param}") / "model"
-    tiny_pipeline(root, request.param)
+    write_tiny_stable_diffusion(root, request.param)
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(root, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return request.param, root, pipe

@@ -1,21 +1,38 @@
-"""Tiny Stable Diffusion parts for the tests (nothing downloaded): a CLIP BPE tokenizer of a dozen words,
-a 32-wide CLIP text model, and whole v1-like / v2-like diffusers pipelines saved with ``save_pretrained``."""
+"""Tiny random Stable Diffusion pipelines, SD-shaped, written locally (nothing downloaded): the tests' and
+notebook 07's stand-in for real weights.
+
+:func:`write_tiny_stable_diffusion` saves a diffusers ``StableDiffusionPipeline`` folder (``model_index.json``,
+``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) like SD 1.x ("v1": ε-prediction, heads
+per level, CLIP's pad token ``<|endoftext|>``, quick-GELU) or SD 2.x ("v2": v-prediction, one head width,
+linear ``proj_in``/``proj_out``, OpenCLIP's pad token ``!``, GELU) at toy size: a UNet of 32/64 channels on an
+8 × 8 latent, a KL VAE with f = 2 (16 × 16 images), a 32-wide 2-layer CLIP text model and a CLIP BPE tokenizer of
+a dozen words (:func:`write_clip_tokenizer`), SD's DDIM scheduler config. Random weights draw random images:
+what such a pipeline shows is that two implementations compute the same function. Needs diffusers and
+transformers.
+"""
 from __future__ import annotations
 
 import json
 import string
+from pathlib import Path
+from typing import Any
 
 import torch
 
+__all__ = ["HEAD_DIM", "PADS", "WORDS", "tiny_clip_text_model", "write_clip_tokenizer",
+           "write_tiny_stable_diffusion"]
+
+#: the words the tiny tokenizer knows (any other text is spelled letter by letter)
 WORDS = ("a", "red", "star", "photo", "of", "horse", "riding", "blue", "circle", "on", "the", "moon")
-PROMPTS = ["a red star", "a photo of a horse riding on the moon", "blue", "the moon, a blue circle!"]
 #: the pad token of each tokenizer: SD 1.x pads with <|endoftext|>, SD 2.x (OpenCLIP) with "!"
 PADS = {"v1": "<|endoftext|>", "v2": "!"}
-HEAD_DIM = 8  # 32-wide tiny models with 4 heads
+#: the tiny text model is 32 wide with 4 heads of 8 channels
+HEAD_DIM = 8
 
 
-def write_tokenizer(folder, pad: str) -> int:
-    """A CLIP BPE tokenizer (vocab.json, merges.txt) knowing ``WORDS``; returns its vocabulary size."""
+def write_clip_tokenizer(folder: Path, pad: str = PADS["v1"]) -> int:
+    """A CLIP BPE tokenizer (vocab.json, merges.txt, tokenizer_config.json) in a new ``folder``, knowing
+    :data:`WORDS` and every letter; ``pad``: the pad token. Returns its vocabulary size."""
     vocab = {"!": 0}
     for c in string.ascii_lowercase:
         vocab.setdefault(c, len(vocab))
@@ -40,8 +57,9 @@ def write_tokenizer(folder, pad: str) -> int:
     return len(vocab)
 
 
-def tiny_clip(vocab_size: int, layers: int = 2, act: str = "quick_gelu", seed: int = 0):
-    """A 32-wide CLIPTextModel (4 heads, 77 positions), every weight perturbed (layer norms included)."""
+def tiny_clip_text_model(vocab_size: int, layers: int = 2, act: str = "quick_gelu", seed: int = 0) -> Any:
+    """A random transformers ``CLIPTextModel``, 32 wide (4 heads, 77 positions), every weight perturbed (layer
+    norms included) so that no part is an identity."""
     import transformers
 
     torch.manual_seed(seed)
@@ -55,24 +73,26 @@ def tiny_clip(vocab_size: int, layers: int = 2, act: str = "quick_gelu", seed: i
     return model.eval()
 
 
-
-
 def _perturb(model: torch.nn.Module, scale: float = 0.05) -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(scale * torch.randn_like(p))
 
 
-def tiny_pipeline(root, kind: str = "v1", seed: int = 0):
+def write_tiny_stable_diffusion(root: Path, kind: str = "v1", seed: int = 0) -> Any:
     """A diffusers ``StableDiffusionPipeline`` shaped like SD ``kind`` at toy size, saved to ``root`` with
     ``save_pretrained`` and returned: "v1" (ε-prediction, 4 heads per level, CLIP's pad token) or "v2"
     (v-prediction, head width 16 per level, linear ``proj_in``/``proj_out``, OpenCLIP's pad token "!").
     UNet 32/64 channels on an 8 × 8 latent, a KL VAE with f = 2 (16 × 16 images), SD's DDIM scheduler config."""
     import diffusers
+    import transformers
 
     v2 = kind == "v2"
-    vocab_size = write_tokenizer(root / "tokenizer", PADS[kind])
-    text_encoder = tiny_clip(vocab_size, act="gelu" if v2 else "quick_gelu", seed=seed)  # OpenCLIP: gelu
+    if kind not in PADS:
+        raise ValueError(f"kind must be 'v1' or 'v2', got {kind!r}")
+    root = Path(root)
+    vocab_size = write_clip_tokenizer(root / "tokenizer", PADS[kind])
+    text_encoder = tiny_clip_text_model(vocab_size, act="gelu" if v2 else "quick_gelu", seed=seed)  # OpenCLIP: gelu
     torch.manual_seed(seed)
     unet = diffusers.UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
@@ -86,7 +106,7 @@ def tiny_pipeline(root, kind: str = "v1", seed: int = 0):
     scheduler = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                         clip_sample=False, set_alpha_to_one=False, steps_offset=1,
                                         prediction_type="v_prediction" if v2 else "epsilon")
-    tokenizer = __import__("transformers").CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
     pipe = diffusers.StableDiffusionPipeline(vae=vae.eval(), text_encoder=text_encoder, tokenizer=tokenizer,
                                              unet=unet.eval(), scheduler=scheduler, safety_checker=None,
                                              feature_extractor=None, requires_safety_checker=False)
