@@ -36,12 +36,11 @@ def _old_ddpm(d, model, shape, generator, x_T=None, callback=None):
     return x
 
 
-def _old_ddim(d, model, shape, steps, eta, generator, x_T=None, callback=None, inpaint=None, set_alpha_to_one=False):
+def _old_ddim(d, model, shape, steps, eta, generator, x_T=None, callback=None, inpaint=None, set_alpha_to_one=True):
     """The old DDIM loop; with ``inpaint`` = (mask, x0) the CompVis-style replacement written out.
 
-    The old loop's last step went to ᾱ = 1 (``set_alpha_to_one=True``); with ``set_alpha_to_one=False``
-    (the sampler's default since, as in CompVis / Stable Diffusion) it goes to ᾱ_0 and, for η > 0,
-    adds noise there too."""
+    The old loop's last step went to ᾱ = 1 (``set_alpha_to_one=True``, still the sampler's default); with
+    ``set_alpha_to_one=False`` (CompVis / Stable Diffusion) it goes to ᾱ_0 and, for η > 0, adds noise there too."""
     T = d.num_timesteps
     c = T // steps
     taus = (torch.arange(0, T, c)[:steps] + (1 if c > 1 else 0)).clamp(max=T - 1)
@@ -139,10 +138,11 @@ def test_latent_diffusion_samples_are_bit_identical_to_the_old_loops():
     shape = (2, 3, 8, 8)
     with torch.no_grad():
         for sampler, kw, old in (("ddpm", {}, lambda g: _old_ddpm(d, unet, shape, g)),
-                                 ("ddim", {"steps": 6}, lambda g: _old_ddim(d, unet, shape, 6, 0.0, g)),
-                                 ("ddim", {"steps": 5, "eta": 1.0}, lambda g: _old_ddim(d, unet, shape, 5, 1.0, g)),
-                                 ("ddim", {"steps": 5, "eta": 1.0, "sampler_options": {"set_alpha_to_one": True}},
-                                  lambda g: _old_ddim(d, unet, shape, 5, 1.0, g, set_alpha_to_one=True))):
+                                 ("ddim", {"steps": 6}, lambda g: _old_ddim(d, unet, shape, 6, 0.0, g, set_alpha_to_one=True)),
+                                 ("ddim", {"steps": 5, "eta": 1.0},
+                                  lambda g: _old_ddim(d, unet, shape, 5, 1.0, g, set_alpha_to_one=True)),
+                                 ("ddim", {"steps": 5, "eta": 1.0, "sampler_options": {"set_alpha_to_one": False}},
+                                  lambda g: _old_ddim(d, unet, shape, 5, 1.0, g, set_alpha_to_one=False))):
             new = ldm.sample(2, sampler=sampler, generator=torch.Generator().manual_seed(4), decode=False, **kw)
             assert torch.equal(new, old(torch.Generator().manual_seed(4))), (sampler, kw)
 

@@ -4,7 +4,8 @@
     σ_t = η √((1 − ᾱ_{t−1}) / (1 − ᾱ_t)) √(1 − ᾱ_t / ᾱ_{t−1})
 
 on S ≤ T evenly spaced timesteps; η = 0 is deterministic, η = 1 matches DDPM's variance. The last
-step goes to ᾱ_0 (CompVis, Stable Diffusion) or to ᾱ = 1 (``set_alpha_to_one=True``).
+step goes to ᾱ = 1 (the DDIM paper, the default) or to ᾱ_0 (CompVis, Stable Diffusion:
+``set_alpha_to_one=False``).
 Latents x: (B, c, h, w). Taught in notebook 03.
 """
 from __future__ import annotations
@@ -38,12 +39,14 @@ class DDIMSampler(Sampler):
     The last step, from τ_1, has no timestep below it. ``set_alpha_to_one`` (diffusers' name) chooses
     its ᾱ_{τ−}:
 
-    * ``False`` (the default): ᾱ_{τ−} = ᾱ_0, so the sample ends at the noise level of t = 0, the first
-      noising step (1 − ᾱ_0 = β_0, 0.00085 for Stable Diffusion). It is the default because the
-      paper's code (CompVis ``DDIMSampler``: ``alphas_prev = [ᾱ_0] + …``) and Stable Diffusion's
-      shipped ``scheduler_config.json`` (``"set_alpha_to_one": false``) both use it, so SD weights
-      sample here as they do there. With η > 0 this step adds noise too, as theirs do.
-    * ``True``: ᾱ_{τ−} = 1, σ = 0, the last step returns x̂_0 exactly (diffusers' other option).
+    * ``True`` (the default): ᾱ_{τ−} = 1, σ = 0: the last step returns x̂_0 exactly. This is the DDIM
+      paper's own convention (its α_0 := 1, Song et al. 2021, Sec. 4.1) and diffusers' option; a sample
+      then carries no noise of its own, and minildm's models are measured with it.
+    * ``False``: ᾱ_{τ−} = ᾱ_0, so the sample ends at the noise level of t = 0, the first noising step
+      (1 − ᾱ_0 = β_0, 0.00085 for Stable Diffusion): the paper's code (CompVis ``DDIMSampler``:
+      ``alphas_prev = [ᾱ_0] + …``) and Stable Diffusion's shipped ``scheduler_config.json``
+      (``"set_alpha_to_one": false``). :func:`~minildm.interop.load_stable_diffusion` takes it from the
+      scheduler config, so SD weights sample here as they do there. With η > 0 this step adds noise too.
 
     The timesteps are diffusers' ``DDIMScheduler(timestep_spacing="leading", steps_offset=1)``, i.e.
     ``scheduler.timesteps == timesteps(S).flip(0)``, whenever c ≥ 2 (S ≤ T/2); its previous timestep
@@ -62,13 +65,13 @@ class DDIMSampler(Sampler):
 
     @torch.no_grad()
     def sample(self, model_fn: ModelFn, shape: Sequence[int], steps: int = 50, eta: float = 0.0, *,
-               set_alpha_to_one: bool = False, x_T: Tensor | None = None, mask: Tensor | None = None,
+               set_alpha_to_one: bool = True, x_T: Tensor | None = None, mask: Tensor | None = None,
                x0: Tensor | None = None, callback: Callback | None = None, generator: torch.Generator | None = None,
                progress: bool = False, device: str | torch.device = "cpu", clip_denoised: bool = False,
                skip: int = 0, resample: int = 1, **model_kwargs: Any) -> Tensor:
         """x_T ~ N(0, I) -> x_0 in ``steps`` DDIM steps: (B, c, h, w) -> (B, c, h, w).
 
-        ``set_alpha_to_one``: the last step's ᾱ_{τ−}, ᾱ_0 (False, the default) or 1 (True; see the
+        ``set_alpha_to_one``: the last step's ᾱ_{τ−}, 1 (True, the default) or ᾱ_0 (False; see the
         class docstring). ``callback(t, x_t, x̂_0)`` sees each step; ``mask`` (1 = keep) and ``x0`` inpaint
         (:class:`~minildm.diffusion.samplers.base.Inpainting`). ``skip`` > 0 leaves out the ``skip``
         noisiest steps: ``x_T`` is then a sample at τ_{S−skip} (SDEdit's start, see
