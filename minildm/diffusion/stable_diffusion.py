@@ -52,11 +52,6 @@ class StableDiffusion(LatentDiffusion):
             raise ValueError("StableDiffusion needs a text encoder (cond_stage_model)")
         self.sampler_options = dict(sampler_options or {})
 
-    @property
-    def vae_scale_factor(self) -> int:
-        """f, the first stage's downsampling factor (8 for Stable Diffusion)."""
-        return self.f
-
     def encode_prompt(self, prompts: str | Sequence[str]) -> Tensor:
         """τ(y): the text encoder's token states (B, 77, d) for each prompt ("" allowed)."""
         return self.cond_stage_model.encode_texts(_texts(prompts, "prompt"))

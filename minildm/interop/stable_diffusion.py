@@ -226,7 +226,8 @@ def infer_variant(sd: Mapping[str, torch.Tensor]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def _from_folder(root: Path, tokenizer: str | Path | None) -> tuple[dict[str, Any], str]:
+def _from_folder(root: Path, tokenizer: str | Path | None) -> dict[str, Any]:
+    """The parts of a diffusers Stable Diffusion folder (keyword arguments of :class:`StableDiffusion`)."""
     index = _json(root / "model_index.json", f"{str(root)!r} is not a diffusers Stable Diffusion folder")
     kind = str(index.get("_class_name", ""))
     if "StableDiffusion" not in kind or any(k not in index for k in ("unet", "vae", "text_encoder", "scheduler")):
@@ -241,12 +242,13 @@ def _from_folder(root: Path, tokenizer: str | Path | None) -> tuple[dict[str, An
         _json(root / "scheduler" / "scheduler_config.json", "the scheduler's config"))
     text = frozen_clip(root, tokenizer_path=tokenizer)
     return {"first_stage": ae, "unet": unet, "diffusion": diffusion, "image_size": image_size, "scale_factor": scale,
-            "cond_stage_model": text, "sampler_options": options}, "diffusers folder"
+            "cond_stage_model": text, "sampler_options": options}
 
 
 def _from_single_file(path: Path, variant: str | None, tokenizer: str | Path | None,
                       unet_config: Mapping[str, Any] | None, vae_config: Mapping[str, Any] | None,
-                      text_head_dim: int) -> tuple[dict[str, Any], str]:
+                      text_head_dim: int) -> dict[str, Any]:
+    """The parts of an original single-file checkpoint (keyword arguments of :class:`StableDiffusion`)."""
     sd = read_checkpoint(path)
     variant = variant or infer_variant(sd)
     candidates = [Path(tokenizer)] if tokenizer is not None else [path.parent / "tokenizer", path.parent]
@@ -272,7 +274,7 @@ def _from_single_file(path: Path, variant: str | None, tokenizer: str | Path | N
     diffusion = GaussianDiffusion(**sd_schedule(variant))
     return {"first_stage": ae, "unet": unet, "diffusion": diffusion, "image_size": v.image_size,
             "scale_factor": v.scale_factor, "cond_stage_model": text,
-            "sampler_options": {"set_alpha_to_one": False, "timestep_spacing": "linspace"}}, v.description
+            "sampler_options": {"set_alpha_to_one": False, "timestep_spacing": "linspace"}}
 
 
 def load_stable_diffusion(path: str | Path, device: str | torch.device | None = None,
@@ -299,9 +301,9 @@ def load_stable_diffusion(path: str | Path, device: str | torch.device | None = 
         if not (p / "model_index.json").is_file():
             raise ValueError(f"{str(p)!r} is not a Stable Diffusion model: no model_index.json (a diffusers folder) "
                              f"and not a {'/'.join(CHECKPOINT_SUFFIXES)} checkpoint")
-        parts, _ = _from_folder(p, tokenizer)
+        parts = _from_folder(p, tokenizer)
     elif p.suffix in CHECKPOINT_SUFFIXES:
-        parts, _ = _from_single_file(p, variant, tokenizer, unet_config, vae_config, text_head_dim)
+        parts = _from_single_file(p, variant, tokenizer, unet_config, vae_config, text_head_dim)
     elif not p.exists():
         raise ValueError(f"no such Stable Diffusion model: {str(p)!r}")
     else:
