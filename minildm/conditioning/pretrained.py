@@ -25,8 +25,7 @@ from .base import Conditioning, check_drop, register_conditioner
 from .text import check_prompts
 
 __all__ = ["FrozenCLIPEmbedder", "FrozenHFTextEmbedder", "clip_folders", "frozen_clip", "frozen_minilm",
-           "has_tokenizer",
-           "pretrained_text_encoder"]
+           "has_tokenizer", "pretrained_text_encoder"]
 
 
 class FrozenHFTextEmbedder(nn.Module):
