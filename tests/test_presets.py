@@ -61,6 +61,49 @@ def test_autocast_dtype_and_seed():
     assert torch.equal(b, torch.rand(3, generator=torch.Generator().manual_seed(5)))
 
 
+def test_cpu_precision_needs_bf16_units(monkeypatch):
+    assert device.cpu_precision("fp32") == "fp32"
+    with pytest.raises(ValueError, match="unknown CPU precision 'fp16'"):
+        device.cpu_precision("fp16")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert device.cpu_precision("bf16") == "fp32"  # emulated bf16 would be slower than fp32
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert device.cpu_precision("bf16") == "bf16"
+
+
+def test_the_inpainting_pair_shares_its_own_unet():
+    from dataclasses import replace
+
+    from minildm.recipes import ARTIFACTS
+    from minildm.recipes.preset_sections import UNetSize
+
+    p = presets.get_preset("smoke")
+    assert p.i2i.unet_for("inpaint") == p.i2i.unet_for("sr") == p.i2i.unet
+    wide = UNetSize(24, (1, 2), 1, (2,), 2)
+    p = replace(p, i2i=replace(p.i2i, inpaint_unet=wide))
+    assert p.i2i.unet_for("inpaint") == wide and p.i2i.unet_for("semantic") == p.i2i.unet
+    widths = {name: ARTIFACTS[name].identity(p)["model"]["unet"]["model_channels"]
+              for name in ("ldm-inpaint", "pdm-inpaint", "ldm-sr", "ldm-semantic")}
+    assert widths == {"ldm-inpaint": 24, "pdm-inpaint": 24, "ldm-sr": p.i2i.unet.model_channels,
+                      "ldm-semantic": p.i2i.unet.model_channels}
+
+
+def test_image_to_image_training_precision_on_a_cpu(monkeypatch):
+    from dataclasses import replace
+
+    from minildm.recipes import ARTIFACTS
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    spec, p = ARTIFACTS["ldm-inpaint"], presets.get_preset("smoke")
+    recipe = spec.identity(p)["recipe"]
+    cpu = torch.device("cpu")
+    assert spec.trainer_settings(p, recipe, None, device=cpu)["precision"] == p.i2i.cpu_precision
+    p = replace(p, i2i=replace(p.i2i, cpu_precision="bf16"))
+    assert spec.trainer_settings(p, recipe, None, device=cpu)["precision"] == "bf16"
+    assert spec.trainer_settings(p, recipe, None, device=cpu, precision="fp32")["precision"] == "fp32"  # asked
+    assert spec.trainer_settings(p, recipe, None, device=torch.device("cuda"))["precision"] == "auto"
+
+
 def test_cond_steps_per_kind():
     from dataclasses import replace
 

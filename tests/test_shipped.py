@@ -2,6 +2,7 @@
 corrupted or outdated weights with the retrain command, continue training from them (--init-from)."""
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -40,7 +41,7 @@ def shipped(weights):
 def test_ship_writes_fp16_weights_with_provenance(shipped):
     _, art = shipped
     folder = shipped_dir("ae-kl-l2", SMOKE2)
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "log.json", "metrics.json", "model.safetensors",
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "log.json.gz", "metrics.json", "model.safetensors",
                                                          "provenance.json"]
     state, _ = load_weights(folder / "model.safetensors")
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
@@ -111,7 +112,7 @@ def test_init_from_shipped_adds_a_stretch(shipped, weights):
     metrics = json.loads((shipped_dir("ae-kl-l2", SMOKE2) / "metrics.json").read_text())
     assert metrics["steps"] == 5 and metrics["train_time_s"] == pytest.approx(prov["total_train_time_s"], abs=0.1)
     assert prov["stretches"][1]["init_from"]["sha256"] == first["sha256"]
-    log = json.loads((shipped_dir("ae-kl-l2", SMOKE2) / "log.json").read_text())
+    log = json.loads(gzip.decompress((shipped_dir("ae-kl-l2", SMOKE2) / "log.json.gz").read_bytes()))
     assert {"stretch": 1} in log
     assert [r["step"] for r in log if "step" in r] == [0, 1, 2, 3, 4]  # the second stretch counts on
     # one learning-curve point per stretch: accumulated steps and core-hours, and what was measured then

@@ -79,7 +79,8 @@ def train_i2i(args: argparse.Namespace) -> int:
     if args.retrain or args.resume or args.init_from or args.steps is not None \
             or not artifact_dir(name, preset, args.out).is_dir():
         art = build_artifact(name, preset, steps=args.steps, device=args.device, progress=not args.no_progress,
-                             resume=args.resume, root=args.out, init_from=args.init_from)
+                             resume=args.resume, root=args.out, init_from=args.init_from,
+                             options={"precision": args.precision})
     else:
         art = load_artifact(name, preset, device=args.device, root=args.out)
     m = art.metrics
@@ -157,11 +158,16 @@ def _draw(model: Any, args: argparse.Namespace, concat: dict[str, "torch.Tensor"
           ) -> "torch.Tensor":
     """One sample of a concat model for ``concat`` on a latent grid ``latent_hw``, with the command's DDIM steps
     and seed: (1, 3, f·h, f·w) on the CPU."""
+    return _sample(model, args, concat, latent_hw, decode=True).cpu()
+
+
+def _sample(model: Any, args: argparse.Namespace, concat: dict[str, "torch.Tensor"], latent_hw: tuple[int, int],
+            decode: bool) -> "torch.Tensor":
     import torch
 
     g = torch.Generator().manual_seed(args.seed)
     return model.sample(1, steps=args.steps, generator=g, concat=concat, latent_size=latent_hw,
-                        progress=not args.no_progress).cpu()
+                        progress=not args.no_progress, decode=decode)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -208,6 +214,9 @@ def inpaint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mask", help="a black-and-white image of the same size: white = fill, black = keep")
     parser.add_argument("output", help="the inpainted image to write (.png, .jpg, .webp)")
     _common(parser)
+    parser.add_argument("--decoder", choices=["asymmetric", "plain"], default="asymmetric",
+                        help="asymmetric (default): kl-f4-photos-asym draws the latent seeing the known pixels; "
+                             "plain: the first stage's decoder")
 
 
 def read_mask(path: str, image: "torch.Tensor") -> "torch.Tensor":
@@ -228,6 +237,8 @@ def read_mask(path: str, image: "torch.Tensor") -> "torch.Tensor":
 
 def inpaint(args: argparse.Namespace) -> int:
     """Fill the white region of MASK in INPUT with ldm-inpaint."""
+    import torch
+
     from .args import check_output_file
 
     check_output_file(args.output)
@@ -237,9 +248,20 @@ def inpaint(args: argparse.Namespace) -> int:
     if not hole.any():
         raise ValueError("the mask has no white pixel: nothing to fill")
     model = _model("ldm-inpaint", args)
-    out = _draw(model, args, {"image": x, "hole": hole}, (x.shape[2] // 4, x.shape[3] // 4))
-    write_image((hole * out + (1 - hole) * x)[0], args.output)
-    print(f"filled {hole.mean():.0%} of {args.input} with ldm-inpaint, DDIM-{args.steps}: {args.output}")
+    hw = (x.shape[2] // 4, x.shape[3] // 4)
+    if args.decoder == "plain":
+        out = _draw(model, args, {"image": x, "hole": hole}, hw)
+        out = hole * out + (1 - hole) * x
+    else:
+        from ..recipes.asymmetric_decoder import ASYMMETRIC_DECODER
+
+        decoder = _model(ASYMMETRIC_DECODER, args)
+        z = _sample(model, args, {"image": x, "hole": hole}, hw, decode=False)
+        with torch.no_grad():
+            out = decoder.paste(z / model.scale_factor, x.to(z.device), hole.to(z.device)).cpu()
+    write_image(out[0], args.output)
+    print(f"filled {hole.mean():.0%} of {args.input} with ldm-inpaint, DDIM-{args.steps}, {args.decoder} decoder: "
+          f"{args.output}")
     return 0
 
 

@@ -5,9 +5,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from .args import add_common, add_init_from, factor_arg, positive_int
 from .text_to_image import print_t2i_eval
+
+if TYPE_CHECKING:
+    from ..recipes.presets import Preset
 
 
 # ------------------------------------------------------------------------------------ train-ae
@@ -57,6 +61,9 @@ def train_first_stage_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decoder-only", action="store_true",
                         help="with --init-from: train the decoder alone, the encoder frozen, so the latents and every "
                              "LDM trained on them stay valid (as Stable Diffusion's VAE was refined)")
+    parser.add_argument("--asymmetric", action="store_true",
+                        help="kl-f4-photos-asym: kl-f4-photos' decoder continued with a branch that sees the known "
+                             "pixels around an inpainting hole (Zhu et al. 2023; the encoder frozen)")
 
 
 def train_first_stage(args: argparse.Namespace) -> int:
@@ -65,6 +72,8 @@ def train_first_stage(args: argparse.Namespace) -> int:
     from ..recipes.store import build_artifact, format_metrics
 
     preset = get_preset(args.preset)
+    if args.asymmetric:
+        return _train_asymmetric_decoder(args, preset)
     f = args.f or preset.cond.f
     if f not in FACTORS:
         raise ValueError(f"f={f}: the first stage has factors {' '.join(map(str, FACTORS))}")
@@ -89,6 +98,25 @@ def train_first_stage(args: argparse.Namespace) -> int:
     if ceiling:
         keys = ("acc_shape", "acc_colour", "acc_count", "acc_position")
         print("checker on the reconstructions: " + ", ".join(f"{k.removeprefix('acc_')} {ceiling[k]:.1%}" for k in keys))
+    print(f"saved to {artifact.path}")
+    print(f"rebuild with: {artifact.command}")
+    return 0
+
+
+def _train_asymmetric_decoder(args: argparse.Namespace, preset: "Preset") -> int:
+    from ..recipes.asymmetric_decoder import ASYMMETRIC_DECODER
+    from ..recipes.store import build_artifact
+
+    if args.f not in (None, 4) or args.data != "shapes" or args.decoder_only:
+        raise ValueError("--asymmetric builds kl-f4-photos-asym: it takes no --f, --data or --decoder-only")
+    artifact = build_artifact(ASYMMETRIC_DECODER, preset, steps=args.steps, device=args.device,
+                              progress=not args.no_progress, resume=args.resume, root=args.out,
+                              init_from=args.init_from)
+    m = artifact.metrics
+    print(f"{artifact.name} (preset {preset.name}): LPIPS of the composited reconstruction on {m['n']} val images "
+          "with the inpainting evaluation's holes")
+    for name in ("plain", "asymmetric"):
+        print(f"  {name} decoder: " + ", ".join(f"{k} {v:.4f}" for k, v in m[name].items()))
     print(f"saved to {artifact.path}")
     print(f"rebuild with: {artifact.command}")
     return 0

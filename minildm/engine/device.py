@@ -56,6 +56,19 @@ def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
     return None
 
 
+def cpu_precision(requested: str) -> str:
+    """The autocast precision a CPU trains with when ``requested`` ("fp32" or "bf16"): "bf16" only where
+    oneDNN reports bfloat16 units (AVX-512 BF16 / AMX), since emulated bf16 is slower than fp32."""
+    if requested not in ("fp32", "bf16"):
+        raise ValueError(f"unknown CPU precision {requested!r}: choose fp32 or bf16")
+    if requested == "fp32":
+        return "fp32"
+    try:
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return "fp32"
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (all devices); return a CPU generator seeded alike."""
     random.seed(seed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -340,7 +340,9 @@ class Decoder(nn.Module):
         self.norm_out = Normalize(block_in, g)
         self.conv_out = nn.Conv2d(block_in, c.out_ch, kernel_size=3, stride=1, padding=1)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, added: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """x̃ = D(z). ``added[i]`` (B, ch·ch_mult[i], h·2^(L−1−i), …), if given, is added after level i's
+        blocks (the hook of :class:`~minildm.models.asymmetric_decoder.AsymmetricDecoder`)."""
         c = self.config
         check_image_input(z, c.z_channels, 1, "Decoder", f"(B, {c.z_channels}, h, w)")
         h = self.conv_in(z)
@@ -351,6 +353,8 @@ class Decoder(nn.Module):
                 h = up.block[i_block](h)
                 if len(up.attn) > 0:
                     h = up.attn[i_block](h)
+            if added is not None:
+                h = h + added[i_level]
             if i_level != 0:
                 h = up.upsample(h)
         return self.conv_out(nonlinearity(self.norm_out(h)))

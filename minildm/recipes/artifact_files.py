@@ -6,6 +6,7 @@ Taught in notebook 01 (and used by every notebook).
 """
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,10 +39,10 @@ class Artifact:
 
 
 def read_json(path: Path, rebuild: str, kind: type = dict, required: tuple[str, ...] = ()) -> Any:
-    """The JSON file ``path`` of an artifact, which must hold a ``kind`` (with the ``required`` keys);
-    ValueError naming the file and the rebuild command otherwise."""
+    """The JSON file ``path`` of an artifact (gzip-compressed if it ends in ``.gz``), which must hold a ``kind``
+    (with the ``required`` keys); ValueError naming the file and the rebuild command otherwise."""
     try:
-        value = json.loads(path.read_text())
+        value = json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_text())
         if not isinstance(value, kind):
             raise ValueError(f"it holds a {type(value).__name__}, not a JSON {'object' if kind is dict else 'list'}")
         missing = [k for k in required if k not in value]
@@ -51,7 +52,7 @@ def read_json(path: Path, rebuild: str, kind: type = dict, required: tuple[str, 
     except FileNotFoundError as err:
         raise ValueError(f"artifact file {str(path)!r} is missing; the artifact is incomplete. "
                          f"Rebuild it with `{rebuild}` (or load_or_train(..., retrain=True)).") from err
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, OSError, EOFError) as err:  # OSError: bad gzip
         raise ValueError(f"artifact file {str(path)!r} is corrupted ({err}). "
                          f"Rebuild it with `{rebuild}` (or load_or_train(..., retrain=True)).") from err
 

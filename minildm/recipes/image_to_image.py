@@ -38,8 +38,10 @@ from torch import Tensor, nn
 from ..conditioning.concat import build_concat_conditioner
 from ..data.degradations import bicubic_downsample, random_holes
 from ..engine.batches import LatentBatches
+from ..engine.device import cpu_precision
 from ..engine.ema import EMA
 from ..engine.trainer import Trainer
+from .asymmetric_decoder import ASYMMETRIC_DECODER
 from .latent_diffusion import LatentDiffusionRecipe, latent_channels, schedule_ends
 from .presets import Preset
 from .registry import register
@@ -154,7 +156,7 @@ class I2ISpec(LatentDiffusionRecipe):
         c = latent_channels(fs)
         f = 1 if self.pixel else ip.f
         concat = concat_config(self.task_name, preset, f)
-        unet = ip.unet.config(c).to_dict()
+        unet = ip.unet_for(self.task_name).config(c).to_dict()
         unet["in_channels"] = c + build_concat_conditioner(concat).channels(c)
         return {
             "model_class": "LatentDiffusion",
@@ -206,11 +208,19 @@ class I2ISpec(LatentDiffusionRecipe):
                                                    for it in items])}
         return LatentBatches(z, recipe["batch_size"], seed=recipe["seed"], concat=concat, augment=augment)
 
-    def trainer_settings(self, preset: Preset, recipe: Mapping[str, Any], out_dir: Path | None,
-                         **options: Any) -> dict[str, Any]:
-        """Checkpoints every 5 % of the run (the pixel-space model's steps are slow)."""
-        return {"max_steps": recipe["steps"], "log_every": 10,
+    def trainer_settings(self, preset: Preset, recipe: Mapping[str, Any], out_dir: Path | None, *,
+                         precision: str = "auto", device: torch.device | None = None, **options: Any) -> dict[str, Any]:
+        """Checkpoints every 5 % of the run (the pixel-space model's steps are slow); on a CPU, the preset's
+        ``cpu_precision`` unless ``precision`` names one."""
+        if precision == "auto" and device is not None and device.type == "cpu":
+            precision = cpu_precision(preset.i2i.cpu_precision)
+        return {"max_steps": recipe["steps"], "log_every": 10, "precision": precision,
                 "checkpoint_every": max(10, recipe["steps"] // 20) if out_dir is not None else None}
+
+    def add_callbacks(self, trainer: Trainer, ldm: nn.Module, ema: EMA, deps: Mapping[str, nn.Module],
+                      preset: Preset, recipe: Mapping[str, Any], out_dir: Path | None) -> dict[str, Any]:
+        """The run fact kept in the metrics: the autocast precision."""
+        return {"precision": str(trainer.dtype or torch.float32).removeprefix("torch.")}
 
     def dependencies(self, preset: Preset, device: torch.device, progress: bool) -> dict[str, nn.Module]:
         from .store import load_or_train
@@ -263,6 +273,9 @@ class I2ISpec(LatentDiffusionRecipe):
         if not self.pixel:
             methods["biharmonic"] = inpaint_biharmonic
         if not (self.pixel or self.folder):
+            asym = load_or_train(ASYMMETRIC_DECODER, preset, device=device).model.to(device).eval()
+            methods[f"{self.name} + {ASYMMETRIC_DECODER}"] = lambda x, h: sample_inpainting(model, x, h, steps, seed,
+                                                                                           decoder=asym)
             uncond = load_or_train("ldm-f4", preset, device=device).model
             methods["masking"] = lambda x, h: inpaint_by_masking(uncond, x, h, steps, seed)
         out["inpaint"] = evaluate_inpainting(methods, preset, feature_net, seed=seed, folder=self.folder)

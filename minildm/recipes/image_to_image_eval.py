@@ -91,13 +91,22 @@ def sample_sr(model: nn.Module, lr: Tensor, steps: int = 20, seed: int = 0, prog
 
 
 def sample_inpainting(model: nn.Module, images: Tensor, holes: Tensor, steps: int = 20, seed: int = 0,
-                      progress: bool = False) -> Tensor:
+                      progress: bool = False, decoder: nn.Module | None = None) -> Tensor:
     """The inpainting model's fill of ``holes`` (n, 1, H, W; 1 = fill) in ``images`` (n, 3, H, W), composited:
-    the known pixels are the input's, the hole the model's."""
+    the known pixels are the input's, the hole the model's. ``decoder``: an asymmetric decoder
+    (``kl-f4-photos-asym``, :mod:`minildm.models.asymmetric_decoder`) that draws the sampled latents seeing
+    the known pixels, in place of the first stage's D."""
     g = torch.Generator().manual_seed(seed)
-    out = _batched(lambda s: model.sample(len(images[s]), steps=steps, generator=g,
-                                          concat={"image": images[s], "hole": holes[s]}, progress=progress),
-                   len(images))
+
+    def run(s: slice) -> Tensor:
+        z = model.sample(len(images[s]), steps=steps, generator=g, concat={"image": images[s], "hole": holes[s]},
+                         progress=progress, decode=decoder is None)
+        if decoder is None:
+            return z
+        x, h = images[s].to(z.device), holes[s].to(z.device)
+        return decoder.paste(z / model.scale_factor.to(z.dtype), x, h).to(images.device)
+
+    out = _batched(run, len(images))
     return holes * out + (1 - holes) * images
 
 

@@ -146,7 +146,8 @@ class LatentDiffusionRecipe(ABC):
 
     def trainer_settings(self, preset: Preset, recipe: Mapping[str, Any], out_dir: Path | None,
                          **options: Any) -> dict[str, Any]:
-        """Keyword arguments of the :class:`~minildm.engine.trainer.Trainer` that depend on the recipe."""
+        """Keyword arguments of the :class:`~minildm.engine.trainer.Trainer` that depend on the recipe
+        (``options``: the run options and the training ``device``)."""
         return {"max_steps": recipe["steps"], "log_every": 10,
                 "checkpoint_every": max(100, recipe["steps"] // 10) if out_dir is not None else None}
 
@@ -177,7 +178,7 @@ class LatentDiffusionRecipe(ABC):
         data = self.latent_batches(ldm, preset, recipe, progress)
         trained = self.trained_modules(ldm)
         ema = EMA(trained, decay=recipe["ema_decay"])
-        settings = self.trainer_settings(preset, recipe, out_dir, **options)
+        settings = self.trainer_settings(preset, recipe, out_dir, device=dev, **options)
         settings.setdefault("desc", f"{self.name} ({preset.name})")
         settings.setdefault("warmup_steps", warmup)
         trainer = Trainer(self.task(ldm, recipe), data, device=dev, seed=recipe["seed"], out_dir=out_dir,

@@ -365,6 +365,17 @@ class I2IPreset:
     #: how the inpainting condition fills the hole before encoding (:class:`~minildm.conditioning.concat.MaskedImage`):
     #: "pyramid" (push-pull interpolation) or "zero" (mid grey, Stable Diffusion's convention)
     inpaint_fill: str = "pyramid"
+    #: the UNet of the inpainting pair ``ldm-inpaint`` / ``pdm-inpaint`` (None: ``unet``): photo crops
+    #: ask for more capacity than super-resolution and semantic synthesis
+    inpaint_unet: UNetSize | None = None
+    #: autocast dtype of training on a CPU: "fp32", or "bf16" (used where the CPU has bfloat16 units,
+    #: which train UNets of these widths faster; fp32 elsewhere). GPUs use the trainer's "auto".
+    cpu_precision: str = "fp32"
+    #: steps, batch size and learning rate of the asymmetric decoder ``kl-f4-photos-asym`` (the decoder of
+    #: ``kl-f{f}-photos`` continued with a branch that sees the known pixels; notebook 06)
+    asym_steps: int = 2000
+    asym_batch_size: int = 16
+    asym_lr: float = 4e-4
     parameterization: str = "v"
     loss_weighting: str = "capped"
     snr_gamma: float | None = 5.0
@@ -376,6 +387,10 @@ class I2IPreset:
     def steps_for(self, task: str) -> int:
         """Training steps of the ``task`` ("sr", "inpaint" or "semantic") model."""
         return {"sr": self.sr_steps, "inpaint": self.inpaint_steps, "semantic": self.semantic_steps}[task]
+
+    def unet_for(self, task: str) -> UNetSize:
+        """The UNet size of the ``task`` models: ``inpaint_unet`` for inpainting where set, else ``unet``."""
+        return self.inpaint_unet if task == "inpaint" and self.inpaint_unet is not None else self.unet
 
 
 @dataclass(frozen=True)

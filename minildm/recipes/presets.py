@@ -65,7 +65,7 @@ _PRESETS: dict[str, Preset] = {
         i2i=I2IPreset(f=4, image_size=64, unet=UNetSize(16, (1, 2), 1, (2,), 2), schedule="scaled_linear",
                       linear_start=0.0015, linear_end=0.0155, timesteps=1000, batch_size=4, lr=1e-3, ema_decay=0.99,
                       n_train=16, n_eval=8, eval_ddim_steps=3, sr_steps=3, inpaint_steps=3, semantic_steps=3,
-                      compare_steps=2, photo_first_stage_steps=3),
+                      compare_steps=2, photo_first_stage_steps=3, asym_steps=3, asym_batch_size=4),
     ),
     "cpu": Preset(
         name="cpu",
@@ -188,7 +188,8 @@ _PRESETS: dict[str, Preset] = {
                       linear_start=0.0015, linear_end=0.0155, timesteps=1000, batch_size=64, lr=1e-4,
                       ema_decay=0.9999, n_train=50000, n_eval=1000, eval_ddim_steps=50, sr_steps=100000,
                       inpaint_steps=100000, semantic_steps=100000, compare_steps=20000,
-                      photo_first_stage_steps=20000, warmup_steps=1000, min_lr_ratio=0.1),
+                      photo_first_stage_steps=20000, asym_steps=20000, asym_batch_size=32, asym_lr=2e-4,
+                      warmup_steps=1000, min_lr_ratio=0.1),
     ),
 }
 

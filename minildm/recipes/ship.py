@@ -7,6 +7,7 @@ behind a model add up over several sittings. Used to make the weights notebooks 
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -21,8 +22,8 @@ from ..engine.checkpoint import load_weights, non_finite_tensors, save_weights, 
 from .artifact_files import config_differences, read_json, write_json
 from .presets import Preset, get_preset
 from .registry import get_spec
-from .shipped import (encoder_sha256, read_provenance, recipe_of, run_environment, sha256_file, shared_weights,
-                      shipped_dir)
+from .shipped import (SHIPPED_LOG, encoder_sha256, read_provenance, recipe_of, run_environment, sha256_file,
+                      shared_weights, shipped_dir)
 from .store import artifact_dir
 
 __all__ = ["compact_log", "reevaluate_shipped", "ship_artifact"]
@@ -129,7 +130,7 @@ def ship_artifact(name: str, preset: str | Preset | None = None, *, root: str | 
                     stretches[-1] = {**stretches[-1],
                                      "metrics": {k: v for k, v in old_metrics.items() if k not in _RUN_KEYS}}
                 # the new stretch's rows continue the old ones: steps, training time and compute count on
-                old_log = list(read_json(dest / "log.json", rebuild, kind=list))
+                old_log = list(read_json(dest / SHIPPED_LOG, rebuild, kind=list))
                 offset = {"step": int(old.get("total_steps") or 0), "time_s": float(old.get("total_train_time_s") or 0),
                           "eval/compute": max((float(r["eval/compute"]) for r in old_log if "eval/compute" in r),
                                               default=0.0)}
@@ -148,7 +149,7 @@ def ship_artifact(name: str, preset: str | Preset | None = None, *, root: str | 
         save_weights(tmp / "model.safetensors", half, {"model_class": config["model_class"], "model": config["model"]})
         write_json(tmp / "config.json", config)
         write_json(tmp / "metrics.json", metrics)
-        (tmp / "log.json").write_text(compact_log(log))
+        (tmp / SHIPPED_LOG).write_bytes(gzip.compress(compact_log(log).encode(), mtime=0))
         if (src / "samples").is_dir():  # the validation grids a run wrote (notebook 05 shows them)
             grids = spec.shipped_grids(p) if hasattr(spec, "shipped_grids") else "all"
             shutil.copytree(src / "samples", tmp / "samples", ignore=None if grids == "all" else _all_but_last_grid)

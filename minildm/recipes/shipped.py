@@ -8,7 +8,7 @@ live in the repository, one folder per preset and artifact::
         model.safetensors   the (EMA) weights in float16, safetensors (never pickle)
         config.json         the artifact's identity: model config, recipe, preset
         metrics.json        what minildm measured on it, with the command that measured it
-        log.json            the training loss curve (every stretch)
+        log.json.gz         the training loss curve (every stretch), gzip-compressed JSON
         provenance.json     how it was made: each training stretch's command, code version, steps,
                             wall time, threads and CPU or GPU model; the sha256 of model.safetensors
         samples/            the validation grids the last run wrote, if any
@@ -48,7 +48,7 @@ from .artifact_files import Artifact, config_differences, read_json
 from .presets import Preset, get_preset
 from .registry import get_spec
 
-__all__ = ["GROWTH_KEYS", "SHIPPED_BUDGET_BYTES", "SHIPPED_FILES", "TRAIN_ENV", "WEIGHTS_ENV",
+__all__ = ["GROWTH_KEYS", "SHIPPED_BUDGET_BYTES", "SHIPPED_FILES", "SHIPPED_LOG", "TRAIN_ENV", "WEIGHTS_ENV",
            "encoder_sha256", "grown_state", "init_state", "learning_curve", "load_shipped", "read_provenance",
            "recipe_differences", "recipe_of", "retarget_changes", "retrain_hint", "run_environment",
            "sha256_file", "shared_weights", "shipped_dir", "shipped_sizes", "stale_shipped",
@@ -56,7 +56,9 @@ __all__ = ["GROWTH_KEYS", "SHIPPED_BUDGET_BYTES", "SHIPPED_FILES", "TRAIN_ENV", 
 
 WEIGHTS_ENV = "MINILDM_WEIGHTS"
 TRAIN_ENV = "MINILDM_TRAIN"
-SHIPPED_FILES = ("model.safetensors", "config.json", "metrics.json", "log.json", "provenance.json")
+#: the shipped loss curve: compressed, since the budget counts every byte (JSON rows shrink about 8x)
+SHIPPED_LOG = "log.json.gz"
+SHIPPED_FILES = ("model.safetensors", "config.json", "metrics.json", SHIPPED_LOG, "provenance.json")
 #: recipe keys a continued run may change: how long it trained
 LENGTH_KEYS = ("steps", "budget_s")
 #: what a continued run may add to the UNet: attention at more resolutions, the pooled condition in the
@@ -246,7 +248,7 @@ def load_shipped(name: str, preset: str | Preset | None = None, *,
         raise ValueError(f"the shipped weights of {name!r} ({str(path)!r}) were made with another recipe than the "
                          f"code gives now ({shown}). {hint}")
     metrics = read_json(path / "metrics.json", hint)
-    log = read_json(path / "log.json", hint, kind=list)
+    log = read_json(path / SHIPPED_LOG, hint, kind=list)
     state, _ = load_weights(weights_file)
     model = spec.build_model(config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
