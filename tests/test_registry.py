@@ -45,7 +45,7 @@ def test_register_refuses_duplicates_and_wrong_names():
 # one artifact of every spec class; the dependencies that the first ones build (ae-kl-f4, feature-net,
 # checker, kl-f4) come after them and are loaded, not trained again
 ONE_PER_CLASS = ["ae-kl-l2", "ldm-f4", "ldm-class", "t2i-scratch-S", "ae-kl-f4", "feature-net", "checker", "kl-f4",
-                 "ae-kl-fashion", "kl-f4-photos", "ldm-inpaint"]
+                 "ae-kl-fashion", "kl-f4-photos", "ldm-inpaint", "kl-f4-photos-asym"]
 
 
 def test_the_cycle_below_covers_every_spec_class():
