@@ -342,3 +342,13 @@ def test_inpainting_evaluation_reports_each_mask_kind():
     by_kind = out["grey"]["lpips_by_kind"]
     assert set(by_kind) == set(MASK_KINDS) and all(set(v) == {"shapes", "photos"} for v in by_kind.values())
     assert all(v > 0 for kinds in by_kind.values() for v in kinds.values())
+
+
+def test_the_equal_compute_row_belongs_to_the_run_from_scratch(tmp_path):
+    from minildm.recipes.store import build_artifact
+
+    first = build_artifact("ldm-inpaint", "smoke", progress=False, root=tmp_path / "a")
+    rows = [r for r in first.log if "eval/compare" in r]
+    assert len(rows) == 1 and rows[0]["step"] == 2  # the smoke preset's compare_steps
+    more = build_artifact("ldm-inpaint", "smoke", progress=False, root=tmp_path / "b", init_from=str(first.path))
+    assert not any("eval/compare" in r for r in more.log)

@@ -230,12 +230,24 @@ class I2ISpec(LatentDiffusionRecipe):
             deps["feature_net"] = load_or_train("feature-net", preset, device=device, progress=progress).model
         return deps
 
+    _continued = False
+
+    def train(self, preset: Preset, *, init_state: Mapping[str, Tensor] | None = None, **kwargs: Any) -> Any:
+        """As the shared recipe; a run continued from trained weights (``--init-from``) is not measured at
+        ``compare_steps`` (the equal-compute row belongs to the run from scratch)."""
+        self._continued = init_state is not None
+        try:
+            return super().train(preset, init_state=init_state, **kwargs)
+        finally:
+            self._continued = False
+
     def fit(self, trainer: Trainer, ldm: nn.Module, ema: EMA, deps: Mapping[str, nn.Module],
             preset: Preset, recipe: Mapping[str, Any], out_dir: Path | None) -> None:
         """Train; ``ldm-inpaint`` measures its EMA weights at ``compare_steps`` (the pixel model's compute)
         on the evaluation's images, kept in the log (a resumed run past that step keeps the row)."""
         compare = recipe.get("compare_steps")
-        if self.pixel or self.folder or compare is None or compare >= recipe["steps"] or any("eval/compare" in r for r in trainer.log):
+        if self.pixel or self.folder or self._continued or compare is None or compare >= recipe["steps"] \
+                or any("eval/compare" in r for r in trainer.log):
             trainer.fit()
             return
         if trainer.step < compare:
