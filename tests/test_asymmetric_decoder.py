@@ -136,3 +136,21 @@ def test_the_inpaint_command_keeps_the_known_pixels(tmp_path, capsys, decoder):
     assert f"{decoder} decoder" in capsys.readouterr().out
     out = np.asarray(Image.open(tmp_path / "out.png"))
     assert out.shape == img.shape and np.array_equal(out[mask == 0], img[mask == 0])
+
+
+def test_latent_noise_is_drawn_per_step_and_repeats_on_resume():
+    from minildm.recipes.asymmetric_decoder import AsymmetricDecoderTask
+
+    ae, asym = _pair()
+    for conv in asym.decoder.fuse:
+        torch.nn.init.normal_(conv.weight, std=0.1)
+    x = torch.nn.functional.interpolate(torch.rand(2, 3, 8, 8) * 2 - 1, size=32, mode="bilinear")
+    exact = AsymmetricDecoderTask(asym, ae, lr=1e-3, lpips_net="alex", seed=0)
+    noisy = AsymmetricDecoderTask(asym, ae, lr=1e-3, lpips_net="alex", seed=0, latent_noise=0.5)
+    with torch.no_grad():
+        a = noisy.training_step({"image": x}, 3, "decoder")[0]
+        b = noisy.training_step({"image": x}, 3, "decoder")[0]
+        c = exact.training_step({"image": x}, 3, "decoder")[0]
+    assert a == b and a != c
+    with pytest.raises(ValueError, match="latent_noise"):
+        AsymmetricDecoderTask(asym, ae, lr=1e-3, lpips_net="alex", seed=0, latent_noise=-1)

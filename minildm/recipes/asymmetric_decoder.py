@@ -6,7 +6,9 @@ branch added; the encoder stays frozen, so the latent space the LDM samples in d
 draws a new hole per image (:func:`~minildm.data.degradations.random_holes`: boxes, strokes, large masks,
 as ``ldm-inpaint`` trains) and fits what inpainting returns, the composite m ⊙ D(E(x); x ⊙ (1 − m), m) +
 (1 − m) ⊙ x, to x: L1 over the hole's pixels plus LPIPS of the composite (the first stage's losses without
-the adversarial term). Measured: LPIPS of the composited reconstruction with the plain and with the
+the adversarial term). The latents get Gaussian noise of a standard deviation drawn per image from
+[0, ``latent_noise``] × std(z), since the LDM's sampled latents differ from E(x) even where no hole is, and the
+decoder should then believe the known pixels. Measured: LPIPS of the composited reconstruction with the plain and with the
 asymmetric decoder on the inpainting evaluation's images and holes, per domain.
 
 ``python -m minildm train-first-stage --asymmetric --preset cpu`` (or ``load_or_train("kl-f4-photos-asym")``).
@@ -43,9 +45,11 @@ class AsymmetricDecoderTask:
     progress_keys = ("train/loss",)
 
     def __init__(self, decoder: AsymmetricDecoderKL, encoder: nn.Module, lr: float, lpips_net: str,
-                 seed: int) -> None:
+                 seed: int, latent_noise: float = 0.0) -> None:
         check_number("lr", lr, minimum=0, strict=True)
+        check_number("latent_noise", latent_noise, minimum=0)
         self.decoder, self.encoder, self.lr, self.seed = decoder, encoder.eval().requires_grad_(False), float(lr), seed
+        self.latent_noise = float(latent_noise)
         self.lpips = get_lpips(lpips_net)
 
     def modules(self) -> dict[str, nn.Module]:
@@ -62,6 +66,9 @@ class AsymmetricDecoderTask:
         self.lpips.to(x.device)
         with torch.no_grad():
             z = self.encoder.encode(x).mode()
+            if self.latent_noise > 0:
+                sigma = torch.rand(len(z), 1, 1, 1, generator=g) * self.latent_noise * z.std().cpu()
+                z = z + sigma.to(z.device) * torch.randn(z.shape, generator=g).to(z.device)
         out = self.decoder.decode(z, x * (1 - holes), holes)
         composite = holes * out + (1 - holes) * x
         l1 = (holes * (out - x).abs()).sum() / (holes.sum() * x.shape[1]).clamp_min(1)
@@ -87,6 +94,7 @@ class AsymmetricDecoderSpec(SupervisedArtifact):
                 "recipe": {"kind": self.name, "init": FIRST_STAGE, "lr": ip.asym_lr, "batch_size": ip.asym_batch_size,
                            "steps": steps if steps is not None else ip.asym_steps, "seed": preset.seed,
                            "lpips_net": ae["lpips_net"], "loss": "l1 (hole) + lpips (composite)",
+                           "latent_noise": ip.asym_latent_noise,
                            "data": {**ae["data"], "split": "train"}},
                 "preset": preset.name}
 
@@ -100,7 +108,8 @@ class AsymmetricDecoderSpec(SupervisedArtifact):
     def task(self, net: nn.Module, recipe: Mapping[str, Any]) -> AsymmetricDecoderTask:
         if self._encoder is None:
             raise RuntimeError("the task needs the first stage's encoder: call train()")
-        return AsymmetricDecoderTask(net, self._encoder, recipe["lr"], recipe["lpips_net"], recipe["seed"])
+        return AsymmetricDecoderTask(net, self._encoder, recipe["lr"], recipe["lpips_net"], recipe["seed"],
+                                     recipe.get("latent_noise", 0.0))
 
     _encoder: nn.Module | None = None
 
