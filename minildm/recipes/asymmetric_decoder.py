@@ -26,7 +26,7 @@ from ..data.degradations import random_holes
 from ..losses.lpips import get_lpips
 from ..models.asymmetric_decoder import AsymmetricDecoderKL
 from .presets import Preset
-from .registry import TrainResult, register
+from .registry import TrainResult, get_spec, register
 from .supervised import SupervisedArtifact
 
 __all__ = ["AsymmetricDecoderSpec", "AsymmetricDecoderTask", "ASYMMETRIC_DECODER"]
@@ -84,10 +84,10 @@ class AsymmetricDecoderSpec(SupervisedArtifact):
 
     name = ASYMMETRIC_DECODER
     description = "asymmetric decoder of kl-f4-photos: sees the known pixels around an inpainting hole"
+    #: the frozen first stage while :meth:`train` runs (the task's E)
+    _encoder: nn.Module | None = None
 
     def identity(self, preset: Preset, steps: int | None = None) -> dict[str, Any]:
-        from .registry import get_spec
-
         fs = get_spec(FIRST_STAGE).identity(preset)
         ip, ae = preset.i2i, fs["recipe"]
         return {"model_class": "AsymmetricDecoderKL", "model": dict(fs["model"]),
@@ -110,8 +110,6 @@ class AsymmetricDecoderSpec(SupervisedArtifact):
             raise RuntimeError("the task needs the first stage's encoder: call train()")
         return AsymmetricDecoderTask(net, self._encoder, recipe["lr"], recipe["lpips_net"], recipe["seed"],
                                      recipe.get("latent_noise", 0.0))
-
-    _encoder: nn.Module | None = None
 
     def train(self, preset: Any, *, steps: int | None, device: Any, out_dir: Any, resume: bool,
               progress: bool, init_state: Mapping[str, Any] | None = None) -> TrainResult:
